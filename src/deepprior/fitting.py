@@ -1,0 +1,253 @@
+"""The fitting loop: optimise f(theta, z) until A(f(theta, z)) matches y, and stop in time.
+
+One iteration: perturb the input (``reg_noise_std``), run the network, crop its padded canvas to
+the image, take the data term, step Adam. Around that sit the regularisers of the paper and of
+the literature after it: an exponential moving average of the outputs, backtracking to the last
+good weights when the data-term PSNR collapses, and the windowed-moving-variance stopping rule.
+Progress goes out through a callback every few iterations; a callback returning True, Ctrl-C, or
+the stopping rule end the fit, and in every case the best result so far is returned.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .metrics import psnr as _psnr
+from .networks import build_network, padded_size
+from .presets import FitConfig
+from .stopping import WindowedVariance
+from .tasks import Problem
+
+
+@dataclass
+class Progress:
+    """What a callback sees every ``callback_every`` iterations."""
+
+    iteration: int
+    max_iterations: int
+    loss: float
+    psnr: float | None
+    elapsed_s: float
+    eta_s: float
+    _candidate: torch.Tensor = field(repr=False)
+
+    def preview(self) -> np.ndarray:
+        """The current result (H, W, C) in [0, 1]: what would be returned if the fit ended now."""
+        return to_numpy(self._candidate)
+
+
+@dataclass
+class FitOutcome:
+    output: np.ndarray  # (H, W, C) in [0, 1]
+    iterations: int  # iterations run
+    stopped_at: int  # the iteration whose result is returned
+    stop_reason: str  # "completed", "auto", "callback" or "interrupted"
+    elapsed_s: float
+    history: list[dict]
+    backtracks: int
+    stop_curve: list[tuple[int, float]]
+    parameters: int
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach()[0].permute(1, 2, 0).float().cpu().numpy()
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto`` picks CUDA when there is a GPU, else the CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from .errors import DeepPriorError
+
+        raise DeepPriorError("device 'cuda' asked for, but no CUDA GPU is available")
+    return dev
+
+
+def init_weights(net: nn.Module, generator: torch.Generator) -> None:
+    """PyTorch's default initialisation, drawn from ``generator`` so runs are reproducible."""
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
+                if m.bias is not None:
+                    fan_in = m.weight[0].numel()
+                    bound = 1 / math.sqrt(fan_in)
+                    nn.init.uniform_(m.bias, -bound, bound, generator=generator)
+
+
+def make_input(cfg: FitConfig, problem: Problem, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    """The network input z at the padded ``size``: noise, a meshgrid, or the task's image."""
+    hp, wp = size
+    if cfg.input == "noise":
+        return torch.rand(1, cfg.input_depth, hp, wp, generator=generator) * cfg.input_scale
+    if cfg.input == "meshgrid":
+        ys = torch.linspace(0, 1, hp)
+        xs = torch.linspace(0, 1, wp)
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        return torch.stack([gx, gy])[None]
+    if cfg.input == "image":
+        if problem.fixed_input is None:
+            raise ValueError("this preset wants an image input but the task supplies none")
+        img = torch.from_numpy(np.ascontiguousarray(np.moveaxis(problem.fixed_input, -1, 0)))[None].float()
+        h, w = img.shape[2:]
+        top, left = (hp - h) // 2, (wp - w) // 2
+        pad = (left, wp - w - left, top, hp - h - top)
+        mode = "reflect" if max(pad) < min(h, w) else "replicate"
+        return nn.functional.pad(img, pad, mode=mode)
+    raise ValueError(f"unknown input kind {cfg.input!r}")
+
+
+def fit(
+    problem: Problem,
+    cfg: FitConfig,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    callback: Callable[[Progress], bool | None] | None = None,
+    callback_every: int = 10,
+    reference: np.ndarray | None = None,
+) -> FitOutcome:
+    """Fit the network of ``cfg`` to ``problem`` and return the restored image.
+
+    ``reference`` (the ground truth, (H, W, C) in [0, 1]) is only measured against, every
+    ``cfg.history_every`` iterations; it never steers the fit.
+    """
+    device = resolve_device(device)
+    h, w = problem.out_size
+    hp, wp = padded_size(h, w, cfg.net.scales)
+    top, left = (hp - h) // 2, (wp - w) // 2
+
+    gen = torch.Generator().manual_seed(seed)
+    z = make_input(cfg, problem, (hp, wp), gen).to(device)
+    net = build_network(cfg.net, z.shape[1], problem.channels)
+    init_weights(net, gen)
+    net.to(device).train()
+    problem.to(device)
+    params = list(net.parameters())
+    if cfg.optimize_input:
+        z.requires_grad_(True)
+        params.append(z)
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
+    noise = torch.empty_like(z) if cfg.reg_noise_std > 0 else None
+    stopper = (
+        WindowedVariance(cfg.stop_window, cfg.stop_patience, generator=torch.Generator().manual_seed(seed + 2))
+        if cfg.stop == "auto"
+        else None
+    )
+
+    ema = None
+    best_loss = math.inf
+    best_out = None  # lowest-loss raw output (used when there is no averaging or stopping rule)
+    stop_out = None  # the candidate at the variance minimum
+    stop_iter = None
+    snapshot = None
+    last_good_psnr = None
+    backtracks = 0
+    history: list[dict] = []
+    reason = "completed"
+    it = 0
+    loss_value = math.nan
+    candidate = None
+    start = time.perf_counter()
+
+    try:
+        for it in range(1, cfg.iterations + 1):
+            inp = z if noise is None else z + noise.normal_(generator=noise_gen) * cfg.reg_noise_std
+            out = net(inp)[:, :, top : top + h, left : left + w]
+            loss = problem.loss(out)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_value = loss.item()
+            out = out.detach()
+
+            if cfg.backtrack and (not math.isfinite(loss_value) or it % cfg.backtrack_every == 0):
+                data_psnr = -10 * math.log10(loss_value) if loss_value > 0 else math.inf
+                collapsed = not math.isfinite(loss_value) or (
+                    last_good_psnr is not None and data_psnr < last_good_psnr - cfg.backtrack_drop_db
+                )
+                if collapsed and snapshot is not None:
+                    net.load_state_dict(snapshot[0])
+                    if cfg.optimize_input:
+                        z.data.copy_(snapshot[1])
+                    for group in opt.param_groups:
+                        group["lr"] *= 0.5
+                    backtracks += 1
+                    continue
+                if not collapsed:
+                    snapshot = ({k: v.detach().clone() for k, v in net.state_dict().items()}, z.detach().clone())
+                    last_good_psnr = data_psnr
+            if not math.isfinite(loss_value):
+                continue
+
+            if cfg.ema:
+                if ema is None:
+                    ema = out.clone()
+                else:
+                    ema.mul_(cfg.ema).add_(out, alpha=1 - cfg.ema)
+            if loss_value < best_loss:
+                best_loss = loss_value
+                if ema is None and stopper is None:
+                    best_out = out.clone() if best_out is None else best_out.copy_(out)
+            candidate = ema if ema is not None else (best_out if best_out is not None else out)
+
+            if stopper is not None:
+                if stopper.update(it, out):
+                    stop_out = candidate.clone() if stop_out is None else stop_out.copy_(candidate)
+                    stop_iter = it
+                candidate = stop_out if stop_out is not None else candidate
+
+            if it % cfg.history_every == 0 or it == 1:
+                entry = {"iter": it, "loss": loss_value}
+                if reference is not None:
+                    current = ema if ema is not None else out
+                    entry["psnr"] = _psnr(to_numpy(current), reference)
+                history.append(entry)
+
+            if stopper is not None and stopper.should_stop:
+                reason = "auto"
+                break
+
+            if callback is not None and (it % callback_every == 0 or it == cfg.iterations):
+                elapsed = time.perf_counter() - start
+                eta = elapsed / it * (cfg.iterations - it)
+                last_psnr = history[-1].get("psnr") if history else None
+                if callback(Progress(it, cfg.iterations, loss_value, last_psnr, elapsed, eta, candidate)):
+                    reason = "callback"
+                    break
+    except KeyboardInterrupt:
+        reason = "interrupted"
+
+    elapsed = time.perf_counter() - start
+    if stop_out is not None:
+        result, stopped_at = stop_out, stop_iter
+    elif ema is not None:
+        result, stopped_at = ema, it
+    elif best_out is not None:
+        result, stopped_at = best_out, it
+    elif candidate is not None:
+        result, stopped_at = candidate, it
+    else:
+        # Interrupted before the first iteration finished: there is no result.
+        raise KeyboardInterrupt
+    return FitOutcome(
+        output=np.clip(to_numpy(result), 0.0, 1.0),
+        iterations=it,
+        stopped_at=stopped_at,
+        stop_reason=reason,
+        elapsed_s=elapsed,
+        history=history,
+        backtracks=backtracks,
+        stop_curve=stopper.curve if stopper is not None else [],
+        parameters=sum(p.numel() for p in net.parameters()),
+    )

@@ -1,0 +1,176 @@
+"""Degradation operators A: what turns a clean image x into the observation y.
+
+The fit minimises ||A(f(theta, z)) - y||^2, so each operator must be differentiable in torch
+and act on batches shaped (1, C, H, W). They are small ``nn.Module`` objects holding their
+fixed kernels or masks as buffers, so ``.to(device)`` moves them with the network.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import DeepPriorError
+
+
+class Identity(nn.Module):
+    """A(x) = x: denoising, JPEG-artifact removal, flash/no-flash."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def lanczos2_kernel(factor: int) -> np.ndarray:
+    """The Deep Image Prior paper's Lanczos-2 downsampling kernel (phase 0.5).
+
+    A separable kernel of width ``4 * factor``, normalised to sum to one, sampled between
+    pixel centres so that each low-resolution pixel sits at the centre of its block.
+    """
+    width = 4 * factor
+    support = 2
+    centre = (width + 1) / 2.0
+    taps = np.zeros(width)
+    for i in range(1, width + 1):
+        d = abs(i + 0.5 - centre) / factor
+        v = 1.0
+        if d != 0:
+            v = support * math.sin(math.pi * d) * math.sin(math.pi * d / support) / (math.pi**2 * d * d)
+        taps[i - 1] = v
+    kernel = np.outer(taps, taps)
+    return kernel / kernel.sum()
+
+
+class LanczosDownsampler(nn.Module):
+    """A(x): blur with the Lanczos-2 kernel and keep every ``factor``-th pixel.
+
+    Replicate padding makes an (H, W) input give exactly (H / factor, W / factor) output, as
+    the paper's ``Downsampler(..., preserve_size=True)`` did for factors 2, 4 and 8; the padding
+    is split so that factor 3 also lines up.
+    """
+
+    def __init__(self, factor: int, channels: int):
+        super().__init__()
+        if factor < 1:
+            raise DeepPriorError(f"scale must be a positive integer, got {factor}")
+        self.factor = factor
+        k = torch.from_numpy(lanczos2_kernel(factor)).float()
+        self.register_buffer("kernel", k.expand(channels, 1, *k.shape).contiguous())
+        total = k.shape[0] - factor
+        self.pad = (total // 2, total - total // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.factor == 1:
+            return x
+        lo, hi = self.pad
+        x = F.pad(x, (lo, hi, lo, hi), mode="replicate")
+        return F.conv2d(x, self.kernel, stride=self.factor, groups=x.shape[1])
+
+
+class Mask(nn.Module):
+    """A(x) = x * m, with m = 1 on known pixels: inpainting and reconstruction."""
+
+    def __init__(self, known: np.ndarray):
+        super().__init__()
+        known = np.asarray(known, dtype=np.float32)
+        if known.ndim == 2:
+            known = known[None]
+        else:
+            known = np.moveaxis(known, -1, 0)
+        self.register_buffer("known", torch.from_numpy(np.ascontiguousarray(known))[None])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.known
+
+
+class Blur(nn.Module):
+    """A(x) = k * x, a known blur, with replicate padding so the size is kept."""
+
+    def __init__(self, kernel: np.ndarray, channels: int):
+        super().__init__()
+        kernel = np.asarray(kernel, dtype=np.float32)
+        k = torch.from_numpy(kernel[::-1, ::-1].copy())  # conv2d correlates; flip for convolution
+        self.register_buffer("kernel", k.expand(channels, 1, *k.shape).contiguous())
+        kh, kw = kernel.shape
+        self.pad = ((kw - 1) // 2, kw // 2, (kh - 1) // 2, kh // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, self.pad, mode="replicate")
+        return F.conv2d(x, self.kernel, groups=x.shape[1])
+
+
+# --- blur kernels ---------------------------------------------------------------------------
+
+
+def gaussian_kernel(sigma: float) -> np.ndarray:
+    """A normalised Gaussian kernel, 3 sigma on each side."""
+    if not sigma > 0:
+        raise DeepPriorError(f"gaussian blur sigma must be positive, got {sigma}")
+    radius = max(1, int(math.ceil(3 * sigma)))
+    t = np.arange(-radius, radius + 1, dtype=np.float64)
+    g = np.exp(-0.5 * (t / sigma) ** 2)
+    k = np.outer(g, g)
+    return (k / k.sum()).astype(np.float32)
+
+
+def motion_kernel(length: float, angle_deg: float) -> np.ndarray:
+    """A straight motion blur of ``length`` pixels at ``angle_deg`` degrees (anti-aliased)."""
+    if not length >= 1:
+        raise DeepPriorError(f"motion blur length must be at least 1 pixel, got {length}")
+    size = int(math.ceil(length)) | 1
+    k = np.zeros((size, size), dtype=np.float64)
+    c = size // 2
+    theta = math.radians(angle_deg)
+    dx, dy = math.cos(theta), -math.sin(theta)
+    samples = max(2, int(length * 8))
+    for t in np.linspace(-(length - 1) / 2, (length - 1) / 2, samples):
+        x, y = c + t * dx, c + t * dy
+        x0, y0 = int(math.floor(x)), int(math.floor(y))
+        fx, fy = x - x0, y - y0
+        for yy, xx, w in ((y0, x0, (1 - fx) * (1 - fy)), (y0, x0 + 1, fx * (1 - fy)),
+                          (y0 + 1, x0, (1 - fx) * fy), (y0 + 1, x0 + 1, fx * fy)):
+            if 0 <= yy < size and 0 <= xx < size:
+                k[yy, xx] += w
+    return (k / k.sum()).astype(np.float32)
+
+
+def parse_kernel(spec, *, load=None) -> np.ndarray:
+    """A blur kernel from ``gaussian:SIGMA``, ``motion:LENGTH,ANGLE``, a kernel image path or an array.
+
+    A kernel image is read as grayscale and normalised to sum to one; it must be small
+    (at most 101x101) and have some positive weight.
+    """
+    if isinstance(spec, np.ndarray):
+        return _check_kernel(spec.astype(np.float32), "kernel array")
+    spec = str(spec)
+    kind, _, args = spec.partition(":")
+    try:
+        if kind == "gaussian" and args:
+            return gaussian_kernel(float(args))
+        if kind == "motion" and args:
+            length, _, angle = args.partition(",")
+            return motion_kernel(float(length), float(angle or 0.0))
+    except ValueError:
+        raise DeepPriorError(f"bad kernel {spec!r}: use gaussian:SIGMA or motion:LENGTH,ANGLE") from None
+    if load is None:
+        from .images import load_image as load
+    try:
+        image = load(spec)
+    except DeepPriorError as e:
+        raise DeepPriorError(
+            f"bad kernel {spec!r}: not gaussian:SIGMA, motion:LENGTH,ANGLE or a readable kernel image ({e})"
+        ) from None
+    return _check_kernel(image.pixels.mean(axis=2), spec)
+
+
+def _check_kernel(k: np.ndarray, name: str) -> np.ndarray:
+    if k.ndim != 2 or 0 in k.shape:
+        raise DeepPriorError(f"{name}: a blur kernel must be a 2-D array")
+    if max(k.shape) > 101:
+        raise DeepPriorError(f"{name}: kernel is {k.shape[1]}x{k.shape[0]}; a blur kernel is at most 101x101")
+    if not np.isfinite(k).all() or (k < 0).any() or k.sum() <= 0:
+        raise DeepPriorError(f"{name}: a blur kernel needs non-negative weights with a positive sum")
+    return (k / k.sum()).astype(np.float32)

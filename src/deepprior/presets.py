@@ -1,0 +1,143 @@
+"""Hyperparameters as data: one table per task, one row per preset.
+
+``paper`` is the published configuration of Ulyanov et al. (CVPR 2018, and the authors'
+notebooks): it is the reference and stays as published. ``fast`` is the CPU-friendly default.
+A preset is a frozen :class:`FitConfig`; callers override single fields with
+``dataclasses.replace`` (the command line's ``--iters`` does exactly that).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+from .networks import NetConfig
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Everything that decides how a fit runs, apart from the task and the image."""
+
+    net: NetConfig = field(default_factory=NetConfig)
+    input: str = "noise"  # "noise" (uniform * input_scale), "meshgrid", or "image" (task supplies it)
+    input_depth: int = 32
+    input_scale: float = 0.1
+    optimize_input: bool = False
+    lr: float = 0.01
+    iterations: int = 3000  # the cap: automatic stopping may end earlier
+    reg_noise_std: float = 1.0 / 30.0  # input perturbation each iteration
+    ema: float = 0.99  # exponential averaging of outputs; 0 disables it
+    backtrack: bool = True  # reload the last good weights when the data-term PSNR drops > 5 dB
+    backtrack_every: int = 50
+    backtrack_drop_db: float = 5.0
+    stop: str = "auto"  # "auto" (windowed moving variance) or "off"
+    stop_window: int = 100
+    stop_patience: int = 400
+    history_every: int = 10
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "net"}
+        out["net"] = {f.name: getattr(self.net, f.name) for f in fields(self.net)}
+        return out
+
+
+def _net(**kw) -> NetConfig:
+    return NetConfig(**kw)
+
+
+_PAPER_SKIP = _net()  # skip 128/128/4, 5 scales, bilinear: 2.2 M parameters on a 32-channel input
+_FAST_SKIP = _net(
+    channels_down=(32, 32, 32, 64, 64),
+    channels_up=(32, 32, 32, 64, 64),
+    channels_skip=(4, 4, 4, 4, 4),
+)
+
+#: PRESETS[task_key][preset_name] -> FitConfig
+PRESETS: dict[str, dict[str, FitConfig]] = {
+    "denoise": {
+        "paper": FitConfig(net=_PAPER_SKIP, lr=0.01, iterations=3000, reg_noise_std=1 / 30),
+        "fast": FitConfig(net=_FAST_SKIP, lr=0.01, iterations=2000, reg_noise_std=1 / 30),
+    },
+    "dejpeg": {
+        # The paper's JPEG example (snail): a light skip net, 2400 iterations.
+        "paper": FitConfig(
+            net=_net(
+                channels_down=(8, 16, 32, 64, 128),
+                channels_up=(8, 16, 32, 64, 128),
+                channels_skip=(0, 0, 0, 4, 4),
+            ),
+            input_depth=3,
+            iterations=2400,
+            reg_noise_std=1 / 30,
+        ),
+        "fast": FitConfig(net=_FAST_SKIP, iterations=2000, reg_noise_std=1 / 30),
+    },
+    "sr": {
+        "paper": FitConfig(net=_PAPER_SKIP, lr=0.01, iterations=2000, reg_noise_std=0.03, ema=0.0),
+        "fast": FitConfig(net=_FAST_SKIP, lr=0.01, iterations=2000, reg_noise_std=0.03, ema=0.0),
+    },
+    "sr8": {
+        "paper": FitConfig(net=_PAPER_SKIP, lr=0.01, iterations=4000, reg_noise_std=0.05, ema=0.0),
+        "fast": FitConfig(net=_FAST_SKIP, lr=0.01, iterations=3000, reg_noise_std=0.05, ema=0.0),
+    },
+    "inpaint": {
+        # Text inpainting (kate): skip [128]*5 with 128-wide skips, nearest upsampling.
+        "paper": FitConfig(
+            net=_net(channels_skip=(128,) * 5, upsample="nearest"),
+            iterations=6000,
+            reg_noise_std=0.03,
+            ema=0.0,
+        ),
+        "fast": FitConfig(
+            net=replace(_FAST_SKIP, channels_skip=(16, 16, 16, 16, 16), upsample="nearest"),
+            iterations=3000,
+            reg_noise_std=0.03,
+            ema=0.0,
+        ),
+    },
+    "hole": {
+        # Large holes (vase): meshgrid input, hourglass without skips, nearest upsampling.
+        "paper": FitConfig(
+            net=_net(kind="hourglass", channels_skip=(0,) * 5, upsample="nearest"),
+            input="meshgrid",
+            input_depth=2,
+            iterations=5000,
+            reg_noise_std=0.03,
+            ema=0.0,
+            stop="off",
+        ),
+        "fast": FitConfig(
+            net=replace(_FAST_SKIP, kind="hourglass", channels_skip=(0,) * 5, upsample="nearest"),
+            input="meshgrid",
+            input_depth=2,
+            iterations=2500,
+            reg_noise_std=0.03,
+            ema=0.0,
+            stop="off",
+        ),
+    },
+    "reconstruct": {
+        # Restoration with 50 % of pixels dropped: lr 0.001, 11000 iterations.
+        "paper": FitConfig(net=_PAPER_SKIP, lr=0.001, iterations=11000, reg_noise_std=0.03, ema=0.0),
+        "fast": FitConfig(net=_FAST_SKIP, lr=0.01, iterations=3000, reg_noise_std=0.03, ema=0.99),
+    },
+    "deblur": {
+        "paper": FitConfig(net=_PAPER_SKIP, lr=0.01, iterations=3000, reg_noise_std=0.03),
+        "fast": FitConfig(net=_FAST_SKIP, lr=0.01, iterations=2000, reg_noise_std=0.03),
+    },
+    "flash": {
+        # Flash / no-flash: the flash image is the input; lr 0.1, 600 iterations, no perturbation.
+        "paper": FitConfig(net=_PAPER_SKIP, input="image", lr=0.1, iterations=600, reg_noise_std=0.0, ema=0.0, stop="off"),
+        "fast": FitConfig(net=_FAST_SKIP, input="image", lr=0.1, iterations=600, reg_noise_std=0.0, ema=0.0, stop="off"),
+    },
+}
+
+PRESET_NAMES = ("fast", "paper")
+
+
+def get_preset(task_key: str, name: str) -> FitConfig:
+    """The :class:`FitConfig` for a task table and preset name."""
+    from .errors import DeepPriorError
+
+    if name not in PRESET_NAMES:
+        raise DeepPriorError(f"unknown preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
+    return PRESETS[task_key][name]

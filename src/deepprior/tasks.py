@@ -1,0 +1,282 @@
+"""The restoration tasks: for each, the forward operator A and what the fit is matched to.
+
+A task turns the user's degraded image into a :class:`Problem`: the target y, the operator A
+with its data term ||A(x) - y||^2, the size of the image to produce, and (for flash/no-flash)
+the fixed network input. Tasks are small immutable objects so that a batch or a web request can
+describe its job with plain parameters (:func:`from_name`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import operators
+from .errors import DeepPriorError
+from .images import Image, load_image
+
+
+@dataclass
+class Problem:
+    """What the fitting loop needs: ``loss(x)`` for the full-size estimate x, and sizes."""
+
+    target: torch.Tensor  # y, shaped (1, C, h, w), premultiplied by the mask where there is one
+    operator: nn.Module  # A
+    out_size: tuple[int, int]  # (H, W) of the image to produce
+    channels: int
+    fixed_input: np.ndarray | None = None  # (H, W, C) network input (flash/no-flash)
+    known: np.ndarray | None = None  # (H, W) 1 = known pixel, for inpainting
+
+    def to(self, device) -> "Problem":
+        self.target = self.target.to(device)
+        self.operator = self.operator.to(device)
+        return self
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """The data term: mean squared error between A(x) and y."""
+        return torch.mean((self.operator(x) - self.target) ** 2)
+
+
+def _tensor(pixels: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(pixels, -1, 0)))[None].float()
+
+
+class Task:
+    """Base class: identity operator, output the size of the input."""
+
+    name = "task"
+    preset_key = "denoise"
+
+    def problem(self, image: Image) -> Problem:
+        return Problem(_tensor(image.pixels), operators.Identity(), (image.height, image.width), image.channels)
+
+    def params(self) -> dict:
+        return {}
+
+    def finish(self, image: Image, restored: np.ndarray) -> np.ndarray:
+        """Post-process the network's output (e.g. put known pixels back)."""
+        return restored
+
+
+@dataclass(frozen=True)
+class Denoise(Task):
+    """Gaussian or blind denoising: A is the identity. ``sigma`` (0-255) is informative only."""
+
+    sigma: float | None = None
+    name = "denoise"
+    preset_key = "denoise"
+
+    def __post_init__(self):
+        if self.sigma is not None and not self.sigma >= 0:
+            raise DeepPriorError(f"noise sigma must be >= 0, got {self.sigma}")
+
+    def params(self):
+        return {"sigma": self.sigma}
+
+
+@dataclass(frozen=True)
+class DeJPEG(Task):
+    """JPEG-artifact removal: blind, A is the identity."""
+
+    name = "dejpeg"
+    preset_key = "dejpeg"
+
+
+SCALES = (2, 3, 4, 8)
+
+
+@dataclass(frozen=True)
+class SuperResolution(Task):
+    """Super-resolution by ``scale``: A is the paper's Lanczos-2 downsampler."""
+
+    scale: int = 4
+    name = "upscale"
+
+    def __post_init__(self):
+        if self.scale not in SCALES:
+            raise DeepPriorError(f"scale must be one of {', '.join(map(str, SCALES))}, got {self.scale}")
+
+    @property
+    def preset_key(self):
+        return "sr8" if self.scale == 8 else "sr"
+
+    def problem(self, image: Image) -> Problem:
+        s = self.scale
+        op = operators.LanczosDownsampler(s, image.channels)
+        return Problem(_tensor(image.pixels), op, (image.height * s, image.width * s), image.channels)
+
+    def params(self):
+        return {"scale": self.scale}
+
+
+def load_mask(mask, *, size: tuple[int, int], fill_is_white: bool = True) -> np.ndarray:
+    """A mask as a boolean array, True = pixel to fill.
+
+    ``mask`` is a path, an :class:`Image`, or an array. By default non-zero (white) marks the
+    pixels to fill, as in OpenCV; ``fill_is_white=False`` reads the paper's masks (white =
+    known). ``size`` is the image's (height, width); any other size is an error, as is a mask
+    that leaves nothing known or nothing to fill.
+    """
+    if isinstance(mask, np.ndarray) and mask.dtype == np.bool_ and mask.ndim == 2:
+        white = mask
+    else:
+        img = load_image(mask) if not isinstance(mask, Image) else mask
+        white = img.pixels.mean(axis=2) > 0.5
+    if white.shape != tuple(size):
+        raise DeepPriorError(
+            f"mask is {white.shape[1]}x{white.shape[0]} but the image is {size[1]}x{size[0]}"
+        )
+    fill = white if fill_is_white else ~white
+    if fill.all():
+        raise DeepPriorError("mask leaves no known pixel: nothing to restore from")
+    if not fill.any():
+        raise DeepPriorError("mask marks no pixel to fill")
+    return fill
+
+
+@dataclass(frozen=True)
+class Inpaint(Task):
+    """Fill masked pixels. ``mask`` is True where pixels are missing.
+
+    ``mode="text"`` (text, scribbles, watermarks) uses a skip network; ``mode="hole"`` (large
+    holes) a meshgrid input and an hourglass without skips, nearest upsampling.
+    ``keep_known`` puts the known pixels back into the result unchanged.
+    """
+
+    mask: np.ndarray = field(default=None, repr=False)
+    mode: str = "text"
+    keep_known: bool = True
+    name = "inpaint"
+
+    def __post_init__(self):
+        if self.mode not in ("text", "hole"):
+            raise DeepPriorError(f"inpaint mode must be 'text' or 'hole', got {self.mode!r}")
+        if self.mask is None:
+            raise DeepPriorError("inpainting needs a mask")
+
+    @property
+    def preset_key(self):
+        return "hole" if self.mode == "hole" else "inpaint"
+
+    def problem(self, image: Image) -> Problem:
+        fill = np.asarray(self.mask, dtype=bool)
+        if fill.shape != (image.height, image.width):
+            raise DeepPriorError(
+                f"mask is {fill.shape[1]}x{fill.shape[0]} but the image is {image.width}x{image.height}"
+            )
+        known = (~fill).astype(np.float32)
+        op = operators.Mask(known)
+        target = _tensor(image.pixels * known[:, :, None])
+        return Problem(target, op, (image.height, image.width), image.channels, known=known)
+
+    def finish(self, image: Image, restored: np.ndarray) -> np.ndarray:
+        if not self.keep_known:
+            return restored
+        known = (~np.asarray(self.mask, dtype=bool))[:, :, None]
+        return np.where(known, image.pixels, restored)
+
+    def params(self):
+        fill = np.asarray(self.mask, dtype=bool)
+        return {"mode": self.mode, "missing_fraction": round(float(fill.mean()), 4), "keep_known": self.keep_known}
+
+
+@dataclass(frozen=True)
+class Reconstruct(Inpaint):
+    """Reconstruction from randomly dropped pixels (e.g. 50 %): the paper's restoration task."""
+
+    name = "reconstruct"
+
+    @property
+    def preset_key(self):
+        return "reconstruct"
+
+
+@dataclass(frozen=True)
+class Deblur(Task):
+    """Non-blind deblurring: A convolves with the known ``kernel`` (a 2-D array summing to 1)."""
+
+    kernel: np.ndarray = field(default=None, repr=False)
+    spec: str | None = None
+    name = "deblur"
+    preset_key = "deblur"
+
+    def __post_init__(self):
+        if self.kernel is None:
+            raise DeepPriorError("deblurring needs a kernel")
+
+    @classmethod
+    def from_spec(cls, spec) -> "Deblur":
+        """From ``gaussian:SIGMA``, ``motion:LENGTH,ANGLE`` or a kernel image path."""
+        return cls(kernel=operators.parse_kernel(spec), spec=str(spec))
+
+    def problem(self, image: Image) -> Problem:
+        op = operators.Blur(self.kernel, image.channels)
+        return Problem(_tensor(image.pixels), op, (image.height, image.width), image.channels)
+
+    def params(self):
+        return {"kernel": self.spec or f"array {self.kernel.shape[1]}x{self.kernel.shape[0]}"}
+
+
+@dataclass(frozen=True)
+class FlashNoFlash(Task):
+    """Flash/no-flash fusion: the flash image is the network input, the no-flash image the target."""
+
+    flash: Image = field(default=None, repr=False)
+    name = "flash"
+    preset_key = "flash"
+
+    def __post_init__(self):
+        if self.flash is None:
+            raise DeepPriorError("flash/no-flash needs the flash image")
+
+    def problem(self, image: Image) -> Problem:
+        if self.flash.size != image.size:
+            raise DeepPriorError(
+                f"flash image is {self.flash.width}x{self.flash.height} but the no-flash image is "
+                f"{image.width}x{image.height}"
+            )
+        p = super().problem(image)
+        flash = self.flash.pixels
+        if flash.shape[2] != image.channels:
+            flash = flash.mean(axis=2, keepdims=True) if image.channels == 1 else np.repeat(flash, 3, axis=2)
+        p.fixed_input = flash
+        return p
+
+
+TASK_NAMES = ("denoise", "upscale", "inpaint", "reconstruct", "dejpeg", "deblur", "flash")
+
+
+def from_name(name: str, *, image_size: tuple[int, int] | None = None, **options) -> Task:
+    """Build a task from plain options, as the web app and the batch runner receive them.
+
+    ``options``: ``scale`` (upscale), ``mask`` (path/array, with ``mask_known`` to read white as
+    known) and ``mode`` (inpaint), ``kernel`` (deblur), ``flash`` (path or Image), ``sigma``.
+    ``image_size`` is (height, width), needed to check a mask.
+    """
+    if name == "denoise":
+        return Denoise(sigma=options.get("sigma"))
+    if name == "dejpeg":
+        return DeJPEG()
+    if name == "upscale":
+        return SuperResolution(scale=int(options.get("scale", 4)))
+    if name in ("inpaint", "reconstruct"):
+        if options.get("mask") is None:
+            raise DeepPriorError(f"{name} needs a mask")
+        if image_size is None:
+            raise ValueError("image_size is needed to read a mask")
+        fill = load_mask(options["mask"], size=image_size, fill_is_white=not options.get("mask_known", False))
+        if name == "reconstruct":
+            return Reconstruct(mask=fill)
+        return Inpaint(mask=fill, mode=options.get("mode", "text"))
+    if name == "deblur":
+        if options.get("kernel") is None:
+            raise DeepPriorError("deblur needs a kernel (gaussian:SIGMA, motion:LENGTH,ANGLE or a kernel image)")
+        return Deblur.from_spec(options["kernel"])
+    if name == "flash":
+        if options.get("flash") is None:
+            raise DeepPriorError("flash/no-flash needs the flash image")
+        return FlashNoFlash(flash=load_image(options["flash"]))
+    raise DeepPriorError(f"unknown task {name!r}; choose one of {', '.join(TASK_NAMES)}")
