@@ -1,0 +1,29 @@
+# Set-up and everyday commands. `make app` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 7860
+
+.PHONY: setup test app bench clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 is the CPU build on this machine's disk; it is installed first so that nothing
+# pulls a multi-GB CUDA build. Re-runs only when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[app,bench,test]"
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+app: setup
+	$(VENV)/bin/deepprior app --host $(HOST) --port $(PORT)
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

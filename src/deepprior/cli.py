@@ -1,0 +1,434 @@
+"""The ``deepprior`` command line: a thin shell over :func:`deepprior.restore`.
+
+Each restoration command reads the input, builds its task, checks the output path before any
+work, runs the fit with a progress bar, and writes the result (and an optional JSON report)
+atomically. Problems the user can fix print one line and exit with status 2; Ctrl-C or SIGTERM
+during a fit stops it and writes the best result so far.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
+
+from . import __version__, degrade as deg
+from .errors import DeepPriorError
+from .images import DEFAULT_MAX_PIXELS, check_output_path, load_image, save_image
+from .restoration import restore
+try:  # typer >= 0.20 vendors its own click
+    from typer._click import exceptions as _cx
+except ImportError:  # pragma: no cover
+    from click import exceptions as _cx
+
+from .tasks import SCALES, Deblur, DeJPEG, Denoise, FlashNoFlash, Inpaint, Reconstruct, SuperResolution, load_mask
+
+app = typer.Typer(
+    name="deepprior",
+    help="Restore damaged photographs with the Deep Image Prior (no training data, no pretrained weights).",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+err = Console(stderr=True)
+
+
+class PresetName(str, Enum):
+    fast = "fast"
+    paper = "paper"
+
+
+class StopMode(str, Enum):
+    auto = "auto"
+    off = "off"
+
+
+class HoleMode(str, Enum):
+    text = "text"
+    hole = "hole"
+
+
+# Options shared by every restoration command, declared once.
+Input = Annotated[Path, typer.Argument(help="Degraded image to restore.", show_default=False)]
+Output = Annotated[Path, typer.Option("-o", "--output", help="Where to write the result (.png, .tif, .jpg, .webp, .bmp).")]
+PresetOpt = Annotated[PresetName, typer.Option("--preset", help="fast (CPU-friendly) or paper (published settings).")]
+Iters = Annotated[Optional[int], typer.Option("--iters", help="Maximum iterations (default: the preset's).")]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed; the same seed reproduces a run.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+Threads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for PyTorch.")]
+Stop = Annotated[Optional[StopMode], typer.Option("--stop", help="auto: stop near the best iterate; off: run all iterations.")]
+Reference = Annotated[Optional[Path], typer.Option("--reference", help="Ground truth, only to report PSNR/SSIM.")]
+Report = Annotated[Optional[Path], typer.Option("--report", help="Write a JSON report of the run here.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+MaxPixels = Annotated[int, typer.Option("--max-pixels", help="Refuse images with more pixels than this.")]
+
+
+class Common:
+    """The shared options, bundled so each command passes them on in one piece."""
+
+    def __init__(self, output, preset, iters, seed, device, threads, stop, reference, report, quiet, max_pixels):
+        self.output, self.preset, self.iters, self.seed = output, preset.value, iters, seed
+        self.device, self.threads, self.stop = device, threads, stop.value if stop else None
+        self.reference, self.report, self.quiet, self.max_pixels = reference, report, quiet, max_pixels
+
+
+def _common(**kw) -> Common:
+    return Common(**kw)
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM stops the fit like Ctrl-C does, so the best result so far is still written."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _run(task_factory, input_path: Path, c: Common, extra_inputs=()) -> None:
+    if c.iters is not None and c.iters < 1:
+        raise DeepPriorError(f"--iters must be at least 1, got {c.iters}")
+    if c.max_pixels < 1:
+        raise DeepPriorError(f"--max-pixels must be positive, got {c.max_pixels}")
+    check_output_path(c.output, inputs=(input_path, *extra_inputs))
+    if c.report is not None:
+        check_output_path(c.report.with_suffix(".png"), inputs=())  # folder exists and is writable
+        if c.report.is_dir():
+            raise DeepPriorError(f"{c.report}: report path is a directory")
+    image = load_image(input_path, max_pixels=c.max_pixels)
+    task = task_factory(image)
+    reference = load_image(c.reference, max_pixels=None) if c.reference else None
+
+    progress = None
+    bar = None
+    if not c.quiet:
+        progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("it {task.fields[it]}"),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[psnr]}"),
+            TextColumn("ETA {task.fields[eta]}"),
+            console=err,
+            transient=False,
+        )
+        progress.start()
+        bar = progress.add_task(task.name, total=None, it="-", loss="-", psnr="", eta="-")
+
+    def on_progress(p):
+        if progress is not None:
+            progress.update(
+                bar,
+                completed=p.iteration,
+                total=p.max_iterations,
+                it=f"{p.iteration}/{p.max_iterations}",
+                loss=f"{p.loss:.5f}",
+                psnr=f"PSNR {p.psnr:.2f} dB" if p.psnr is not None else "",
+                eta=_fmt_time(p.eta_s),
+            )
+
+    try:
+        with _sigterm_as_interrupt():
+            result = restore(
+                image,
+                task,
+                c.preset,
+                seed=c.seed,
+                device=c.device,
+                threads=c.threads,
+                callback=on_progress,
+                callback_every=5,
+                reference=reference,
+                iterations=c.iters,
+                stop=c.stop,
+            )
+    finally:
+        if progress is not None:
+            progress.stop()
+    result.save(c.output)
+    if c.report is not None:
+        result.save_report(c.report)
+    o = result.outcome
+    how = {"auto": "stopped automatically", "interrupted": "interrupted", "callback": "stopped"}.get(o.stop_reason, "ran all iterations")
+    line = (
+        f"wrote {c.output} ({result.image.width}x{result.image.height} {result.image.mode}); "
+        f"{o.iterations} iterations, {how}, result from iteration {o.stopped_at}, {o.elapsed_s:.1f} s"
+    )
+    if result.metrics:
+        line += "; " + ", ".join(f"{k.upper()} {v:.4g}" for k, v in result.metrics.items())
+    err.print(line, highlight=False, soft_wrap=True)
+    if o.stop_reason == "interrupted":
+        raise typer.Exit(130)
+
+
+def _fmt_time(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+@app.command()
+def denoise(
+    input: Input,
+    output: Output,
+    sigma: Annotated[Optional[float], typer.Option(help="Noise level on 0-255, if known (informative; the fit is blind).")] = None,
+    preset: PresetOpt = PresetName.fast,
+    iters: Iters = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    threads: Threads = None,
+    stop: Stop = None,
+    reference: Reference = None,
+    report: Report = None,
+    quiet: Quiet = False,
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+):
+    """Remove Gaussian (or unknown) noise."""
+    c = _common(**{k: v for k, v in locals().items() if k not in ("input", "sigma")})
+    _run(lambda image: Denoise(sigma=sigma), input, c)
+
+
+@app.command()
+def upscale(
+    input: Input,
+    output: Output,
+    scale: Annotated[int, typer.Option("--scale", "-s", help="Upscaling factor: 2, 3, 4 or 8.")] = 4,
+    preset: PresetOpt = PresetName.fast,
+    iters: Iters = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    threads: Threads = None,
+    stop: Stop = None,
+    reference: Reference = None,
+    report: Report = None,
+    quiet: Quiet = False,
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+):
+    """Super-resolution by 2, 3, 4 or 8 (Lanczos downsampler as the operator)."""
+    if scale not in SCALES:
+        raise DeepPriorError(f"--scale must be one of {', '.join(map(str, SCALES))}, got {scale}")
+    c = _common(**{k: v for k, v in locals().items() if k not in ("input", "scale")})
+    _run(lambda image: SuperResolution(scale=scale), input, c)
+
+
+MaskOpt = Annotated[Path, typer.Option("--mask", "-m", help="Mask image: white = pixel to fill (as in OpenCV).")]
+MaskKnown = Annotated[bool, typer.Option("--mask-known", help="Read the mask the paper's way: white = known pixel.")]
+
+
+@app.command()
+def inpaint(
+    input: Input,
+    output: Output,
+    mask: MaskOpt,
+    mask_known: MaskKnown = False,
+    mode: Annotated[HoleMode, typer.Option("--mode", help="text (text, scribbles, watermarks) or hole (large holes).")] = HoleMode.text,
+    preset: PresetOpt = PresetName.fast,
+    iters: Iters = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    threads: Threads = None,
+    stop: Stop = None,
+    reference: Reference = None,
+    report: Report = None,
+    quiet: Quiet = False,
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+):
+    """Fill the masked pixels of an image."""
+    c = _common(**{k: v for k, v in locals().items() if k not in ("input", "mask", "mask_known", "mode")})
+
+    def make(image):
+        fill = load_mask(load_image(mask, max_pixels=max_pixels), size=(image.height, image.width), fill_is_white=not mask_known)
+        return Inpaint(mask=fill, mode=mode.value)
+
+    _run(make, input, c, extra_inputs=(mask,))
+
+
+@app.command()
+def reconstruct(
+    input: Input,
+    output: Output,
+    mask: MaskOpt,
+    mask_known: MaskKnown = False,
+    preset: PresetOpt = PresetName.fast,
+    iters: Iters = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    threads: Threads = None,
+    stop: Stop = None,
+    reference: Reference = None,
+    report: Report = None,
+    quiet: Quiet = False,
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+):
+    """Reconstruct an image from which random pixels were dropped (e.g. 50 %)."""
+    c = _common(**{k: v for k, v in locals().items() if k not in ("input", "mask", "mask_known")})
+
+    def make(image):
+        fill = load_mask(load_image(mask, max_pixels=max_pixels), size=(image.height, image.width), fill_is_white=not mask_known)
+        return Reconstruct(mask=fill)
+
+    _run(make, input, c, extra_inputs=(mask,))
+
+
+@app.command()
+def dejpeg(
+    input: Input,
+    output: Output,
+    preset: PresetOpt = PresetName.fast,
+    iters: Iters = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    threads: Threads = None,
+    stop: Stop = None,
+    reference: Reference = None,
+    report: Report = None,
+    quiet: Quiet = False,
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+):
+    """Remove JPEG compression artifacts (blind)."""
+    c = _common(**{k: v for k, v in locals().items() if k != "input"})
+    _run(lambda image: DeJPEG(), input, c)
+
+
+@app.command()
+def deblur(
+    input: Input,
+    output: Output,
+    kernel: Annotated[str, typer.Option("--kernel", "-k", help="gaussian:SIGMA, motion:LENGTH,ANGLE, or a kernel image.")],
+    preset: PresetOpt = PresetName.fast,
+    iters: Iters = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    threads: Threads = None,
+    stop: Stop = None,
+    reference: Reference = None,
+    report: Report = None,
+    quiet: Quiet = False,
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+):
+    """Remove a known blur."""
+    c = _common(**{k: v for k, v in locals().items() if k not in ("input", "kernel")})
+    task = Deblur.from_spec(kernel)  # checked before the image is read
+    _run(lambda image: task, input, c)
+
+
+@app.command()
+def flash(
+    input: Annotated[Path, typer.Argument(help="The no-flash image (the target).", show_default=False)],
+    output: Output,
+    flash: Annotated[Path, typer.Option("--flash", "-f", help="The flash image of the same scene (the network input).")],
+    preset: PresetOpt = PresetName.fast,
+    iters: Iters = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    threads: Threads = None,
+    stop: Stop = None,
+    reference: Reference = None,
+    report: Report = None,
+    quiet: Quiet = False,
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+):
+    """Flash / no-flash fusion: the no-flash colours with the flash image's detail."""
+    c = _common(**{k: v for k, v in locals().items() if k not in ("input", "flash")})
+    flash_image = load_image(flash, max_pixels=max_pixels)
+    _run(lambda image: FlashNoFlash(flash=flash_image), input, c, extra_inputs=(flash,))
+
+
+@app.command()
+def degrade(
+    input: Input,
+    output: Output,
+    noise: Annotated[Optional[float], typer.Option("--noise", help="Add Gaussian noise of this sigma (0-255).")] = None,
+    downscale: Annotated[Optional[int], typer.Option("--downscale", help="Downscale by this factor (Lanczos).")] = None,
+    drop: Annotated[Optional[float], typer.Option("--drop", help="Drop this fraction of pixels at random.")] = None,
+    text: Annotated[Optional[str], typer.Option("--text", help="Write these words over the image.")] = None,
+    hole: Annotated[bool, typer.Option("--hole", help="Cut a large hole.")] = False,
+    jpeg: Annotated[Optional[int], typer.Option("--jpeg", help="Compress with this JPEG quality.")] = None,
+    blur: Annotated[Optional[str], typer.Option("--blur", help="Blur: gaussian:SIGMA, motion:LENGTH,ANGLE or a kernel image.")] = None,
+    mask_out: Annotated[Optional[Path], typer.Option("--mask-out", help="Write the mask (white = missing) here.")] = None,
+    seed: Seed = 0,
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+):
+    """Make a degraded test input the way the paper did (and its mask, with --mask-out)."""
+    chosen = [n for n, v in (("--noise", noise), ("--downscale", downscale), ("--drop", drop), ("--text", text),
+                             ("--hole", hole or None), ("--jpeg", jpeg), ("--blur", blur)) if v is not None]
+    if len(chosen) != 1:
+        raise DeepPriorError("choose exactly one of --noise, --downscale, --drop, --text, --hole, --jpeg, --blur")
+    check_output_path(output, inputs=(input,))
+    masking = chosen[0] in ("--drop", "--text", "--hole")
+    if mask_out is not None:
+        if not masking:
+            raise DeepPriorError("--mask-out goes with --drop, --text or --hole")
+        check_output_path(mask_out, inputs=(input, output))
+    image = load_image(input, max_pixels=max_pixels)
+    shape = (image.height, image.width)
+    fill = None
+    if noise is not None:
+        out = deg.add_noise(image, noise, seed)
+    elif downscale is not None:
+        out = deg.downscale(image, downscale)
+    elif jpeg is not None:
+        out = deg.jpeg(image, jpeg)
+    elif blur is not None:
+        out = deg.blur(image, blur)
+    else:
+        if drop is not None:
+            fill = deg.random_mask(shape, drop, seed)
+        elif text is not None:
+            fill = deg.text_mask(shape, text, seed)
+        else:
+            fill = deg.hole_mask(shape, seed)
+        out = deg.apply_mask(image, fill, value=1.0 if text is not None else 0.0)
+    save_image(out, output)
+    if fill is not None and mask_out is not None:
+        save_image(deg.mask_image(fill), mask_out)
+    note = f" and mask {mask_out}" if fill is not None and mask_out is not None else ""
+    err.print(f"wrote {output}{note}", highlight=False)
+
+
+@app.command()
+def version():
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def main(argv=None) -> int:
+    """Run the command line; returns the exit status (2 for any usage or input error)."""
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=argv, prog_name="deepprior", standalone_mode=False)
+    except _cx.NoArgsIsHelpError as e:
+        typer.echo(e.ctx.get_help() if e.ctx else str(e))
+        return 0
+    except _cx.ClickException as e:
+        print(f"deepprior: error: {e.format_message()}", file=sys.stderr)
+        return 2
+    except DeepPriorError as e:
+        print(f"deepprior: error: {e}", file=sys.stderr)
+        return 2
+    except (typer.Abort, KeyboardInterrupt):
+        print("deepprior: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
