@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[app,bench,test]"
+	$(PY) -m pip install -q -e ".[app,bench,test,ray]"
 	touch $(STAMP)
 
 test: setup

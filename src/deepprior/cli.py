@@ -408,6 +408,45 @@ def version():
     typer.echo(__version__)
 
 
+@app.command()
+def batch(
+    inputs: Annotated[list[str], typer.Argument(help="Images, folders (searched recursively) or glob patterns.", show_default=False)],
+    task: Annotated[str, typer.Option("--task", "-t", help="denoise, upscale, inpaint, reconstruct, dejpeg, deblur or flash.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder: mirrors the input tree; holds manifest.jsonl.")],
+    scale: Annotated[int, typer.Option("--scale", "-s", help="upscale: 2, 3, 4 or 8.")] = 4,
+    mask_known: MaskKnown = False,
+    mode: Annotated[HoleMode, typer.Option("--mode", help="inpaint: text or hole.")] = HoleMode.text,
+    kernel: Annotated[Optional[str], typer.Option("--kernel", "-k", help="deblur: gaussian:SIGMA, motion:LENGTH,ANGLE or a kernel image.")] = None,
+    sigma: Annotated[Optional[float], typer.Option(help="denoise: noise level on 0-255 (informative).")] = None,
+    masks: Annotated[Optional[Path], typer.Option("--masks", help="Folder of masks NAME_mask.png or NAME.png (default: NAME_mask.png beside each image).")] = None,
+    preset: PresetOpt = PresetName.fast,
+    iters: Iters = None,
+    seed: Seed = 0,
+    executor: Annotated[str, typer.Option("--executor", help="local (this machine) or ray (a Ray cluster).")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Join this Ray cluster ('auto': the one started here with ray start); default: start a local one.")] = None,
+    cpus_per_job: Annotated[Optional[int], typer.Option("--cpus-per-job", help="Threads (Ray CPUs) per image; default: the cores shared out over the images.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="local: at most this many images at once (default: cores // cpus-per-job).")] = None,
+    retries: Annotated[int, typer.Option("--retries", help="Retry a job that failed for a reason other than its input this many times.")] = 0,
+    device: Device = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and the summary.")] = False,
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+):
+    """Restore many images; a rerun skips what is done (see OUT/manifest.jsonl) and redoes the rest."""
+    from . import batch as batch_mod
+
+    settings = batch_mod.Settings(
+        task=task, scale=scale, mode=mode.value, mask_known=mask_known, kernel=kernel, sigma=sigma,
+        preset=preset.value, iterations=iters, seed=seed, max_pixels=max_pixels,
+    )
+    summary = batch_mod.run_batch(
+        inputs, out, settings, executor=executor, cpus_per_job=cpus_per_job, workers=workers, retries=retries,
+        masks_dir=masks, ray_address=ray_address, device=device, console=err, quiet=quiet,
+    )
+    err.print(summary.line(), highlight=False, soft_wrap=True)
+    if summary.exit_code:
+        raise typer.Exit(summary.exit_code)
+
+
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (2 for any usage or input error)."""
     command = typer.main.get_command(app)
