@@ -32,7 +32,7 @@ def lanczos2_kernel(factor: int) -> np.ndarray:
     """
     width = 4 * factor
     support = 2
-    centre = (width + 1) / 2.0
+    centre = (width + 2) / 2.0  # the paper's (kernel_width + 1) / 2 with kernel_width = 4 * factor + 1
     taps = np.zeros(width)
     for i in range(1, width + 1):
         d = abs(i + 0.5 - centre) / factor
@@ -107,8 +107,8 @@ class Blur(nn.Module):
 
 def gaussian_kernel(sigma: float) -> np.ndarray:
     """A normalised Gaussian kernel, 3 sigma on each side."""
-    if not sigma > 0:
-        raise DeepPriorError(f"gaussian blur sigma must be positive, got {sigma}")
+    if not 0 < sigma <= 16:  # 16 keeps the kernel within the 101x101 allowed for kernel images
+        raise DeepPriorError(f"gaussian blur sigma must be above 0 and at most 16, got {sigma}")
     radius = max(1, int(math.ceil(3 * sigma)))
     t = np.arange(-radius, radius + 1, dtype=np.float64)
     g = np.exp(-0.5 * (t / sigma) ** 2)
@@ -118,8 +118,10 @@ def gaussian_kernel(sigma: float) -> np.ndarray:
 
 def motion_kernel(length: float, angle_deg: float) -> np.ndarray:
     """A straight motion blur of ``length`` pixels at ``angle_deg`` degrees (anti-aliased)."""
-    if not length >= 1:
-        raise DeepPriorError(f"motion blur length must be at least 1 pixel, got {length}")
+    if not 1 <= length <= 101:  # the size allowed for kernel images
+        raise DeepPriorError(f"motion blur length must be 1 to 101 pixels, got {length}")
+    if not math.isfinite(angle_deg):
+        raise DeepPriorError(f"motion blur angle must be a number of degrees, got {angle_deg}")
     size = int(math.ceil(length)) | 1
     k = np.zeros((size, size), dtype=np.float64)
     c = size // 2
@@ -153,6 +155,8 @@ def parse_kernel(spec, *, load=None) -> np.ndarray:
         if kind == "motion" and args:
             length, _, angle = args.partition(",")
             return motion_kernel(float(length), float(angle or 0.0))
+    except DeepPriorError as e:
+        raise DeepPriorError(f"bad kernel {spec!r}: {e}") from None
     except ValueError:
         raise DeepPriorError(f"bad kernel {spec!r}: use gaussian:SIGMA or motion:LENGTH,ANGLE") from None
     if load is None:

@@ -1,0 +1,99 @@
+"""The command line end to end, in-process through deepprior.cli.main."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from deepprior.cli import main
+
+
+@pytest.fixture()
+def photo(tmp_path, rgb32):
+    path = tmp_path / "photo.png"
+    PILImage.fromarray((rgb32 * 255).round().astype(np.uint8)).save(path)
+    return path
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_denoise_writes_output_and_report(tmp_path, photo, capsys):
+    out, rep = tmp_path / "out.png", tmp_path / "run.json"
+    code, _, err = run(capsys, "denoise", photo, "-o", out, "--iters", 5, "--report", rep, "--reference", photo, "--quiet")
+    assert code == 0, err
+    assert PILImage.open(out).size == (32, 32)
+    report = json.loads(rep.read_text())
+    assert report["task"] == "denoise" and report["iterations"] == 5 and report["output"] == str(out)
+    assert "psnr" in report["metrics"] and report["history"][0]["iter"] == 1
+    assert "wrote" in err
+
+
+def test_every_task_runs(tmp_path, photo, capsys):
+    mask = tmp_path / "mask.png"
+    code, _, err = run(capsys, "degrade", photo, "-o", tmp_path / "holes.png", "--drop", 0.5, "--mask-out", mask)
+    assert code == 0, err
+    m = np.asarray(PILImage.open(mask))
+    assert m.shape == (32, 32) and 0.3 < (m > 0).mean() < 0.7
+    flash = tmp_path / "flash_in.png"
+    PILImage.open(photo).point(lambda v: min(255, int(v * 1.2))).save(flash)
+    cases = [
+        ("upscale", "--scale", 2),
+        ("inpaint", "--mask", mask),
+        ("inpaint", "--mask", mask, "--mode", "hole"),
+        ("reconstruct", "--mask", mask),
+        ("dejpeg",),
+        ("deblur", "--kernel", "motion:5,45"),
+        ("flash", "--flash", flash),
+    ]
+    for args in cases:
+        out = tmp_path / f"{args[0]}.png"
+        code, _, err = run(capsys, args[0], photo, "-o", out, "--iters", 3, "-q", *args[1:])
+        assert code == 0, (args, err)
+        expected = (64, 64) if args[0] == "upscale" else (32, 32)
+        assert PILImage.open(out).size == expected, args
+
+
+def test_degrade_options(tmp_path, photo, capsys):
+    for opt in (["--noise", 25], ["--downscale", 4], ["--text", "hello"], ["--hole"], ["--jpeg", 10], ["--blur", "gaussian:2"]):
+        out = tmp_path / f"d{opt[0]}.png"
+        code, _, err = run(capsys, "degrade", photo, "-o", out, *opt)
+        assert code == 0, (opt, err)
+        assert PILImage.open(out).size == ((8, 8) if opt[0] == "--downscale" else (32, 32))
+    code, _, err = run(capsys, "degrade", photo, "-o", tmp_path / "x.png", "--noise", 5, "--jpeg", 10)
+    assert code == 2 and "exactly one" in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["upscale", "{photo}", "-o", "{out}", "--scale", "5"], "scale"),
+        (["denoise", "{missing}", "-o", "{out}"], "no such file"),
+        (["denoise", "{photo}", "-o", "{photo}"], "overwrite the input"),
+        (["denoise", "{photo}", "-o", "{tmp}"], ""),
+        (["denoise", "{photo}", "-o", "{out}", "--iters", "0"], "iters"),
+        (["denoise", "{photo}", "-o", "{out}", "--bogus"], "No such option"),
+        (["denoise", "{text}", "-o", "{out}"], "not an image"),
+        (["inpaint", "{photo}", "-o", "{out}", "--mask", "{bigmask}"], "mask is"),
+        (["deblur", "{photo}", "-o", "{out}", "--kernel", "gaussian:-2"], "sigma"),
+        (["denoise", "{photo}", "-o", "{tmp}/nope/out.png"], "does not exist"),
+        (["denoise", "{photo}", "-o", "{tmp}/out.xyz"], "unknown output format"),
+    ],
+)
+def test_errors_are_one_line_exit_2_and_write_nothing(tmp_path, photo, capsys, args, message):
+    (tmp_path / "notes.png").write_text("this is not an image")
+    PILImage.new("L", (40, 40), 255).save(tmp_path / "big_mask.png")
+    subs = dict(photo=photo, out=tmp_path / "out.png", missing=tmp_path / "missing.png", tmp=tmp_path,
+                text=tmp_path / "notes.png", bigmask=tmp_path / "big_mask.png")
+    code, out, err = run(capsys, *[a.format(**subs) for a in args])
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("deepprior: error:"), err
+    assert message in lines[0]
+    assert "Traceback" not in err
+    assert not (tmp_path / "out.png").exists()
+    assert not list(tmp_path.glob("*.part"))

@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+import torch
+
+from deepprior.stopping import WindowedVariance
+
+
+def trajectory(n_iter, t_min, seed=0, shape=(1, 3, 24, 24)):
+    """Outputs that wander with an amplitude falling to a minimum at t_min, then rising."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(shape, generator=g)
+    for t in range(1, n_iter + 1):
+        amp = 0.01 + 0.002 * abs(t - t_min)
+        yield t, base + amp * torch.randn(shape, generator=g)
+
+
+def test_stops_near_the_known_minimum_of_the_variance():
+    window, t_min = 20, 150
+    wv = WindowedVariance(window=window, patience=60)
+    stopped = None
+    for t, out in trajectory(400, t_min):
+        wv.update(t, out)
+        if wv.should_stop:
+            stopped = t
+            break
+    assert stopped is not None
+    # the window variance at t covers [t - W + 1, t], so its minimum sits about W/2 after t_min
+    assert abs(wv.best_iteration - (t_min + window // 2)) <= 10
+    assert stopped == wv.best_iteration + 60
+
+
+def test_never_stops_before_the_window_fills():
+    wv = WindowedVariance(window=50, patience=1)
+    for t in range(1, 50):
+        assert wv.update(t, torch.zeros(1, 1, 4, 4)) is False
+        assert not wv.should_stop
+        assert not wv.filled
+    wv.update(50, torch.zeros(1, 1, 4, 4))
+    assert wv.filled
+
+
+def test_pixel_subset_finds_the_same_point_as_all_pixels():
+    shape = (1, 3, 96, 96)  # 27,648 values > the 4,096-value subset
+    full = WindowedVariance(window=30, patience=10**9, max_samples=10**9)
+    sub = WindowedVariance(window=30, patience=10**9, max_samples=4096, generator=torch.Generator().manual_seed(1))
+    for t, out in trajectory(300, 120, shape=shape):
+        full.update(t, out)
+        sub.update(t, out)
+    assert abs(full.best_iteration - sub.best_iteration) <= 3
+    f = np.array([v for _, v in full.curve])
+    s = np.array([v for _, v in sub.curve])
+    assert np.corrcoef(f, s)[0, 1] > 0.99
+
+
+def test_window_must_be_at_least_two():
+    with pytest.raises(ValueError):
+        WindowedVariance(window=1)
