@@ -447,6 +447,78 @@ def batch(
         raise typer.Exit(summary.exit_code)
 
 
+@app.command()
+def bench(
+    suite: Annotated[str, typer.Argument(help="sr-x2, sr-x3, sr-x4, sr-x8, denoise-15, denoise-25, denoise-50, inpaint-50 or inpaint-text.", show_default=False)],
+    data: Annotated[Optional[Path], typer.Option("--data", help="Benchmark data folder (default: ../shared/data, else $DEEPPRIOR_DATA).")] = None,
+    set_name: Annotated[Optional[str], typer.Option("--set", help="Super-resolution image set: Set5 (default) or Set14.")] = None,
+    methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods (default: every method of the suite).")] = None,
+    preset: PresetOpt = PresetName.fast,
+    images: Annotated[Optional[str], typer.Option("--images", help="Comma-separated image names (default: the whole set).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N images.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: bench-out/SUITE).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the results in --out, skipping finished (image, method) pairs.")] = False,
+    seed: Seed = 0,
+    iters: Iters = None,
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="Real-ESRGAN weights: an RRDBNet .pth (basicsr key names) or an ncnn .param.")] = None,
+    threads: Threads = None,
+    quiet: Quiet = False,
+):
+    """Benchmark DIP and classical baselines on a standard suite; writes results.csv/json and report.md."""
+    from . import bench as bench_mod
+
+    split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
+    progress = None
+    if not quiet:
+        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                            TextColumn("{task.fields[fit]}"), console=err, transient=False)
+        bar = progress.add_task("bench", total=None, fit="")
+
+    def on_pair(done, total, label):
+        if progress is not None:
+            if not progress.live.is_started:
+                progress.start()
+            progress.update(bar, completed=done, total=total, description=label, fit="")
+
+    def on_fit(p):
+        if progress is not None:
+            progress.update(bar, fit=f"DIP it {p.iteration}/{p.max_iterations}"
+                            + (f" PSNR {p.psnr:.2f}" if p.psnr is not None else ""))
+
+    try:
+        with _sigterm_as_interrupt():
+            results, path = bench_mod.run(
+                suite, data=data, set_name=set_name, out=out, methods=split(methods), preset=preset.value,
+                seed=seed, iters=iters, names=split(images), limit=limit, resume=resume, weights=weights,
+                threads=threads, progress=on_pair, dip_callback=on_fit,
+                log=lambda s: err.print(s, highlight=False, soft_wrap=True),
+            )
+    except KeyboardInterrupt:
+        if progress is not None:
+            progress.stop()
+            progress = None
+        err.print("interrupted: finished (image, method) pairs are saved; rerun with --resume to go on", highlight=False)
+        raise typer.Exit(130)
+    finally:
+        if progress is not None:
+            progress.stop()
+    err.print(f"wrote {path} ({len(results['rows'])} results)", highlight=False, soft_wrap=True)
+
+
+@app.command("app")
+def app_command(
+    host: Annotated[str, typer.Option("--host", help="Address to serve on: 127.0.0.1 is this computer only, 0.0.0.0 the whole network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to serve on.")] = 7860,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="Fits that run at the same time; other requests wait in a queue.")] = 1,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest upload accepted, in megabytes.")] = 20.0,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", help="Largest image, and largest upscaled result, in pixels.")] = 4_000_000,
+):
+    """Serve the web app; open the address it prints in a browser. Ctrl-C stops it."""
+    from . import webapp  # imported here: gradio takes seconds to load and only this command needs it
+
+    webapp.launch(host=host, port=port, concurrency=concurrency, max_upload_mb=max_upload_mb, max_pixels=max_pixels)
+
+
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (2 for any usage or input error)."""
     command = typer.main.get_command(app)

@@ -1,0 +1,38 @@
+"""The evaluation harness: benchmark suites, classical baselines, a runner and a report.
+
+``deepprior bench SUITE`` is the command-line shell over :func:`run`; the pieces are
+
+* :mod:`.suites`: the images (sha256-checked), their seeded degradations and the metrics;
+* :mod:`.baselines`: classical methods (bicubic, Lanczos, BM3D, NLM, TV, Telea, Navier-Stokes,
+  biharmonic) and the method registry;
+* :mod:`.realesrgan`: Real-ESRGAN x4plus in plain PyTorch, read from ncnn weights;
+* :mod:`.runner`: running (image, method) pairs with resume, writing results.csv/json;
+* :mod:`.report`: report.md with tables against the paper's numbers, and figures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .suites import find_data_dir, get_suite, suite_names
+
+
+def run(suite_name: str, *, data=None, set_name: str | None = None, out=None, **options) -> tuple[dict, Path]:
+    """Run a suite and write its report; returns (results, report path).
+
+    ``options`` go to :func:`.runner.run_bench` (methods, preset, seed, iters, names, limit,
+    resume, weights, threads, progress, dip_callback, log).
+    """
+    from . import runner, report, suites
+
+    suite = get_suite(suite_name, set_name)
+    data_dir = find_data_dir(data)
+    if out is None:
+        out = Path("bench-out") / (suite.name + ("" if set_name in (None, "Set5") else f"-{set_name}"))
+    results = runner.run_bench(suite, data_dir, Path(out), **options)
+    n_total = len(suites.suite_files(suite, suites.read_manifest(data_dir)))
+    path = report.write_report(Path(out), results, suite, n_images_total=n_total)
+    return results, path
+
+
+__all__ = ["run", "get_suite", "suite_names", "find_data_dir"]

