@@ -8,6 +8,7 @@ during a fit stops it and writes the best result so far.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from contextlib import contextmanager
@@ -21,7 +22,8 @@ from rich.progress import BarColumn, Progress, TextColumn
 
 from . import __version__, degrade as deg
 from .errors import DeepPriorError
-from .images import DEFAULT_MAX_PIXELS, check_output_path, load_image, save_image
+from .images import DEFAULT_MAX_PIXELS, check_output_path, check_output_size, load_image, save_image
+from .fitting import resolve_device
 from .restoration import restore
 try:  # typer >= 0.20 vendors its own click
     from typer._click import exceptions as _cx
@@ -102,19 +104,82 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, old)
 
 
-def _run(task_factory, input_path: Path, c: Common, extra_inputs=()) -> None:
+@contextmanager
+def _native_stderr_silenced():
+    """Send what C decoders print straight to file descriptor 2 to /dev/null meanwhile.
+
+    libtiff (inside Pillow) and libpng (inside OpenCV) print their own complaints about odd
+    files ("TIFFFetchNormalTag: ...") past Python; the user should see our one line instead.
+    Used only around reading the inputs, before the progress bar starts.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        null = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError, AttributeError):  # no real stderr: nothing to silence
+        yield
+        return
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def _check_options(c: Common) -> None:
+    """Refuse impossible shared options before anything is read or computed."""
     if c.iters is not None and c.iters < 1:
         raise DeepPriorError(f"--iters must be at least 1, got {c.iters}")
     if c.max_pixels < 1:
         raise DeepPriorError(f"--max-pixels must be positive, got {c.max_pixels}")
-    check_output_path(c.output, inputs=(input_path, *extra_inputs))
+    if c.threads is not None and c.threads < 1:
+        raise DeepPriorError(f"--threads must be at least 1, got {c.threads}")
+    if not -SEED_LIMIT <= c.seed <= SEED_LIMIT:
+        raise DeepPriorError(f"--seed must be between {-SEED_LIMIT} and {SEED_LIMIT}, got {c.seed}")
+    try:
+        resolve_device(c.device)
+    except DeepPriorError:
+        raise
+    except (RuntimeError, ValueError):
+        raise DeepPriorError(f"--device must be auto, cpu or cuda (or cuda:N), got {c.device!r}") from None
+
+
+#: The fit derives two more generators from the seed (seed + 1, seed + 2); all must fit in 64 bits.
+SEED_LIMIT = 2**63 - 3
+
+
+def _run(task_factory, input_path: Path, c: Common, extra_inputs=()) -> None:
+    """Read, restore, write; a Ctrl-C outside the fit (which Typer would turn into a silent
+    exit 130) says what it left behind."""
+    c.written = False
+    try:
+        _restore_and_write(task_factory, input_path, c, extra_inputs)
+    except KeyboardInterrupt:
+        left = f"{c.output} was written" if c.written else "nothing was written"
+        print(f"deepprior: interrupted; {left}", file=sys.stderr)
+        raise typer.Exit(130) from None
+
+
+def _restore_and_write(task_factory, input_path: Path, c: Common, extra_inputs=()) -> None:
+    _check_options(c)
+    inputs = (input_path, *extra_inputs, c.reference)
+    check_output_path(c.output, inputs=inputs)
     if c.report is not None:
         check_output_path(c.report.with_suffix(".png"), inputs=())  # folder exists and is writable
         if c.report.is_dir():
             raise DeepPriorError(f"{c.report}: report path is a directory")
-    image = load_image(input_path, max_pixels=c.max_pixels)
-    task = task_factory(image)
-    reference = load_image(c.reference, max_pixels=None) if c.reference else None
+        for other in (*inputs, c.output):
+            if other is not None and _same_path(c.report, other):
+                raise DeepPriorError(f"{c.report}: the report would overwrite {other}; choose another name")
+    with _native_stderr_silenced():
+        image = load_image(input_path, max_pixels=c.max_pixels)
+        task = task_factory(image)
+        scale = getattr(task, "scale", 1)
+        check_output_size(c.output, (image.width * scale, image.height * scale))
+        # The ground truth is as large as the result (an upscale's is 64 times the input at x8).
+        reference = load_image(c.reference, max_pixels=c.max_pixels * 64) if c.reference else None
 
     progress = None
     bar = None
@@ -144,8 +209,11 @@ def _run(task_factory, input_path: Path, c: Common, extra_inputs=()) -> None:
                 eta=_fmt_time(p.eta_s),
             )
 
-    try:
-        with _sigterm_as_interrupt():
+    # SIGTERM is Ctrl-C for the whole fit-and-write: during the fit it ends the fit (the best
+    # result so far is written); during the write it removes the temporary file, so nothing
+    # half-written is ever left.
+    with _sigterm_as_interrupt():
+        try:
             result = restore(
                 image,
                 task,
@@ -159,12 +227,20 @@ def _run(task_factory, input_path: Path, c: Common, extra_inputs=()) -> None:
                 iterations=c.iters,
                 stop=c.stop,
             )
-    finally:
-        if progress is not None:
-            progress.stop()
-    result.save(c.output)
-    if c.report is not None:
-        result.save_report(c.report)
+        except (MemoryError, RuntimeError) as e:
+            if isinstance(e, RuntimeError) and not _out_of_memory(e):
+                raise
+            raise DeepPriorError(
+                f"out of memory restoring a {image.width}x{image.height} image on {c.device}; "
+                "try a smaller image (or crop it)"
+            ) from None
+        finally:
+            if progress is not None:
+                progress.stop()
+        result.save(c.output)
+        c.written = True
+        if c.report is not None:
+            result.save_report(c.report)
     o = result.outcome
     how = {"auto": "stopped automatically", "interrupted": "interrupted", "callback": "stopped"}.get(o.stop_reason, "ran all iterations")
     line = (
@@ -176,6 +252,23 @@ def _run(task_factory, input_path: Path, c: Common, extra_inputs=()) -> None:
     err.print(line, highlight=False, soft_wrap=True)
     if o.stop_reason == "interrupted":
         raise typer.Exit(130)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """PyTorch reports a failed allocation as a RuntimeError (torch.OutOfMemoryError on GPUs)."""
+    text = str(e).lower()
+    return "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
+
+
+def _same_path(a: Path, b) -> bool:
+    """Whether two paths name the same file (existing or not)."""
+    b = Path(b)
+    try:
+        if a.exists() and b.exists():
+            return a.samefile(b)
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 def _fmt_time(s: float) -> str:
@@ -324,8 +417,10 @@ def deblur(
 ):
     """Remove a known blur."""
     c = _common(**{k: v for k, v in locals().items() if k not in ("input", "kernel")})
-    task = Deblur.from_spec(kernel)  # checked before the image is read
-    _run(lambda image: task, input, c)
+    with _native_stderr_silenced():
+        task = Deblur.from_spec(kernel)  # checked before the image is read
+    kernel_file = (Path(kernel),) if Path(kernel).is_file() else ()
+    _run(lambda image: task, input, c, extra_inputs=kernel_file)
 
 
 @app.command()
@@ -346,7 +441,8 @@ def flash(
 ):
     """Flash / no-flash fusion: the no-flash colours with the flash image's detail."""
     c = _common(**{k: v for k, v in locals().items() if k not in ("input", "flash")})
-    flash_image = load_image(flash, max_pixels=max_pixels)
+    with _native_stderr_silenced():
+        flash_image = load_image(flash, max_pixels=max_pixels)
     _run(lambda image: FlashNoFlash(flash=flash_image), input, c, extra_inputs=(flash,))
 
 
@@ -376,7 +472,8 @@ def degrade(
         if not masking:
             raise DeepPriorError("--mask-out goes with --drop, --text or --hole")
         check_output_path(mask_out, inputs=(input, output))
-    image = load_image(input, max_pixels=max_pixels)
+    with _native_stderr_silenced():
+        image = load_image(input, max_pixels=max_pixels)
     shape = (image.height, image.width)
     fill = None
     if noise is not None:

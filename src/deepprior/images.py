@@ -6,8 +6,14 @@ what is needed to write the result back as the user had it: the alpha channel (c
 through untouched, never restored) and the bit depth (8 or 16).
 
 :func:`load_image` accepts whatever people have: EXIF-rotated phone photos, palette and CMYK
-files, 16-bit PNG and TIFF scans, transparent PNGs. Anything it cannot read becomes a
-one-line :class:`~deepprior.errors.DeepPriorError`, as does a pixel bomb over ``max_pixels``.
+files, 16-bit PNG and TIFF scans (gray, colour, with or without alpha), transparent PNGs,
+embedded colour profiles. Anything it cannot read becomes a one-line
+:class:`~deepprior.errors.DeepPriorError`, as does a pixel bomb over ``max_pixels`` (refused
+from the header, before any pixel is decoded). Pillow holds 16-bit colour only at 8 bits, so
+16-bit colour PNGs are decoded with OpenCV and 16-bit multi-channel TIFFs with tifffile (OpenCV
+for compressions tifffile lacks); 16-bit results are written by this module's own PNG writer
+and by tifffile.
+
 :func:`save_image` writes through a temporary file and a rename, so a crash or a full disk
 never leaves a half-written output behind.
 """
@@ -16,10 +22,14 @@ from __future__ import annotations
 
 import errno
 import io
+import logging
 import os
+import stat
 import struct
 import tempfile
 import warnings
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -45,6 +55,13 @@ OUTPUT_FORMATS = {
 
 _SIXTEEN_BIT_FORMATS = {"PNG", "TIFF"}
 _ALPHA_FORMATS = {"PNG", "TIFF", "WEBP"}
+_ICC_FORMATS = {"PNG", "TIFF", "WEBP", "JPEG"}
+
+#: The largest side each output format can hold (libwebp's limit, and libjpeg's).
+_MAX_SIDE = {"WEBP": 16383, "JPEG": 65500}
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
 
 # We check the pixel count ourselves (with a clear message), so Pillow's own bomb guard,
 # which warns and then raises with a message about DOS attacks, is switched off.
@@ -65,12 +82,17 @@ class Image:
         8 or 16: the precision the original was stored with, and the one results are written at.
     source : str or None
         Where the image came from, for reports.
+    icc_profile : bytes or None
+        The original's embedded colour profile (e.g. Display P3 from a phone), written back
+        with the result so its colours are shown as they were. Only kept when it describes
+        the pixels' colour space (a CMYK profile is dropped once the pixels are RGB).
     """
 
     pixels: np.ndarray
     alpha: np.ndarray | None = None
     bit_depth: int = 8
     source: str | None = None
+    icc_profile: bytes | None = None
 
     def __post_init__(self):
         p = self.pixels
@@ -78,6 +100,8 @@ class Image:
             raise DeepPriorError(f"image array must be HxWx1 or HxWx3, got shape {p.shape}")
         if self.alpha is not None and self.alpha.shape != p.shape[:2]:
             raise DeepPriorError("alpha channel must match the image size")
+        if self.bit_depth not in (8, 16):
+            raise DeepPriorError(f"bit depth must be 8 or 16, got {self.bit_depth}")
 
     @property
     def height(self) -> int:
@@ -132,11 +156,11 @@ def _fail(source: str | None, what: str) -> DeepPriorError:
     return DeepPriorError(f"{name}{what}")
 
 
-def _png_bit_depth(data: bytes) -> int:
-    # IHDR is always the first chunk: signature (8) + length (4) + type (4) + w, h (8) + depth.
-    if len(data) > 25 and data[:8] == b"\x89PNG\r\n\x1a\n":
-        return data[24]
-    return 8
+def _png_header(data: bytes) -> tuple[int, int]:
+    """(bit depth, colour type) from a PNG's IHDR, which is always the first chunk."""
+    if len(data) > 25 and data.startswith(_PNG_SIGNATURE):
+        return data[24], data[25]
+    return 8, -1
 
 
 def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
@@ -153,32 +177,139 @@ def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(ops[orientation](array)) if orientation in ops else array
 
 
-def _decode_16bit_colour(data: bytes, source: str | None, orientation: int) -> Image:
-    """16-bit colour PNG/TIFF: Pillow would cut them to 8 bits, so OpenCV decodes them."""
-    import cv2
+def _icc_for(profile, channels: int) -> bytes | None:
+    """Keep an ICC profile only if it describes ``channels``-channel pixels (RGB or gray)."""
+    if not isinstance(profile, (bytes, bytearray)) or len(profile) < 20:
+        return None
+    space = bytes(profile[16:20])
+    if (channels == 3 and space == b"RGB ") or (channels == 1 and space == b"GRAY"):
+        return bytes(profile)
+    return None
 
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if arr is None:
-        raise _fail(source, "cannot decode this 16-bit image (truncated or corrupt?)")
-    scale = float(np.iinfo(arr.dtype).max) if arr.dtype.kind in "ui" else 1.0
-    arr = _orient(arr.astype(np.float32) / scale, orientation)
+
+def _from_uint16(arr: np.ndarray, gray: bool, source, orientation: int, icc) -> Image:
+    """A 16-bit (H, W, C) array in RGB(A) or gray(+alpha) channel order to an :class:`Image`."""
+    arr = _orient(arr.astype(np.float32) / 65535.0, orientation)
     if arr.ndim == 2:
-        return Image(arr[:, :, None], None, 16, source)
-    alpha = arr[:, :, 3] if arr.shape[2] == 4 else None
-    rgb = arr[:, :, 2::-1] if arr.shape[2] >= 3 else arr[:, :, :1]
-    return Image(np.ascontiguousarray(rgb), alpha, 16, source)
+        arr = arr[:, :, None]
+    c = arr.shape[2]
+    if gray:
+        pixels, alpha = arr[:, :, :1], (arr[:, :, -1] if c in (2, 4) else None)
+    else:
+        pixels, alpha = arr[:, :, :3], (arr[:, :, 3] if c >= 4 else None)
+    alpha = None if alpha is None else np.ascontiguousarray(alpha)
+    return Image(np.ascontiguousarray(pixels), alpha, 16, source, _icc_for(icc, pixels.shape[2]))
+
+
+def _cv2():
+    try:
+        import cv2
+    except ImportError:
+        raise DeepPriorError(
+            "reading 16-bit colour images needs OpenCV: pip install opencv-python-headless"
+        ) from None
+    # OpenCV prints warnings and errors about odd files to stderr; the caller gets our one line instead.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    return cv2
+
+
+def _png_core(data: bytes) -> bytes:
+    """The PNG with only its IHDR, IDAT and IEND chunks.
+
+    A 16-bit PNG needs nothing else (orientation and profile are read by Pillow), and libpng
+    prints warnings to stderr about broken ancillary chunks, which this leaves out.
+    """
+    out, pos = [data[:8]], 8
+    while pos + 8 <= len(data):
+        length = struct.unpack(">I", data[pos : pos + 4])[0]
+        kind = data[pos + 4 : pos + 8]
+        end = pos + 12 + length
+        if end > len(data):
+            break
+        if kind in (b"IHDR", b"IDAT", b"IEND"):
+            out.append(data[pos:end])
+        if kind == b"IEND":
+            break
+        pos = end
+    return b"".join(out)
+
+
+@contextmanager
+def _quiet_logger(name: str):
+    """Silence a library's log (tifffile logs every odd tag as an error) for the duration."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _decode_16bit_png(data: bytes, source, orientation: int, icc, gray: bool) -> Image:
+    """16-bit colour or gray+alpha PNG: Pillow would cut them to 8 bits, so OpenCV decodes them."""
+    cv2 = _cv2()
+    arr = cv2.imdecode(np.frombuffer(_png_core(data), np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.dtype != np.uint16:
+        raise _fail(source, "cannot decode this 16-bit image (truncated or corrupt?)")
+    if arr.ndim == 3 and arr.shape[2] >= 3:  # OpenCV's BGR(A) to RGB(A); gray+alpha comes as BGRA
+        arr = arr[:, :, [2, 1, 0, 3][: arr.shape[2]]]
+    return _from_uint16(arr, gray, source, orientation, icc)
+
+
+def _decode_16bit_tiff(data: bytes, source, max_pixels) -> Image:
+    """16-bit TIFF with more than one sample (colour, gray+alpha), which Pillow cannot hold.
+
+    tifffile (a scikit-image dependency) reads every layout but not every compression without
+    extra codecs; OpenCV's libtiff reads LZW and the rest, but not gray+alpha.
+    """
+    import tifffile
+
+    with _quiet_logger("tifffile"), tifffile.TiffFile(io.BytesIO(data)) as tif:
+        page = tif.pages[0]
+        _check_pixels((page.imagewidth, page.imagelength), max_pixels, source)
+        samples, photometric = page.samplesperpixel, int(page.photometric)
+        orientation = int(page.tags.valueof(274, 1) or 1)
+        icc = page.tags.valueof(34675)
+        try:
+            arr = page.asarray()
+            if page.planarconfig == 2 and arr.ndim == 3 and arr.shape[0] == samples:
+                arr = np.moveaxis(arr, 0, -1)
+        except Exception:
+            arr = None
+    gray = photometric in (0, 1)  # MinIsWhite / MinIsBlack
+    if arr is not None and photometric == 0:
+        arr = 65535 - arr
+    if arr is None and not gray:
+        cv2 = _cv2()
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if arr is not None and arr.dtype == np.uint16 and arr.ndim == 3:
+            arr = arr[:, :, [2, 1, 0, 3][: arr.shape[2]]]  # IMREAD_UNCHANGED leaves orientation to us
+        else:
+            arr = None
+    if arr is None or arr.dtype != np.uint16 or arr.ndim not in (2, 3):
+        raise _fail(source, "cannot decode this 16-bit TIFF (compression not supported, or corrupt)")
+    if arr.ndim == 3 and arr.shape[2] > 4:
+        arr = arr[:, :, :4]
+    return _from_uint16(arr, gray, source, orientation, icc)
 
 
 def _from_pil(im: PILImage.Image, source: str | None) -> Image:
-    """Convert a decoded Pillow image of any mode to an :class:`Image`."""
+    """Convert a decoded Pillow image of any mode to an :class:`Image`.
+
+    An alpha channel in the original is kept even where it is fully opaque, so an RGBA file
+    comes back RGBA. A palette image whose colours are all gray becomes grayscale.
+    """
     mode = im.mode
+    icc = im.info.get("icc_profile")
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(im).astype(np.float32)
-        return Image(np.clip(arr / 65535.0, 0, 1)[:, :, None], None, 16, source)
+        return Image(np.clip(arr / 65535.0, 0, 1)[:, :, None], None, 16, source, _icc_for(icc, 1))
     if mode == "F":
-        arr = np.asarray(im, dtype=np.float32)
+        arr = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
         peak = 1.0 if arr.max(initial=0.0) <= 1.0 else 255.0
-        return Image(np.clip(arr / peak, 0, 1)[:, :, None], None, 8, source)
+        return Image(np.clip(arr / peak, 0, 1)[:, :, None], None, 8, source, _icc_for(icc, 1))
+    palette = mode in ("P", "PA")
     if mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     elif mode == "PA":
@@ -190,17 +321,16 @@ def _from_pil(im: PILImage.Image, source: str | None) -> Image:
     elif mode == "RGBa":
         im = im.convert("RGBA")
     elif mode not in ("L", "LA", "RGB", "RGBA"):
-        im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX ...
+        im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX, I;16 variants with colour ...
     arr = np.asarray(im, dtype=np.float32) / 255.0
     if arr.ndim == 2:
-        return Image(arr[:, :, None], None, 8, source)
-    if im.mode == "LA":
-        alpha = arr[:, :, 1] if arr[:, :, 1].min() < 1.0 else None
-        return Image(np.ascontiguousarray(arr[:, :, :1]), alpha, 8, source)
-    if im.mode == "RGBA":
-        alpha = arr[:, :, 3] if arr[:, :, 3].min() < 1.0 else None
-        return Image(np.ascontiguousarray(arr[:, :, :3]), alpha, 8, source)
-    return Image(np.ascontiguousarray(arr), None, 8, source)
+        arr = arr[:, :, None]
+    has_alpha = im.mode in ("LA", "RGBA")
+    alpha = np.ascontiguousarray(arr[:, :, -1]) if has_alpha else None
+    pixels = arr[:, :, :-1] if has_alpha else arr
+    if palette and pixels.shape[2] == 3 and (pixels[:, :, :1] == pixels[:, :, 1:]).all():
+        pixels = pixels[:, :, :1]
+    return Image(np.ascontiguousarray(pixels), alpha, 8, source, _icc_for(icc, pixels.shape[2]))
 
 
 def _from_array(arr: np.ndarray, source: str | None) -> Image:
@@ -244,7 +374,16 @@ def load_image(source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image:
         return _from_array(source, None)
     if isinstance(source, PILImage.Image):
         _check_pixels(source.size, max_pixels, None)
-        return _from_pil(ImageOps.exif_transpose(source), None)
+        try:
+            try:
+                source = ImageOps.exif_transpose(source)
+            except Exception:  # a broken EXIF block must not stop the photo from loading
+                pass
+            return _from_pil(source, None)
+        except DeepPriorError:
+            raise
+        except Exception as e:
+            raise _fail(None, f"cannot read this image ({_short(e)})") from None
 
     name = None
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -257,6 +396,8 @@ def load_image(source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image:
         if path.is_dir():
             raise _fail(name, "is a directory, not an image file")
         try:
+            if not stat.S_ISREG(path.stat().st_mode):  # a FIFO or /dev/zero would never end
+                raise _fail(name, "not a regular file")
             data = path.read_bytes()
         except OSError as e:
             raise _fail(name, f"cannot read file ({e.strerror or e})") from None
@@ -278,20 +419,37 @@ def _check_pixels(size, max_pixels, name):
 
 
 def _decode(data: bytes, name: str | None, max_pixels: int | None) -> Image:
+    """Decode file bytes. Any failure of a decoder on hostile bytes is the file's fault, so
+    every exception becomes a one-line :class:`DeepPriorError` (memory too: a file may claim
+    a size it never delivers)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            im = PILImage.open(io.BytesIO(data))
-            _check_pixels(im.size, max_pixels, name)
-            im.load()
+            return _decode_unchecked(data, name, max_pixels)
     except DeepPriorError:
         raise
     except PILImage.UnidentifiedImageError:
         raise _fail(name, "not an image file (unknown or unsupported format)") from None
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError) as e:
-        raise _fail(name, f"image file is truncated or corrupt ({_short(e)})") from None
     except MemoryError:
         raise _fail(name, "image is too large to decode in memory") from None
+    except (OSError, SyntaxError, EOFError, struct.error, zlib.error) as e:
+        raise _fail(name, f"image file is truncated or corrupt ({_short(e)})") from None
+    except Exception as e:  # noqa: BLE001 - decoders raise all sorts on corrupt input
+        raise _fail(name, f"image file is corrupt ({_short(e)})") from None
+
+
+def _decode_unchecked(data: bytes, name: str | None, max_pixels: int | None) -> Image:
+    try:
+        im = PILImage.open(io.BytesIO(data))
+    except PILImage.UnidentifiedImageError:
+        if data.startswith(_TIFF_MAGIC):  # e.g. 16-bit gray+alpha, which Pillow cannot open
+            return _decode_16bit_tiff(data, name, max_pixels)
+        raise
+    _check_pixels(im.size, max_pixels, name)
+    fmt = im.format
+    if fmt == "TIFF" and _tiff_is_16bit_multisample(im):
+        return _decode_16bit_tiff(data, name, max_pixels)
+    im.load()
     if getattr(im, "n_frames", 1) > 1:
         im.seek(0)
     orientation = 1
@@ -299,12 +457,9 @@ def _decode(data: bytes, name: str | None, max_pixels: int | None) -> Image:
         orientation = int(im.getexif().get(0x0112, 1))
     except Exception:  # a broken EXIF block must not stop the photo from loading
         pass
-    fmt = im.format
-    colour16 = (
-        fmt == "PNG" and _png_bit_depth(data) == 16 and im.mode in ("RGB", "RGBA")
-    ) or (fmt == "TIFF" and _tiff_is_16bit_colour(im))
-    if colour16:
-        return _decode_16bit_colour(data, name, orientation)
+    depth, colour_type = _png_header(data) if fmt == "PNG" else (8, -1)
+    if depth == 16 and colour_type in (2, 4, 6):  # RGB, gray+alpha, RGBA
+        return _decode_16bit_png(data, name, orientation, im.info.get("icc_profile"), gray=colour_type == 4)
     try:
         im = ImageOps.exif_transpose(im)
     except Exception:
@@ -312,13 +467,13 @@ def _decode(data: bytes, name: str | None, max_pixels: int | None) -> Image:
     return _from_pil(im, name)
 
 
-def _tiff_is_16bit_colour(im) -> bool:
+def _tiff_is_16bit_multisample(im) -> bool:
     try:
         bits = im.tag_v2.get(258)
     except AttributeError:
         return False
     if isinstance(bits, tuple):
-        return len(bits) >= 3 and bits[0] == 16
+        return len(bits) >= 2 and bits[0] == 16
     return False
 
 
@@ -336,33 +491,99 @@ def image_format(path) -> str:
     return OUTPUT_FORMATS[ext]
 
 
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
+def _encode_png16(arr: np.ndarray, icc: bytes | None) -> bytes:
+    """A 16-bit PNG of gray, gray+alpha, RGB or RGBA (H, W[, C]) uint16 pixels.
+
+    Written here because neither Pillow nor OpenCV writes 16-bit gray+alpha; each row uses
+    the Sub filter, which is what makes photographs compress.
+    """
+    h, w = arr.shape[:2]
+    c = 1 if arr.ndim == 2 else arr.shape[2]
+    raw = np.ascontiguousarray(arr.astype(">u2")).view(np.uint8).reshape(h, w * c * 2)
+    bpp = 2 * c
+    sub = raw.copy()
+    sub[:, bpp:] -= raw[:, :-bpp]  # uint8 arithmetic wraps modulo 256, as PNG wants
+    rows = np.concatenate([np.ones((h, 1), np.uint8), sub], axis=1)
+    header = struct.pack(">IIBBBBB", w, h, 16, {1: 0, 2: 4, 3: 2, 4: 6}[c], 0, 0, 0)
+    chunks = [_png_chunk(b"IHDR", header)]
+    if icc:
+        chunks.append(_png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))
+    chunks.append(_png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)))
+    chunks.append(_png_chunk(b"IEND", b""))
+    return _PNG_SIGNATURE + b"".join(chunks)
+
+
+def _encode_tiff16(arr: np.ndarray, gray: bool, icc: bytes | None) -> bytes:
+    """A 16-bit deflate-compressed TIFF of any channel layout, through tifffile."""
+    import tifffile
+
+    buf = io.BytesIO()
+    extra = ["unassalpha"] if arr.ndim == 3 and arr.shape[2] in (2, 4) else None
+    tags = [(34675, 7, len(icc), icc, True)] if icc else None
+    tifffile.imwrite(
+        buf, arr, photometric="minisblack" if gray else "rgb", extrasamples=extra,
+        compression="zlib", extratags=tags, metadata=None,
+    )
+    return buf.getvalue()
+
+
 def encode_image(image: Image, fmt: str = "PNG") -> bytes:
-    """Encode an :class:`Image` to file bytes, at 16 bits where the original and format allow."""
+    """Encode an :class:`Image` to file bytes, at 16 bits where the original and format allow.
+
+    Alpha is kept where the format has it (PNG, TIFF, WebP) and the colour profile where the
+    format carries one. A format's own limits (WebP: 16383 px a side) become a
+    :class:`DeepPriorError`.
+    """
     fmt = fmt.upper()
     if fmt == "JPG":
         fmt = "JPEG"
+    if fmt not in set(OUTPUT_FORMATS.values()):
+        raise DeepPriorError(f"unknown output format {fmt!r}")
+    side = _MAX_SIDE.get(fmt)
+    if side is not None and max(image.width, image.height) > side:
+        raise DeepPriorError(
+            f"a {image.width}x{image.height} image is too large for {fmt} (at most {side} pixels a side); "
+            "write PNG or TIFF instead"
+        )
     keep_alpha = image.alpha is not None and fmt in _ALPHA_FORMATS
     if image.alpha is not None and not keep_alpha:
         image = replace(image, alpha=None)
-    if image.bit_depth == 16 and fmt in _SIXTEEN_BIT_FORMATS:
-        arr = image.to_array(np.uint16)
-        if arr.ndim == 2 and fmt == "PNG":
-            buf = io.BytesIO()
-            PILImage.fromarray(arr).save(buf, format="PNG")  # saved as I;16
-            return buf.getvalue()
-        import cv2
+    icc = image.icc_profile if fmt in _ICC_FORMATS else None
+    try:
+        if image.bit_depth == 16 and fmt in _SIXTEEN_BIT_FORMATS:
+            arr = image.to_array(np.uint16)
+            if fmt == "PNG":
+                return _encode_png16(arr, icc)
+            return _encode_tiff16(arr, image.channels == 1, icc)
+        im = image.to_pil()
+        buf = io.BytesIO()
+        options = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True}, "PNG": {"compress_level": 6},
+                   "TIFF": {"compression": "tiff_deflate"}}.get(fmt, {})
+        if icc:
+            options = {**options, "icc_profile": icc}
+        im.save(buf, format=fmt, **options)
+        return buf.getvalue()
+    except DeepPriorError:
+        raise
+    except MemoryError:
+        raise DeepPriorError(f"not enough memory to encode a {image.width}x{image.height} {fmt} image") from None
+    except Exception as e:  # noqa: BLE001 - an encoder's refusal is reported, not a crash
+        raise DeepPriorError(f"could not encode the result as {fmt} ({_short(e)})") from None
 
-        if arr.ndim == 3 and arr.shape[2] >= 3:
-            arr = arr[:, :, [2, 1, 0, 3][: arr.shape[2]]]
-        ok, enc = cv2.imencode(".png" if fmt == "PNG" else ".tiff", arr)
-        if not ok:
-            raise DeepPriorError(f"could not encode a 16-bit {fmt} image")
-        return enc.tobytes()
-    im = image.to_pil()
-    buf = io.BytesIO()
-    options = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True}, "PNG": {"compress_level": 6}}
-    im.save(buf, format=fmt, **options.get(fmt, {}))
-    return buf.getvalue()
+
+def check_output_size(path, size: tuple[int, int]) -> None:
+    """Refuse, before a long fit, a result of ``size`` (width, height) the format cannot hold."""
+    fmt = image_format(path)
+    side = _MAX_SIDE.get(fmt)
+    if side is not None and max(size) > side:
+        raise DeepPriorError(
+            f"{path}: the result will be {size[0]}x{size[1]}, too large for {fmt} "
+            f"(at most {side} pixels a side); write PNG or TIFF instead"
+        )
 
 
 def check_output_path(path, *, inputs=()) -> Path:
