@@ -62,12 +62,17 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``auto`` picks CUDA when there is a GPU, else the CPU."""
+    from .errors import DeepPriorError
+
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DeepPriorError(f"unknown device {device!r}; use auto, cpu or cuda") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise DeepPriorError(f"unsupported device {device!r}; use auto, cpu or cuda")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from .errors import DeepPriorError
-
         raise DeepPriorError("device 'cuda' asked for, but no CUDA GPU is available")
     return dev
 

@@ -261,7 +261,11 @@ def from_name(name: str, *, image_size: tuple[int, int] | None = None, **options
     if name == "dejpeg":
         return DeJPEG()
     if name == "upscale":
-        return SuperResolution(scale=int(options.get("scale", 4)))
+        try:
+            scale = int(options.get("scale", 4))
+        except (TypeError, ValueError):
+            raise DeepPriorError(f"scale must be one of {', '.join(map(str, SCALES))}, got {options.get('scale')!r}") from None
+        return SuperResolution(scale=scale)
     if name in ("inpaint", "reconstruct"):
         if options.get("mask") is None:
             raise DeepPriorError(f"{name} needs a mask")
