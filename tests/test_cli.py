@@ -97,3 +97,14 @@ def test_errors_are_one_line_exit_2_and_write_nothing(tmp_path, photo, capsys, a
     assert "Traceback" not in err
     assert not (tmp_path / "out.png").exists()
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_bayes_writes_uncertainty_map_and_npz(tmp_path, photo, capsys):
+    out, umap, npz = tmp_path / "out.png", tmp_path / "unc.png", tmp_path / "raw.npz"
+    code, _, err = run(capsys, "denoise", photo, "-o", out, "--bayes", "--iters", 20, "--uncertainty", umap, "--npz", npz, "-q")
+    assert code == 0, err
+    assert PILImage.open(umap).size == (32, 32) and PILImage.open(umap).mode == "RGB"
+    arrays = np.load(npz)
+    assert arrays["std"].shape == (32, 32, 3) and arrays["image"].shape == (32, 32, 3)
+    code, _, err = run(capsys, "denoise", photo, "-o", tmp_path / "o2.png", "--uncertainty", umap)
+    assert code == 2 and "--bayes" in err

@@ -163,3 +163,26 @@ def test_denoising_a_real_photo_gains_4_db_with_the_default_preset(house):
     result = restore(noisy, tasks.Denoise())
     after = psnr(result.image.pixels, clean.pixels)
     assert after >= before + 4.0, (before, after, result.stopped_at)
+
+
+def test_bayes_mode_gives_a_mean_and_an_uncertainty_map_of_the_image_size(rgb32):
+    a = restore(rgb32, tasks.Denoise(), bayes=True, iterations=40, sample_every=4)
+    b = restore(rgb32, tasks.Denoise(), bayes=True, iterations=40, sample_every=4)
+    assert a.outcome.samples == 5  # burn-in of half the iterations, then every 4th
+    assert a.uncertainty.shape == rgb32.shape[:2] and (a.uncertainty >= 0).all() and a.uncertainty.max() > 0
+    assert a.image.pixels.shape == rgb32.shape
+    np.testing.assert_array_equal(a.image.pixels, b.image.pixels)  # reproducible by seed
+    np.testing.assert_array_equal(a.uncertainty, b.uncertainty)
+    assert a.report()["bayes"]["samples"] == 5
+    assert a.outcome.stop_reason == "completed"  # no early stopping in Bayesian mode
+
+
+def test_auto_stop_returns_the_iterate_at_the_variance_minimum(rgb32):
+    r = restore(rgb32, tasks.Denoise(), iterations=400, stop_window=20, stop_patience=40)
+    rep = r.report()
+    curve = rep["stop_curve"]
+    best_iter = min(curve, key=lambda c: c[1])[0]
+    assert r.stopped_at == best_iter
+    if r.outcome.stop_reason == "auto":
+        assert r.iterations == best_iter + 40
+    assert curve[0][0] == 20  # nothing before the window fills

@@ -71,15 +71,20 @@ Reference = Annotated[Optional[Path], typer.Option("--reference", help="Ground t
 Report = Annotated[Optional[Path], typer.Option("--report", help="Write a JSON report of the run here.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 MaxPixels = Annotated[int, typer.Option("--max-pixels", help="Refuse images with more pixels than this.")]
+Bayes = Annotated[bool, typer.Option("--bayes", help="Bayesian mode (SGLD): posterior mean, no early stopping needed.")]
+UncertaintyOpt = Annotated[Optional[Path], typer.Option("--uncertainty", help="With --bayes: write a per-pixel uncertainty map (PNG) here.")]
+Npz = Annotated[Optional[Path], typer.Option("--npz", help="Write the raw result (and, with --bayes, its standard deviation) as .npz.")]
 
 
 class Common:
     """The shared options, bundled so each command passes them on in one piece."""
 
-    def __init__(self, output, preset, iters, seed, device, threads, stop, reference, report, quiet, max_pixels):
+    def __init__(self, output, preset, iters, seed, device, threads, stop, reference, report, quiet, max_pixels,
+                 bayes=False, uncertainty=None, npz=None):
         self.output, self.preset, self.iters, self.seed = output, preset.value, iters, seed
         self.device, self.threads, self.stop = device, threads, stop.value if stop else None
         self.reference, self.report, self.quiet, self.max_pixels = reference, report, quiet, max_pixels
+        self.bayes, self.uncertainty, self.npz = bayes, uncertainty, npz
 
 
 def _common(**kw) -> Common:
@@ -166,6 +171,11 @@ def _restore_and_write(task_factory, input_path: Path, c: Common, extra_inputs=(
     _check_options(c)
     inputs = (input_path, *extra_inputs, c.reference)
     check_output_path(c.output, inputs=inputs)
+    if c.uncertainty is not None and not c.bayes:
+        raise DeepPriorError("--uncertainty needs --bayes")
+    for extra, suffix in ((c.uncertainty, None), (c.npz, ".npz")):
+        if extra is not None:
+            check_output_path(extra, inputs=(*inputs, c.output, c.report), suffix=suffix)
     if c.report is not None:
         check_output_path(c.report.with_suffix(".png"), inputs=())  # folder exists and is writable
         if c.report.is_dir():
@@ -226,6 +236,7 @@ def _restore_and_write(task_factory, input_path: Path, c: Common, extra_inputs=(
                 reference=reference,
                 iterations=c.iters,
                 stop=c.stop,
+                bayes=c.bayes or None,
             )
         except (MemoryError, RuntimeError) as e:
             if isinstance(e, RuntimeError) and not _out_of_memory(e):
@@ -241,6 +252,10 @@ def _restore_and_write(task_factory, input_path: Path, c: Common, extra_inputs=(
         c.written = True
         if c.report is not None:
             result.save_report(c.report)
+        if c.uncertainty is not None:
+            result.save_uncertainty(c.uncertainty)
+        if c.npz is not None:
+            result.save_arrays(c.npz)
     o = result.outcome
     how = {"auto": "stopped automatically", "interrupted": "interrupted", "callback": "stopped"}.get(o.stop_reason, "ran all iterations")
     line = (
@@ -291,6 +306,9 @@ def denoise(
     report: Report = None,
     quiet: Quiet = False,
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    bayes: Bayes = False,
+    uncertainty: UncertaintyOpt = None,
+    npz: Npz = None,
 ):
     """Remove Gaussian (or unknown) noise."""
     c = _common(**{k: v for k, v in locals().items() if k not in ("input", "sigma")})
@@ -312,6 +330,9 @@ def upscale(
     report: Report = None,
     quiet: Quiet = False,
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    bayes: Bayes = False,
+    uncertainty: UncertaintyOpt = None,
+    npz: Npz = None,
 ):
     """Super-resolution by 2, 3, 4 or 8 (Lanczos downsampler as the operator)."""
     if scale not in SCALES:
@@ -341,6 +362,9 @@ def inpaint(
     report: Report = None,
     quiet: Quiet = False,
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    bayes: Bayes = False,
+    uncertainty: UncertaintyOpt = None,
+    npz: Npz = None,
 ):
     """Fill the masked pixels of an image."""
     c = _common(**{k: v for k, v in locals().items() if k not in ("input", "mask", "mask_known", "mode")})
@@ -368,6 +392,9 @@ def reconstruct(
     report: Report = None,
     quiet: Quiet = False,
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    bayes: Bayes = False,
+    uncertainty: UncertaintyOpt = None,
+    npz: Npz = None,
 ):
     """Reconstruct an image from which random pixels were dropped (e.g. 50 %)."""
     c = _common(**{k: v for k, v in locals().items() if k not in ("input", "mask", "mask_known")})
@@ -393,6 +420,9 @@ def dejpeg(
     report: Report = None,
     quiet: Quiet = False,
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    bayes: Bayes = False,
+    uncertainty: UncertaintyOpt = None,
+    npz: Npz = None,
 ):
     """Remove JPEG compression artifacts (blind)."""
     c = _common(**{k: v for k, v in locals().items() if k != "input"})
@@ -414,6 +444,9 @@ def deblur(
     report: Report = None,
     quiet: Quiet = False,
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    bayes: Bayes = False,
+    uncertainty: UncertaintyOpt = None,
+    npz: Npz = None,
 ):
     """Remove a known blur."""
     c = _common(**{k: v for k, v in locals().items() if k not in ("input", "kernel")})
@@ -438,6 +471,9 @@ def flash(
     report: Report = None,
     quiet: Quiet = False,
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    bayes: Bayes = False,
+    uncertainty: UncertaintyOpt = None,
+    npz: Npz = None,
 ):
     """Flash / no-flash fusion: the no-flash colours with the flash image's detail."""
     c = _common(**{k: v for k, v in locals().items() if k not in ("input", "flash")})

@@ -54,6 +54,8 @@ class FitOutcome:
     backtracks: int
     stop_curve: list[tuple[int, float]]
     parameters: int
+    uncertainty: np.ndarray | None = None  # (H, W, C) posterior standard deviation (Bayesian mode)
+    samples: int = 0  # posterior samples averaged (Bayesian mode)
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -146,9 +148,14 @@ def fit(
     noise = torch.empty_like(z) if cfg.reg_noise_std > 0 else None
     stopper = (
         WindowedVariance(cfg.stop_window, cfg.stop_patience, generator=torch.Generator().manual_seed(seed + 2))
-        if cfg.stop == "auto"
+        if cfg.stop == "auto" and not cfg.bayes
         else None
     )
+    # Bayesian mode: Langevin noise on the convolution weights, and running moments of the samples.
+    sgld_params = [p for p in net.parameters() if p.dim() == 4] if cfg.bayes else []
+    burn_in = int(cfg.burn_in * cfg.iterations)
+    sample_sum = sample_sq = None
+    samples = 0
 
     ema = None
     best_loss = math.inf
@@ -173,6 +180,11 @@ def fit(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if sgld_params:
+                with torch.no_grad():
+                    std = cfg.sgld_noise * opt.param_groups[0]["lr"]
+                    for p in sgld_params:
+                        p.add_(torch.randn(p.shape, generator=noise_gen, device=p.device), alpha=std)
             loss_value = loss.item()
             out = out.detach()
 
@@ -205,6 +217,14 @@ def fit(
                 if ema is None and stopper is None:
                     best_out = out.clone() if best_out is None else best_out.copy_(out)
             candidate = ema if ema is not None else (best_out if best_out is not None else out)
+            if cfg.bayes and it > burn_in and (it - burn_in) % cfg.sample_every == 0:
+                if sample_sum is None:
+                    sample_sum, sample_sq = torch.zeros_like(out), torch.zeros_like(out)
+                sample_sum.add_(out)
+                sample_sq.add_(out * out)
+                samples += 1
+            if samples:
+                candidate = sample_sum / samples
 
             if stopper is not None:
                 if stopper.update(it, out):
@@ -215,7 +235,7 @@ def fit(
             if it % cfg.history_every == 0 or it == 1:
                 entry = {"iter": it, "loss": loss_value}
                 if reference is not None:
-                    current = ema if ema is not None else out
+                    current = candidate if samples else (ema if ema is not None else out)
                     entry["psnr"] = _psnr(to_numpy(current), reference)
                 history.append(entry)
 
@@ -234,7 +254,13 @@ def fit(
         reason = "interrupted"
 
     elapsed = time.perf_counter() - start
-    if stop_out is not None:
+    uncertainty = None
+    if samples:
+        mean = sample_sum / samples
+        var = (sample_sq / samples - mean * mean).clamp_min_(0)
+        uncertainty = to_numpy(var.sqrt_())
+        result, stopped_at = mean, it
+    elif stop_out is not None:
         result, stopped_at = stop_out, stop_iter
     elif ema is not None:
         result, stopped_at = ema, it
@@ -255,4 +281,6 @@ def fit(
         backtracks=backtracks,
         stop_curve=stopper.curve if stopper is not None else [],
         parameters=sum(p.numel() for p in net.parameters()),
+        uncertainty=uncertainty,
+        samples=samples,
     )

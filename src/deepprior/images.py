@@ -586,10 +586,17 @@ def check_output_size(path, size: tuple[int, int]) -> None:
         )
 
 
-def check_output_path(path, *, inputs=()) -> Path:
-    """Refuse an output path that cannot or must not be written, before any work is done."""
+def check_output_path(path, *, inputs=(), suffix: str | None = None) -> Path:
+    """Refuse an output path that cannot or must not be written, before any work is done.
+
+    ``suffix`` names the one extension a non-image output must have (e.g. ".npz"); without it
+    the path must name an image format.
+    """
     path = Path(path)
-    image_format(path)
+    if suffix is None:
+        image_format(path)
+    elif path.suffix.lower() != suffix:
+        raise DeepPriorError(f"{path}: this output must end in {suffix}")
     if path.is_dir():
         raise DeepPriorError(f"{path}: output path is a directory")
     parent = path.parent if str(path.parent) else Path(".")
@@ -614,6 +621,13 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _new_file_mode() -> int:
+    """0666 less the process umask: the mode an ordinary open() would create a file with."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file and a rename: all or nothing."""
     path = Path(path)
@@ -621,6 +635,7 @@ def atomic_write_bytes(path, data: bytes) -> Path:
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=parent)
+        os.fchmod(fd, _new_file_mode())  # mkstemp makes 0600; give the usual rw-r--r-- (per umask)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -648,3 +663,26 @@ def save_image(image: Image, path) -> Path:
     """Write ``image`` to ``path`` atomically, in the format its extension names."""
     fmt = image_format(path)
     return atomic_write_bytes(path, encode_image(image, fmt))
+
+
+# Anchor colours of matplotlib's "magma" map, enough for a readable gradient without matplotlib.
+_MAGMA = np.array(
+    [[0, 0, 4], [28, 16, 68], [79, 18, 123], [129, 37, 129], [181, 54, 122],
+     [229, 80, 100], [251, 135, 97], [254, 194, 135], [252, 253, 191]],
+    dtype=np.float32,
+) / 255.0
+
+
+def colormap(values: np.ndarray, vmax: float | None = None) -> Image:
+    """Map a 2-D array of non-negative values to a colour image (magma; 0 = black).
+
+    ``vmax`` fixes the top of the scale (default: the 99th percentile, so a few outliers do not
+    wash the map out).
+    """
+    v = np.asarray(values, dtype=np.float32)
+    top = float(vmax) if vmax else float(np.percentile(v, 99)) or 1.0
+    t = np.clip(v / top, 0.0, 1.0) * (len(_MAGMA) - 1)
+    lo = np.floor(t).astype(int)
+    hi = np.minimum(lo + 1, len(_MAGMA) - 1)
+    w = (t - lo)[..., None]
+    return Image(((1 - w) * _MAGMA[lo] + w * _MAGMA[hi]).astype(np.float32))

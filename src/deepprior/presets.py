@@ -33,6 +33,12 @@ class FitConfig:
     stop_window: int = 100
     stop_patience: int = 400
     history_every: int = 10
+    # Bayesian mode (Cheng et al., CVPR 2019): SGLD noise on the weights after each Adam step,
+    # samples averaged after a burn-in; no early stopping is needed.
+    bayes: bool = False
+    sgld_noise: float = 2.0  # weight noise std = sgld_noise * lr
+    burn_in: float = 0.5  # fraction of the iterations discarded before sampling
+    sample_every: int = 10
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "net"}

@@ -19,7 +19,7 @@ import torch
 from . import __version__
 from .errors import DeepPriorError
 from .fitting import FitOutcome, Progress, fit, resolve_device
-from .images import Image, atomic_write_bytes, load_image, save_image
+from .images import Image, atomic_write_bytes, colormap, load_image, save_image
 from .metrics import quality
 from .presets import FitConfig, get_preset
 from .tasks import SuperResolution, Task
@@ -56,6 +56,29 @@ class Result:
     def elapsed_s(self) -> float:
         return self.outcome.elapsed_s
 
+    @property
+    def uncertainty(self) -> np.ndarray | None:
+        """Bayesian mode: per-pixel posterior standard deviation (H, W), averaged over channels."""
+        u = self.outcome.uncertainty
+        return None if u is None else u.mean(axis=2)
+
+    def save_uncertainty(self, path) -> None:
+        """Write the uncertainty map as a colour-mapped image (dark = sure, bright = unsure)."""
+        if self.uncertainty is None:
+            raise DeepPriorError("no uncertainty map: run with bayes=True (--bayes)")
+        save_image(colormap(self.uncertainty), path)
+
+    def save_arrays(self, path) -> None:
+        """Write the raw result (and the uncertainty, in Bayesian mode) as a .npz file."""
+        import io
+
+        arrays = {"image": self.image.pixels}
+        if self.outcome.uncertainty is not None:
+            arrays["std"] = self.outcome.uncertainty
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        atomic_write_bytes(path, buf.getvalue())
+
     def report(self) -> dict:
         """A JSON-ready account of the run."""
         o = self.outcome
@@ -82,6 +105,9 @@ class Result:
             "machine": {"python": platform.python_version(), "torch": torch.__version__,
                         "cpu": platform.processor() or platform.machine()},
         }
+        if o.samples:
+            u = self.uncertainty
+            rep["bayes"] = {"samples": o.samples, "mean_std": float(u.mean()), "max_std": float(u.max())}
         if o.stop_curve:
             rep["stop_curve"] = [[i, v] for i, v in o.stop_curve]
         peak = [h for h in o.history if "psnr" in h]
