@@ -630,7 +630,8 @@ def bench(
         if progress is not None:
             progress.stop()
             progress = None
-        err.print("interrupted: finished (image, method) pairs are saved; rerun with --resume to go on", highlight=False)
+        err.print("interrupted: finished (image, method) pairs are saved; rerun with --resume to go on", highlight=False,
+                  soft_wrap=True)
         raise typer.Exit(130)
     finally:
         if progress is not None:
