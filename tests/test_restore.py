@@ -183,6 +183,16 @@ def test_auto_stop_returns_the_iterate_at_the_variance_minimum(rgb32):
     curve = rep["stop_curve"]
     best_iter = min(curve, key=lambda c: c[1])[0]
     assert r.stopped_at == best_iter
-    if r.outcome.stop_reason == "auto":
-        assert r.iterations == best_iter + 40
+    assert r.outcome.stop_reason == "auto"
+    assert r.iterations == best_iter + 40
     assert curve[0][0] == 20  # nothing before the window fills
+
+
+def test_observe_mode_runs_on_but_returns_the_rule_s_choice(rgb32):
+    auto = restore(rgb32, tasks.Denoise(), iterations=300, stop_window=20, stop_patience=30)
+    seen = restore(rgb32, tasks.Denoise(), iterations=300, stop_window=20, stop_patience=30, stop="observe")
+    assert seen.iterations == 300
+    assert auto.outcome.stop_reason == "auto"
+    assert seen.outcome.auto_stop_at == auto.iterations
+    assert seen.stopped_at == auto.stopped_at
+    np.testing.assert_array_equal(seen.image.pixels, auto.image.pixels)

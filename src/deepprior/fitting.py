@@ -54,6 +54,7 @@ class FitOutcome:
     backtracks: int
     stop_curve: list[tuple[int, float]]
     parameters: int
+    auto_stop_at: int | None = None  # iteration at which the stopping rule fired, if it did
     uncertainty: np.ndarray | None = None  # (H, W, C) posterior standard deviation (Bayesian mode)
     samples: int = 0  # posterior samples averaged (Bayesian mode)
 
@@ -148,7 +149,7 @@ def fit(
     noise = torch.empty_like(z) if cfg.reg_noise_std > 0 else None
     stopper = (
         WindowedVariance(cfg.stop_window, cfg.stop_patience, generator=torch.Generator().manual_seed(seed + 2))
-        if cfg.stop == "auto" and not cfg.bayes
+        if cfg.stop in ("auto", "observe") and not cfg.bayes
         else None
     )
     # Bayesian mode: Langevin noise on the convolution weights, and running moments of the samples.
@@ -156,6 +157,7 @@ def fit(
     burn_in = int(cfg.burn_in * cfg.iterations)
     sample_sum = sample_sq = None
     samples = 0
+    would_stop_at = None  # when the stopping rule fired (with stop="observe" the fit runs on)
 
     ema = None
     best_loss = math.inf
@@ -240,8 +242,11 @@ def fit(
                 history.append(entry)
 
             if stopper is not None and stopper.should_stop:
-                reason = "auto"
-                break
+                if would_stop_at is None:
+                    would_stop_at = it
+                if cfg.stop == "auto":
+                    reason = "auto"
+                    break
 
             if callback is not None and (it % callback_every == 0 or it == cfg.iterations):
                 elapsed = time.perf_counter() - start
@@ -281,6 +286,7 @@ def fit(
         backtracks=backtracks,
         stop_curve=stopper.curve if stopper is not None else [],
         parameters=sum(p.numel() for p in net.parameters()),
+        auto_stop_at=would_stop_at,
         uncertainty=uncertainty,
         samples=samples,
     )

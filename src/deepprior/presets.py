@@ -29,7 +29,7 @@ class FitConfig:
     backtrack: bool = True  # reload the last good weights when the data-term PSNR drops > 5 dB
     backtrack_every: int = 50
     backtrack_drop_db: float = 5.0
-    stop: str = "auto"  # "auto" (windowed moving variance) or "off"
+    stop: str = "auto"  # "auto" (windowed moving variance), "off", or "observe" (evaluate the rule, run on)
     stop_window: int = 100
     stop_patience: int = 400
     history_every: int = 10

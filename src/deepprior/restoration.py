@@ -89,6 +89,7 @@ class Result:
             "iterations": o.iterations,
             "stopped_at": o.stopped_at,
             "stop_reason": o.stop_reason,
+            "auto_stop_at": o.auto_stop_at,
             "elapsed_s": round(o.elapsed_s, 3),
             "seconds_per_iter": round(o.elapsed_s / max(o.iterations, 1), 4),
             "backtracks": o.backtracks,
@@ -150,8 +151,8 @@ def configure(task: Task, preset: str = "fast", **overrides) -> FitConfig:
         raise DeepPriorError(f"unknown fit option(s): {', '.join(sorted(unknown))}")
     if "iterations" in overrides and not int(overrides["iterations"]) >= 1:
         raise DeepPriorError(f"iterations must be at least 1, got {overrides['iterations']}")
-    if "stop" in overrides and overrides["stop"] not in ("auto", "off"):
-        raise DeepPriorError(f"stop must be 'auto' or 'off', got {overrides['stop']!r}")
+    if "stop" in overrides and overrides["stop"] not in ("auto", "off", "observe"):
+        raise DeepPriorError(f"stop must be 'auto', 'off' or 'observe', got {overrides['stop']!r}")
     if "lr" in overrides and not float(overrides["lr"]) > 0:
         raise DeepPriorError(f"learning rate must be positive, got {overrides['lr']}")
     return replace(cfg, **overrides)
