@@ -75,6 +75,8 @@ class Settings:
             raise DeepPriorError(f"preset must be 'fast' or 'paper', got {self.preset!r}")
         if self.iterations is not None and self.iterations < 1:
             raise DeepPriorError(f"--iters must be at least 1, got {self.iterations}")
+        if not -(2**63 - 3) <= self.seed <= 2**63 - 3:  # the fit also seeds with seed + 1, seed + 2
+            raise DeepPriorError(f"--seed must be between {-(2**63 - 3)} and {2**63 - 3}, got {self.seed}")
         if self.max_pixels < 1:
             raise DeepPriorError(f"--max-pixels must be positive, got {self.max_pixels}")
         if self.task == "upscale" and self.scale not in SCALES:
@@ -494,6 +496,7 @@ class ProcessPool:
         self._ctx = mp.get_context("spawn")  # fork and PyTorch's thread pools do not mix
         self._pool = ProcessPoolExecutor(workers, mp_context=self._ctx, initializer=_worker_init, initargs=(threads,))
         self._futures: dict = {}
+        self._orphans: list = []
 
     def submit(self, job, payload):
         self._futures[self._pool.submit(run_job, payload)] = job
@@ -524,7 +527,7 @@ class ProcessPool:
         self._orphans = survivors  # their payloads are gone with the pool; the driver resubmits
 
     def take_orphans(self):
-        orphans, self._orphans = getattr(self, "_orphans", []), []
+        orphans, self._orphans = self._orphans, []
         return [job for _, job in orphans]
 
     def close(self, cancel=False):

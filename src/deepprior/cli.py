@@ -544,7 +544,7 @@ def version():
 @app.command()
 def batch(
     inputs: Annotated[list[str], typer.Argument(help="Images, folders (searched recursively) or glob patterns.", show_default=False)],
-    task: Annotated[str, typer.Option("--task", "-t", help="denoise, upscale, inpaint, reconstruct, dejpeg, deblur or flash.")],
+    task: Annotated[str, typer.Option("--task", "-t", help="denoise, upscale, inpaint, reconstruct, dejpeg, deblur or flash (NAME.png with NAME_flash.png).")],
     out: Annotated[Path, typer.Option("--out", help="Output folder: mirrors the input tree; holds manifest.jsonl.")],
     scale: Annotated[int, typer.Option("--scale", "-s", help="upscale: 2, 3, 4 or 8.")] = 4,
     mask_known: MaskKnown = False,
