@@ -1,0 +1,767 @@
+"""The web app: a Gradio page over :func:`deepprior.restore` for people who never touch a terminal.
+
+:func:`build_app` makes the page (a :class:`gradio.Blocks`); :func:`launch` serves it, on
+127.0.0.1 unless told otherwise. The page is a thin shell: it turns uploads and controls into a
+task with :mod:`deepprior.tasks`, runs :func:`~deepprior.restore` in a worker thread, and
+streams what the fit's callback reports (iteration, loss, a preview of the current result) back
+to the browser every few seconds. A per-session :class:`threading.Event` is the Stop button:
+the callback returns True once it is set, which ends the fit and keeps the best result so far.
+
+Several people can use one server. Fits go through Gradio's queue, ``concurrency`` at a time
+(one by default: PyTorch already uses every core for one fit), and each waiting user sees their
+place in the queue. Uploads are limited in bytes (``max_upload_mb``) and in pixels
+(``max_pixels``); a bad upload or option becomes a readable message on the page, never a
+traceback. Results are written as lossless PNG to a fresh temporary folder per run, under a name
+that owes nothing to the uploaded file's name.
+
+The same fit is offered to programs as the ``/restore`` endpoint (see :func:`build_app`)::
+
+    from gradio_client import Client, handle_file
+    client = Client("http://127.0.0.1:7860/")
+    png_path = client.predict(handle_file("photo.png"), "upscale", 2, None, "fast", 500, 0,
+                              api_name="/restore")
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import html
+import logging
+import math
+import os
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home, before gradio loads
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image as PILImage  # noqa: E402
+
+from .errors import DeepPriorError  # noqa: E402
+from .images import Image, encode_image, load_image  # noqa: E402
+from .presets import PRESET_NAMES  # noqa: E402
+from .restoration import restore  # noqa: E402
+from .tasks import SCALES, TASK_NAMES, from_name, load_mask  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+#: The bundled example photos (made by ``examples/make_examples.py`` from scikit-image's data).
+EXAMPLES_DIR = Path(__file__).parent / "examples"
+
+#: The web app's default pixel limit, for the input and for an upscaled result (4 megapixels).
+DEFAULT_MAX_PIXELS = 4_000_000
+DEFAULT_MAX_UPLOAD_MB = 20
+
+TASK_CHOICES = [
+    ("Denoise", "denoise"),
+    ("Upscale", "upscale"),
+    ("Inpaint (fill a painted area)", "inpaint"),
+    ("Reconstruct missing pixels", "reconstruct"),
+    ("JPEG cleanup", "dejpeg"),
+    ("Deblur", "deblur"),
+    ("Flash / no-flash", "flash"),
+]
+KERNEL_CHOICES = [("Gaussian blur", "gaussian"), ("Motion blur", "motion"), ("Kernel image", "image")]
+STOP_CHOICES = [("Preset's choice", "preset"), ("Automatic", "auto"), ("Off: run to the cap", "off")]
+_WEB_FORMATS = {"PNG", "JPEG", "WEBP", "GIF", "BMP"}  # what a browser shows as it is
+_RESULT_KEEP_S = 3600  # result files older than this are removed when a new run starts
+
+_CSS = """
+#input-image img, #result-image img { width: 100%; height: 100%; object-fit: contain; }
+#status .dp-track { width: 100%; height: 0.7rem; border-radius: 0.35rem; margin: 0.2rem 0 0.4rem;
+                    background: var(--neutral-200, #e5e7eb); overflow: hidden; }
+#status .dp-fill { height: 100%; background: var(--color-accent, #f97316); transition: width 0.4s; }
+#status .dp-line { font-variant-numeric: tabular-nums; }
+#status .dp-error { color: var(--error-text-color, #b91c1c); font-weight: 600; }
+"""
+
+
+def ImageFile(**kwargs) -> gr.Image:
+    """A ``gr.Image`` input that hands the uploaded file over untouched, as a path.
+
+    ``gr.Image`` opens every upload with Pillow before our code sees it, so a file that is not an
+    image would fail inside Gradio with no useful message. Here :func:`~deepprior.images.load_image`
+    does all the reading (16-bit, alpha and EXIF included) and words any problem. The component's
+    ``preprocess`` is replaced on the instance: a subclass would make Gradio write a ``.pyi`` stub
+    next to this module.
+    """
+    component = gr.Image(type="filepath", **kwargs)
+
+    def preprocess(payload):
+        if payload is None:
+            return None
+        if payload.path:
+            return str(payload.path)
+        if payload.url and payload.url.startswith("data:"):  # a pasted image sent inline
+            fd, path = tempfile.mkstemp(suffix=".bin", dir=component.GRADIO_CACHE)
+            with os.fdopen(fd, "wb") as f:
+                f.write(base64.b64decode(payload.url.partition(",")[2]))
+            return path
+        raise gr.Error("the upload did not arrive; please try again")
+
+    component.preprocess = preprocess
+    return component
+
+
+@dataclass
+class Settings:
+    """What the person running the server decides; users of the page cannot change it."""
+
+    concurrency: int = 1
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_iterations: int | None = None  # a cap on any requested iteration count
+    preview_every: float = 2.0  # seconds between preview refreshes
+    threads: int | None = None  # PyTorch threads per fit; default: CPU cores / concurrency
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="deepprior-web-")))
+
+    def __post_init__(self):
+        if self.concurrency < 1:
+            raise DeepPriorError(f"concurrency must be at least 1, got {self.concurrency}")
+        if self.max_pixels < 1:
+            raise DeepPriorError(f"max pixels must be positive, got {self.max_pixels}")
+        if self.max_iterations is not None and self.max_iterations < 1:
+            raise DeepPriorError(f"max iterations must be at least 1, got {self.max_iterations}")
+        if self.threads is None:
+            self.threads = max(1, (os.cpu_count() or 1) // self.concurrency)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain helpers: reading inputs, building the task, writing results.
+
+
+def _fresh_dir(settings: Settings) -> Path:
+    """A new private folder for one run's files; old ones are cleared out on the way."""
+    now = time.time()
+    for old in settings.workdir.glob("run-*"):
+        try:
+            if now - old.stat().st_mtime > _RESULT_KEEP_S:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
+    return Path(tempfile.mkdtemp(prefix="run-", dir=settings.workdir))
+
+
+def read_upload(path, settings: Settings, what: str = "image") -> Image:
+    """Load an uploaded file, with messages that speak to a person on a web page."""
+    if path is None:
+        raise DeepPriorError(f"upload the {what} first")
+    try:
+        with PILImage.open(path) as im:
+            w, h = im.size
+    except Exception:  # not an image: load_image below says so in its own words
+        w = h = 0
+    if w * h > settings.max_pixels:
+        raise DeepPriorError(
+            f"the {what} is {w}x{h} = {w * h:,} pixels; this server takes at most {settings.max_pixels:,}: "
+            "please make it smaller"
+        )
+    try:
+        return load_image(path, max_pixels=settings.max_pixels)
+    except DeepPriorError as e:
+        # The message starts with the server-side temporary path; the user knows it as "the image".
+        text = str(e)
+        if text.startswith(f"{path}: "):
+            text = text[len(str(path)) + 2 :]
+        raise DeepPriorError(f"the {what}: {text}") from None
+
+
+def kernel_spec(kind: str, sigma: float, length: float, angle: float, kernel_file) -> str:
+    """The ``Deblur.from_spec`` string for the page's kernel controls."""
+    if kind == "gaussian":
+        return f"gaussian:{float(sigma):g}"
+    if kind == "motion":
+        return f"motion:{float(length):g},{float(angle):g}"
+    if kind == "image":
+        if kernel_file is None:
+            raise DeepPriorError("upload the blur kernel image, or pick a Gaussian or motion blur")
+        return str(kernel_file)
+    raise DeepPriorError(f"unknown kernel kind {kind!r}")
+
+
+def painted_mask(editor_value, size: tuple[int, int]) -> np.ndarray | None:
+    """The pixels painted in the image editor, as a boolean (H, W) array, or None if none are."""
+    if not editor_value:
+        return None
+    painted = None
+    for layer in editor_value.get("layers") or []:
+        if layer is None:
+            continue
+        arr = np.asarray(layer)
+        alpha = arr[:, :, 3] if arr.ndim == 3 and arr.shape[2] == 4 else arr.reshape(arr.shape[:2])
+        hit = alpha > 0
+        painted = hit if painted is None else painted | hit
+    if painted is None or not painted.any():
+        return None
+    if painted.shape != tuple(size):  # the editor's canvas should match; resize if it does not
+        im = PILImage.fromarray(painted.astype(np.uint8) * 255).resize((size[1], size[0]), PILImage.Resampling.NEAREST)
+        painted = np.asarray(im) > 127
+    return painted
+
+
+def build_task(task_name: str, image: Image, settings: Settings, *, scale=4, mask_file=None, mask_known=False,
+               painted=None, mode="text", kernel=None, flash_file=None):
+    """The :class:`~deepprior.tasks.Task` for the page's (or the API's) plain options."""
+    if task_name not in TASK_NAMES:
+        raise DeepPriorError(f"unknown task {task_name!r}; choose one of {', '.join(TASK_NAMES)}")
+    size = (image.height, image.width)
+    options: dict = {}
+    if task_name == "upscale":
+        scale = int(scale) if scale is not None else 4
+        if scale not in SCALES:
+            raise DeepPriorError(f"scale must be one of {', '.join(map(str, SCALES))}, got {scale}")
+        out = image.width * image.height * scale * scale
+        if out > settings.max_pixels:
+            raise DeepPriorError(
+                f"the x{scale} result would be {image.width * scale}x{image.height * scale} = {out:,} pixels; "
+                f"this server makes at most {settings.max_pixels:,}: choose a smaller scale or a smaller image"
+            )
+        options["scale"] = scale
+    elif task_name in ("inpaint", "reconstruct"):
+        if mask_file is not None:
+            mask_image = read_upload(mask_file, settings, "mask")
+            options["mask"] = load_mask(mask_image, size=size, fill_is_white=not mask_known)
+        elif painted is not None and task_name == "inpaint":
+            options["mask"] = load_mask(painted, size=size)
+        elif task_name == "inpaint":
+            raise DeepPriorError("paint over the area to fill, or upload a mask")
+        else:
+            raise DeepPriorError("upload the mask of missing pixels (white = missing)")
+        options["mode"] = mode or "text"
+    elif task_name == "deblur":
+        options["kernel"] = kernel or "gaussian:1.5"
+    elif task_name == "flash":
+        options["flash"] = read_upload(flash_file, settings, "flash image")
+    return from_name(task_name, image_size=size, **options)
+
+
+def fit_options(preset, iterations, seed, stop, settings: Settings) -> dict:
+    """Checked keyword arguments for :func:`restore` from the page's advanced controls."""
+    if preset not in PRESET_NAMES:
+        raise DeepPriorError(f"unknown preset {preset!r}; choose one of {', '.join(PRESET_NAMES)}")
+    opts: dict = {"seed": 0 if seed is None else int(seed)}
+    if iterations is not None and not (isinstance(iterations, float) and math.isnan(iterations)) and int(iterations) != 0:
+        if int(iterations) < 1:
+            raise DeepPriorError(f"the iteration cap must be at least 1, got {int(iterations)}")
+        opts["iterations"] = int(iterations)
+    if settings.max_iterations is not None:
+        opts["iterations"] = min(opts.get("iterations", settings.max_iterations), settings.max_iterations)
+    if stop in ("auto", "off"):
+        opts["stop"] = stop
+    return opts
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    arr = np.rint(np.clip(pixels, 0.0, 1.0) * 255).astype(np.uint8)
+    return arr[:, :, 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr
+
+
+def before_image(image: Image, size: tuple[int, int], fill: np.ndarray | None) -> np.ndarray:
+    """The input as it compares with the result: resized to the result's (H, W), holes tinted."""
+    rgb = image.pixels if image.channels == 3 else np.repeat(image.pixels, 3, axis=2)
+    arr = _to_uint8(rgb)
+    if fill is not None:
+        arr = arr.copy()
+        arr[fill] = (arr[fill] * 0.4 + np.array([255, 40, 40]) * 0.6).astype(np.uint8)
+    if arr.shape[:2] != tuple(size):
+        arr = np.asarray(PILImage.fromarray(arr).resize((size[1], size[0]), PILImage.Resampling.BICUBIC))
+    return arr
+
+
+def write_result(result, task_name: str, settings: Settings) -> Path:
+    """The restored image as a lossless PNG in a fresh private folder."""
+    path = _fresh_dir(settings) / f"{task_name}-restored.png"
+    data = encode_image(result.image, "PNG")
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def summary(result) -> str:
+    """One paragraph on how the result was made."""
+    o = result.outcome
+    how = {
+        "auto": "stopped automatically when the result stopped improving",
+        "callback": "stopped by you",
+        "interrupted": "interrupted",
+    }.get(o.stop_reason, "ran every iteration")
+    return (
+        f"**Done** in {o.elapsed_s:.1f} s: {o.iterations} iterations, {how}; the result is from "
+        f"iteration {o.stopped_at}. {result.image.width}x{result.image.height} {result.image.mode}, "
+        f"{result.image.bit_depth}-bit PNG ({result.task}, preset {result.preset}, seed {result.seed})."
+    )
+
+
+def _fmt_time(s: float) -> str:
+    s = int(round(max(s, 0.0)))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def status_html(text: str, it: int | None = None, total: int | None = None, error: bool = False) -> str:
+    bar = ""
+    if total:
+        pct = 100.0 * min(max(it or 0, 0), total) / total
+        bar = (f'<div class="dp-track" role="progressbar" aria-valuenow="{it}" aria-valuemin="0" '
+               f'aria-valuemax="{total}"><div class="dp-fill" style="width: {pct:.1f}%"></div></div>')
+    cls = "dp-line dp-error" if error else "dp-line"
+    return f'<div>{bar}<div class="{cls}">{text}</div></div>'
+
+
+def _report_json(result) -> dict:
+    rep = result.report()
+    rep.pop("history", None)
+    rep.pop("stop_curve", None)
+    return rep
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a fit off the request thread, with progress coming back through a queue.
+
+
+class FitRun:
+    """One :func:`restore` call in a worker thread, reporting through a queue.
+
+    ``updates`` receives a dict per callback (iteration, loss, ETA) and, every
+    ``preview_every`` seconds, the current result as ``preview``. Setting ``stop`` makes the
+    callback return True, which ends the fit with the best result so far.
+    """
+
+    def __init__(self, image, task, preset, fit_kw, threads, preview_every, stop: threading.Event):
+        self.updates: queue.Queue = queue.Queue()
+        self.stop = stop
+        self.result = None
+        self.error: BaseException | None = None
+        self._last_preview = -math.inf
+        self._preview_every = preview_every
+        self._thread = threading.Thread(
+            target=self._run, args=(image, task, preset, fit_kw, threads), name="deepprior-fit", daemon=True
+        )
+
+    def start(self) -> "FitRun":
+        self._thread.start()
+        return self
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout=None) -> None:
+        self._thread.join(timeout)
+
+    def _callback(self, p) -> bool:
+        snap = {"it": p.iteration, "max": p.max_iterations, "loss": p.loss, "elapsed": p.elapsed_s, "eta": p.eta_s}
+        now = time.monotonic()
+        if now - self._last_preview >= self._preview_every:
+            snap["preview"] = p.preview()
+            self._last_preview = now
+        self.updates.put(snap)
+        return self.stop.is_set()
+
+    def _run(self, image, task, preset, fit_kw, threads):
+        try:
+            self.result = restore(image, task, preset, threads=threads, callback=self._callback, callback_every=5, **fit_kw)
+        except BaseException as e:  # handed to the request thread, which reports it
+            self.error = e
+
+
+def _user_error(e: BaseException) -> gr.Error:
+    """The message a person sees for ``e``: ours as it is, anything else without internals."""
+    if isinstance(e, DeepPriorError):
+        return gr.Error(html.escape(str(e)), print_exception=False)
+    log.error("restoration failed", exc_info=e)
+    return gr.Error(f"the restoration failed ({type(e).__name__}); the server log has the details", print_exception=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The page.
+
+
+def build_app(
+    *,
+    concurrency: int = 1,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_iterations: int | None = None,
+    preview_every: float = 2.0,
+    threads: int | None = None,
+    examples: bool = True,
+) -> gr.Blocks:
+    """The web app as a :class:`gradio.Blocks`; serve it with :func:`launch`.
+
+    Parameters
+    ----------
+    concurrency : fits run at the same time; further requests wait in the queue.
+    max_pixels : the largest image accepted, and the largest upscaled result made.
+    max_iterations : a server-wide cap on iterations, whatever a user asks for.
+    preview_every : seconds between refreshes of the live preview and loss curve.
+    threads : PyTorch threads per fit (default: CPU cores divided by ``concurrency``).
+    examples : show the bundled example photos.
+
+    Besides the page, the app answers ``/restore`` (for :mod:`gradio_client`): arguments
+    ``image, task, scale, mask, preset, max_iterations, seed`` (then optionally ``kernel`` and
+    ``flash``); it returns the restored image as a PNG file. ``max_iterations`` 0 means the
+    preset's count.
+    """
+    settings = Settings(concurrency, max_pixels, max_iterations, preview_every, threads)
+    atexit.register(shutil.rmtree, settings.workdir, True)
+    stops: dict[str, threading.Event] = {}
+    stops_lock = threading.Lock()
+
+    def session_event(request: gr.Request | None) -> tuple[str, threading.Event]:
+        key = getattr(request, "session_hash", None) or f"anon-{threading.get_ident()}"
+        with stops_lock:
+            event = stops[key] = threading.Event()
+        return key, event
+
+    def drop_event(key: str, event: threading.Event) -> None:
+        with stops_lock:
+            if stops.get(key) is event:
+                del stops[key]
+
+    # -- event handlers -------------------------------------------------------------------------
+
+    def editor_value(path):
+        """An upright 8-bit PNG copy of the upload as the editor's background, with no paint."""
+        image = read_upload(path, settings)
+        display = _fresh_dir(settings) / "paint-on.png"
+        display.write_bytes(encode_image(Image(image.pixels), "PNG"))
+        value = {"background": str(display), "layers": [], "composite": None}
+        return image, gr.update(value=value, brush=_brush(image))
+
+    def on_task(task_name, image_path):
+        editor = gr.update()
+        if task_name == "inpaint" and image_path is not None:
+            try:  # a hidden editor does not draw what it was given: hand it the photo again
+                _, editor = editor_value(image_path)
+            except DeepPriorError:
+                pass  # already reported when the photo was uploaded
+        return (
+            gr.update(visible=task_name == "upscale"),
+            gr.update(visible=task_name == "inpaint"),
+            gr.update(visible=task_name in ("inpaint", "reconstruct")),
+            gr.update(visible=task_name == "deblur"),
+            gr.update(visible=task_name == "flash"),
+            editor,
+        )
+
+    def on_kernel(kind):
+        return (
+            gr.update(visible=kind == "gaussian"),
+            gr.update(visible=kind == "motion"),
+            gr.update(visible=kind == "motion"),
+            gr.update(visible=kind == "image"),
+        )
+
+    def on_image(path):
+        """Check an upload as soon as it arrives, and give the editor a copy to paint on."""
+        if path is None:
+            return gr.update(), None, ""
+        try:
+            image, editor = editor_value(path)
+        except DeepPriorError as e:
+            raise _user_error(e) from None
+        shown = gr.update()
+        try:
+            with PILImage.open(path) as im:
+                web = im.format in _WEB_FORMATS
+        except Exception:
+            web = False
+        if not web:  # e.g. TIFF: browsers cannot show it, so the input becomes a lossless PNG
+            copy = _fresh_dir(settings) / "input.png"
+            copy.write_bytes(encode_image(image, "PNG"))
+            shown = str(copy)
+        info = f"{image.width}x{image.height} {image.mode}, {image.bit_depth}-bit"
+        return shown, editor, info
+
+    def run(image_path, task_name, scale, editor, mask_file, mask_known, mode, kernel_kind, sigma, length, angle,
+            kernel_file, flash_file, preset, iterations, seed, stop_mode, request: gr.Request):
+        """Generator behind the Restore button: validates, fits, streams progress, shows the result."""
+        no_change = gr.update()
+        hide = gr.update(visible=False)
+        try:
+            image = read_upload(image_path, settings)
+            painted = painted_mask(editor, (image.height, image.width)) if task_name == "inpaint" else None
+            spec = kernel_spec(kernel_kind, sigma, length, angle, kernel_file) if task_name == "deblur" else None
+            task = build_task(task_name, image, settings, scale=scale, mask_file=mask_file, mask_known=mask_known,
+                              painted=painted, mode=mode, kernel=spec, flash_file=flash_file)
+            fit_kw = fit_options(preset, iterations, seed, stop_mode, settings)
+        except DeepPriorError as e:
+            raise _user_error(e) from None
+
+        key, stop = session_event(request)
+        fit = FitRun(image, task, preset, fit_kw, settings.threads, settings.preview_every, stop).start()
+        curve: list[tuple[int, float]] = []
+        last_yield = 0.0
+        try:
+            yield (status_html("Starting the fit..."), gr.update(value=None, label="Live preview"),
+                   None, hide, hide, "", None)
+            while fit.alive() or not fit.updates.empty():
+                try:
+                    snap = fit.updates.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                curve.append((snap["it"], snap["loss"]))
+                now = time.monotonic()
+                if "preview" not in snap and now - last_yield < 1.0:
+                    continue
+                last_yield = now
+                text = (f"Iteration {snap['it']} / {snap['max']} · loss {snap['loss']:.5f} · "
+                        f"{_fmt_time(snap['elapsed'])} elapsed · at most {_fmt_time(snap['eta'])} left")
+                if stop.is_set():
+                    text = "Stopping: keeping the best result so far..."
+                preview = (gr.update(value=_to_uint8(snap["preview"]), label=f"Live preview (iteration {snap['it']})")
+                           if "preview" in snap else no_change)
+                plot = loss_figure(curve) if "preview" in snap else no_change
+                yield (status_html(text, snap["it"], snap["max"]), preview, plot, no_change, no_change, no_change,
+                       no_change)
+            fit.join()
+            if fit.error is not None:
+                if isinstance(fit.error, KeyboardInterrupt):
+                    raise _user_error(DeepPriorError("the fit was interrupted before its first iteration"))
+                raise _user_error(fit.error)
+            result = fit.result
+            path = write_result(result, task.name, settings)
+            fill = getattr(task, "mask", None) if task.name in ("inpaint", "reconstruct") else None
+            before = before_image(image, (result.image.height, result.image.width), fill)
+            o = result.outcome
+            yield (
+                status_html(f"Finished: {o.iterations} iterations in {_fmt_time(o.elapsed_s)}", o.iterations, o.iterations),
+                gr.update(value=str(path), label="Result"),
+                loss_figure(curve),
+                gr.update(value=(before, _to_uint8(result.image.pixels)), visible=True),
+                gr.update(value=str(path), visible=True),
+                summary(result),
+                _report_json(result),
+            )
+        finally:
+            stop.set()  # the page went away or the run ended: make sure the fit thread ends too
+            drop_event(key, stop)
+
+    def on_stop(request: gr.Request):
+        key = getattr(request, "session_hash", None)
+        with stops_lock:
+            event = stops.get(key)
+        if event is not None:
+            event.set()
+            gr.Info("Stopping: the best result so far will be kept.")
+
+    def api_restore(image, task="denoise", scale=4, mask=None, preset="fast", max_iterations=0, seed=0,
+                    kernel="gaussian:1.5", flash=None):
+        """Restore ``image`` for ``task``; returns the result as a PNG file."""
+        try:
+            img = read_upload(image, settings)
+            t = build_task(task, img, settings, scale=scale, mask_file=mask, kernel=kernel or None, flash_file=flash)
+            fit_kw = fit_options(preset or "fast", max_iterations, seed, "preset", settings)
+            result = restore(img, t, preset or "fast", threads=settings.threads, **fit_kw)
+        except Exception as e:
+            raise _user_error(e) from None
+        return str(write_result(result, t.name, settings))
+
+    # -- layout ---------------------------------------------------------------------------------
+
+    with gr.Blocks(title="deepprior: restore a photo", analytics_enabled=False, delete_cache=(3600, 6 * 3600)) as demo:
+        gr.Markdown(
+            "# deepprior\n"
+            "Restore a damaged photo with the **Deep Image Prior**: a small network is fitted to your one "
+            "image, with no training data and no pretrained weights. Fits take a while on a CPU "
+            "(a minute or more for a small photo); you can watch the result form and stop when you like it."
+        )
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=320):
+                image_in = ImageFile(
+                    label="Photo to restore (drop, pick or paste)",
+                    sources=["upload", "clipboard"],
+                    format="png",
+                    height=300,
+                    elem_id="input-image",
+                )
+                image_info = gr.Markdown("", elem_id="image-info")
+                task = gr.Radio(TASK_CHOICES, value="denoise", label="What to do", elem_id="task")
+                with gr.Group(visible=False) as scale_box:
+                    scale = gr.Radio([(f"x{s}", s) for s in SCALES], value=2, label="Upscale by", elem_id="scale")
+                with gr.Group(visible=False) as paint_box:
+                    editor = gr.ImageEditor(
+                        label="Paint over what should be filled in",
+                        type="numpy",
+                        sources=(),
+                        transforms=(),
+                        layers=False,
+                        brush=_brush(),
+                        format="png",
+                        elem_id="mask-editor",
+                    )
+                    mode = gr.Radio([("Text, scratches, small marks", "text"), ("Large hole", "hole")],
+                                    value="text", label="Kind of damage", elem_id="inpaint-mode")
+                with gr.Group(visible=False) as mask_box:
+                    mask_in = ImageFile(label="...or upload a mask (white = fill in)",
+                                        sources=["upload", "clipboard"], format="png", elem_id="mask-upload")
+                    mask_known = gr.Checkbox(False, label="My mask is white where pixels are known (the paper's masks)")
+                with gr.Group(visible=False) as deblur_box:
+                    kernel_kind = gr.Radio(KERNEL_CHOICES, value="gaussian", label="Blur", elem_id="kernel-kind")
+                    sigma = gr.Slider(0.3, 6.0, value=1.5, step=0.1, label="Gaussian blur radius (sigma, px)")
+                    length = gr.Slider(3, 41, value=9, step=1, label="Motion length (px)", visible=False)
+                    angle = gr.Slider(0, 180, value=0, step=5, label="Motion angle (degrees)", visible=False)
+                    kernel_file = ImageFile(label="Kernel image (grayscale, at most 101x101)",
+                                            sources=["upload"], format="png", visible=False)
+                with gr.Group(visible=False) as flash_box:
+                    flash_in = ImageFile(label="Flash photo of the same scene (the one above is without flash)",
+                                         sources=["upload", "clipboard"], format="png")
+                preset = gr.Radio([("Fast (CPU-friendly)", "fast"), ("Paper (published settings, slower)", "paper")],
+                                  value="fast", label="Preset", elem_id="preset")
+                with gr.Accordion("Advanced", open=False):
+                    iterations = gr.Number(None, label="Iteration cap (empty: the preset's)", precision=0, minimum=0,
+                                           elem_id="iterations")
+                    seed = gr.Number(0, label="Seed (the same seed repeats a run)", precision=0, elem_id="seed")
+                    stop_mode = gr.Radio(STOP_CHOICES, value="preset", label="Stopping", elem_id="stop-mode")
+                with gr.Row():
+                    run_btn = gr.Button("Restore", variant="primary", elem_id="run")
+                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+            with gr.Column(scale=1, min_width=320):
+                status = gr.HTML(status_html("Upload a photo, choose what to do, press Restore."), elem_id="status")
+                result_img = gr.Image(label="Result", format="png", interactive=False, height=360, elem_id="result-image")
+                download = gr.DownloadButton("Download PNG", visible=False, elem_id="download")
+                compare = gr.ImageSlider(label="Before / after", format="png", visible=False, interactive=False,
+                                         elem_id="compare")
+                loss_plot = gr.Plot(label="Loss curve", show_label=False, format="png", elem_id="loss-plot")
+                report_md = gr.Markdown("", elem_id="report")
+                with gr.Accordion("Full report", open=False):
+                    report_json = gr.JSON(label="Report", elem_id="report-json")
+
+        if examples:
+            _examples(image_in, task, scale, mask_in)
+
+        # The /restore endpoint for programs: its own (never shown) inputs and output.
+        with gr.Group(visible=False):
+            api_image = ImageFile(label="image")
+            api_task = gr.Dropdown(list(TASK_NAMES), value="denoise", label="task")
+            api_scale = gr.Number(4, precision=0, label="scale")
+            api_mask = ImageFile(label="mask")
+            api_preset = gr.Dropdown(list(PRESET_NAMES), value="fast", label="preset")
+            api_iters = gr.Number(0, precision=0, label="max_iterations")
+            api_seed = gr.Number(0, precision=0, label="seed")
+            api_kernel = gr.Textbox("gaussian:1.5", label="kernel")
+            api_flash = ImageFile(label="flash")
+            api_out = gr.File(label="restored PNG")
+            api_btn = gr.Button(visible=False)
+
+        # -- wiring -------------------------------------------------------------------------------
+        cheap = dict(concurrency_limit=None, api_visibility="private", show_progress="hidden")
+        task.change(on_task, [task, image_in], [scale_box, paint_box, mask_box, deblur_box, flash_box, editor], **cheap)
+        kernel_kind.change(on_kernel, kernel_kind, [sigma, length, angle, kernel_file], **cheap)
+        image_in.change(on_image, image_in, [image_in, editor, image_info], **cheap)
+        run_btn.click(
+            run,
+            [image_in, task, scale, editor, mask_in, mask_known, mode, kernel_kind, sigma, length, angle, kernel_file,
+             flash_in, preset, iterations, seed, stop_mode],
+            [status, result_img, loss_plot, compare, download, report_md, report_json],
+            concurrency_limit=concurrency,
+            concurrency_id="fit",
+            show_progress="full",
+            show_progress_on=[status],
+            api_visibility="private",
+            trigger_mode="once",
+        )
+        stop_btn.click(on_stop, None, None, **cheap)
+        api_btn.click(
+            api_restore,
+            [api_image, api_task, api_scale, api_mask, api_preset, api_iters, api_seed, api_kernel, api_flash],
+            api_out,
+            api_name="restore",
+            concurrency_limit=concurrency,
+            concurrency_id="fit",
+        )
+    demo.deepprior_settings = settings
+    return demo
+
+
+def _brush(image: Image | None = None) -> gr.Brush:
+    """A red brush about a thirtieth of the photo across (Gradio's automatic size is far larger)."""
+    size = max(2, min(image.height, image.width) // 30) if image is not None else "auto"
+    return gr.Brush(default_size=size, colors=["#ff3030"], color_mode="fixed")
+
+
+def loss_figure(points):
+    """The loss curve so far (log scale) as a matplotlib figure; None before the first point."""
+    if not points:
+        return None
+    from matplotlib.figure import Figure  # no pyplot: no global state shared between sessions
+
+    fig = Figure(figsize=(6.4, 2.4), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    ax.semilogy([p[0] for p in points], [p[1] for p in points], color="#ea580c", linewidth=1.5,
+                marker="o" if len(points) < 10 else None, markersize=3)
+    ax.set_title("Loss curve", fontsize=10)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (log scale)")
+    ax.grid(True, which="both", alpha=0.25)
+    return fig
+
+
+def _examples(image_in, task, scale, mask_in):
+    """The bundled photos, each with the task it was made for."""
+    ex = EXAMPLES_DIR
+    rows = [
+        [str(ex / "chelsea-noisy.png"), "denoise", 2, None],
+        [str(ex / "astronaut-small.png"), "upscale", 4, None],
+        [str(ex / "coffee-text.png"), "inpaint", 2, str(ex / "coffee-text-mask.png")],
+        [str(ex / "rocket-jpeg.png"), "dejpeg", 2, None],
+        [str(ex / "camera-blur.png"), "deblur", 2, None],  # blurred with gaussian:1.5, the default
+    ]
+    rows = [r for r in rows if Path(r[0]).is_file()]
+    if rows:
+        gr.Examples(rows, [image_in, task, scale, mask_in], label="Examples to try",
+                    cache_examples=False, examples_per_page=10)
+
+
+def launch(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    concurrency: int = 1,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    block: bool = True,
+    app: gr.Blocks | None = None,
+    **build_options,
+):
+    """Build (unless ``app`` is given) and serve the web app; returns the app and its URL.
+
+    With ``block=False`` the server runs in a background thread (as the tests use it); stop it
+    with ``app.close()``.
+    """
+    if max_upload_mb <= 0:
+        raise DeepPriorError(f"max upload size must be positive, got {max_upload_mb} MB")
+    if not 0 <= port <= 65535:
+        raise DeepPriorError(f"port must be between 0 and 65535, got {port}")
+    if app is None:
+        app = build_app(concurrency=concurrency, max_pixels=max_pixels, **build_options)
+    app.queue(default_concurrency_limit=concurrency)
+    theme = gr.themes.Default(
+        font=["system-ui", "Segoe UI", "Helvetica", "Arial", "sans-serif"],  # no web-font downloads
+        font_mono=["ui-monospace", "Menlo", "Consolas", "monospace"],
+    )
+    try:
+        _, url, _ = app.launch(
+            server_name=host,
+            server_port=port,
+            max_file_size=int(max_upload_mb * 1024 * 1024),
+            allowed_paths=[str(EXAMPLES_DIR)],
+            prevent_thread_lock=not block,
+            show_error=False,
+            inbrowser=False,
+            share=False,
+            ssr_mode=False,
+            theme=theme,
+            css=_CSS,
+            quiet=not block,
+        )
+    except OSError as e:
+        raise DeepPriorError(f"cannot serve on {host}:{port} ({e})") from None
+    return app, url
+
+
+__all__ = ["build_app", "launch", "Settings", "EXAMPLES_DIR", "DEFAULT_MAX_PIXELS"]
