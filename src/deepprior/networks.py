@@ -37,13 +37,14 @@ class NetConfig:
     downsample: str = "stride"  # "stride", "avg" or "max"
     need_1x1_up: bool = True
     batchnorm: bool = True
+    pad: str = "reflection"  # "reflection" (the paper's) or "zeros" (cheaper: fused into the convolution)
 
     @property
     def scales(self) -> int:
         return len(self.channels_down)
 
 
-def _conv(cin: int, cout: int, k: int, stride: int = 1, downsample: str = "stride") -> nn.Sequential:
+def _conv(cin: int, cout: int, k: int, stride: int = 1, downsample: str = "stride", pad: str = "reflection") -> nn.Sequential:
     layers: list[nn.Module] = []
     if stride != 1 and downsample != "stride":
         pool = nn.AvgPool2d if downsample == "avg" else nn.MaxPool2d
@@ -51,17 +52,18 @@ def _conv(cin: int, cout: int, k: int, stride: int = 1, downsample: str = "strid
         stride = 1
     else:
         post = []
-    pad = (k - 1) // 2
-    if pad:
-        layers.append(nn.ReflectionPad2d(pad))
-    layers.append(nn.Conv2d(cin, cout, k, stride=stride, bias=True))
+    width = (k - 1) // 2
+    if width and pad == "reflection":
+        layers.append(nn.ReflectionPad2d(width))
+        width = 0
+    layers.append(nn.Conv2d(cin, cout, k, stride=stride, padding=width, bias=True))
     return nn.Sequential(*layers, *post)
 
 
-def _block(cin: int, cout: int, k: int, batchnorm: bool, stride: int = 1, downsample: str = "stride"):
+def _block(cin: int, cout: int, k: int, cfg: NetConfig, stride: int = 1):
     return [
-        _conv(cin, cout, k, stride, downsample),
-        nn.BatchNorm2d(cout) if batchnorm else nn.Identity(),
+        _conv(cin, cout, k, stride, cfg.downsample, cfg.pad),
+        nn.BatchNorm2d(cout) if cfg.batchnorm else nn.Identity(),
         nn.LeakyReLU(0.2, inplace=True),
     ]
 
@@ -72,10 +74,10 @@ class Level(nn.Module):
     def __init__(self, cin: int, down: int, up: int, skip: int, deeper: "Level | None", cfg: NetConfig):
         super().__init__()
         bn = cfg.batchnorm
-        self.skip = nn.Sequential(*_block(cin, skip, cfg.filter_skip, bn)) if skip else None
+        self.skip = nn.Sequential(*_block(cin, skip, cfg.filter_skip, cfg)) if skip else None
         self.down = nn.Sequential(
-            *_block(cin, down, cfg.filter_down, bn, stride=2, downsample=cfg.downsample),
-            *_block(down, down, cfg.filter_down, bn),
+            *_block(cin, down, cfg.filter_down, cfg, stride=2),
+            *_block(down, down, cfg.filter_down, cfg),
         )
         self.deeper = deeper
         deeper_out = deeper.out_channels if deeper is not None else down
@@ -85,9 +87,9 @@ class Level(nn.Module):
         )
         joined = skip + deeper_out
         up_layers: list[nn.Module] = [nn.BatchNorm2d(joined) if bn else nn.Identity()]
-        up_layers += _block(joined, up, cfg.filter_up, bn)
+        up_layers += _block(joined, up, cfg.filter_up, cfg)
         if cfg.need_1x1_up:
-            up_layers += _block(up, up, 1, bn)
+            up_layers += _block(up, up, 1, cfg)
         self.up = nn.Sequential(*up_layers)
         self.out_channels = up
 
