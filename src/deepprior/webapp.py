@@ -32,6 +32,8 @@ import math
 import os
 import queue
 import shutil
+import signal
+import sys
 import tempfile
 import threading
 import time
@@ -750,18 +752,42 @@ def launch(
             server_port=port,
             max_file_size=int(max_upload_mb * 1024 * 1024),
             allowed_paths=[str(EXAMPLES_DIR)],
-            prevent_thread_lock=not block,
+            prevent_thread_lock=True,
             show_error=False,
             inbrowser=False,
             share=False,
             ssr_mode=False,
             theme=theme,
             css=_CSS,
-            quiet=not block,
+            quiet=True,
         )
     except OSError as e:
         raise DeepPriorError(f"cannot serve on {host}:{port} ({e})") from None
+    if block:
+        print(f"deepprior: serving the web app on {url} (Ctrl-C stops it)", file=sys.stderr, flush=True)
+        _serve_until_interrupted(app)
     return app, url
+
+
+def _serve_until_interrupted(app: gr.Blocks) -> None:
+    """Wait while the server runs; Ctrl-C or SIGTERM closes it (running fits end with it)."""
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread: only Ctrl-C or close() will end it
+        old = None
+    try:
+        while app.is_running:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        print("deepprior: stopping the web app", file=sys.stderr, flush=True)
+    finally:
+        app.close()
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 __all__ = ["build_app", "launch", "Settings", "EXAMPLES_DIR", "DEFAULT_MAX_PIXELS"]
