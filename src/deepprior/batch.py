@@ -27,7 +27,7 @@ import os
 import signal
 import socket
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -142,6 +142,11 @@ def _file_sha256(path: Path) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def _abs(path) -> Path:
+    """An absolute path, symbolic links kept as named (so the mirrored tree is the one shown)."""
+    return Path(os.path.abspath(path))
+
+
 def _is_inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
@@ -159,12 +164,12 @@ def find_inputs(inputs, *, task: str = "denoise", exclude=()) -> tuple[list[Path
     anything inside the folders in ``exclude`` (the output folder, the masks folder) are left
     out. Returns the resolved files, sorted, and the common root of the inputs.
     """
-    exclude = [Path(e).resolve() for e in exclude]
+    exclude = [_abs(e) for e in exclude]
     found: dict[Path, None] = {}
     anchors: list[Path] = []
 
     def consider(path: Path, named: bool) -> None:
-        path = path.resolve()
+        path = _abs(path)
         if any(_is_inside(path, e) for e in exclude) or _is_companion(path, task):
             return
         if not named and (path.suffix.lower() not in IMAGE_EXTENSIONS or path.name.startswith(".")):
@@ -181,10 +186,10 @@ def find_inputs(inputs, *, task: str = "denoise", exclude=()) -> tuple[list[Path
         text = str(item)
         path = Path(text)
         if path.is_dir():
-            anchors.append(path.resolve())
+            anchors.append(_abs(path))
             walk(path)
         elif path.exists():
-            anchors.append(path.resolve().parent)
+            anchors.append(_abs(path).parent)
             consider(path, named=True)
         elif glob.has_magic(text):
             matches = sorted(glob.glob(text, recursive=True))
@@ -193,7 +198,7 @@ def find_inputs(inputs, *, task: str = "denoise", exclude=()) -> tuple[list[Path
                 if glob.has_magic(part):
                     break
                 fixed.append(part)
-            anchors.append(Path(*fixed).resolve() if fixed else Path.cwd())
+            anchors.append(_abs(Path(*fixed)) if fixed else Path.cwd())
             for m in matches:
                 mp = Path(m)
                 if mp.is_dir():
@@ -228,21 +233,21 @@ def plan(inputs, out_dir, settings: Settings, *, masks_dir=None) -> list[Job]:
     if out_dir.exists() and not out_dir.is_dir():
         raise DeepPriorError(f"{out_dir}: --out must be a folder")
     for item in inputs:
-        if Path(item).is_dir() and Path(item).resolve() == out_dir.resolve():
-            raise DeepPriorError(f"{out_dir}: the output folder must not be an input folder")
+        if Path(item).is_dir() and _is_inside(_abs(item), _abs(out_dir)):
+            raise DeepPriorError(f"{item}: an input folder must not be (inside) the output folder {out_dir}")
     if masks_dir is not None:
         if not Path(masks_dir).is_dir():
             raise DeepPriorError(f"{masks_dir}: --masks must be a folder")
-        masks_dir = Path(masks_dir).resolve()
+        masks_dir = _abs(masks_dir)
     exclude = [out_dir]
-    if masks_dir is not None and not any(_is_inside(Path(i).resolve(), masks_dir) for i in inputs):
+    if masks_dir is not None and not any(_is_inside(_abs(i), masks_dir) for i in inputs):
         exclude.append(masks_dir)  # a separate masks folder holds no inputs
     files, root = find_inputs(inputs, task=settings.task, exclude=exclude)
     base = settings.params()
 
     rels = [f.relative_to(root) for f in files]
     outs = [r.with_suffix(".png") for r in rels]
-    clashes = {o for o in outs if outs.count(o) > 1}  # photo.jpg and photo.png in one folder
+    clashes = {o for o, n in Counter(outs).items() if n > 1}  # photo.jpg and photo.png in one folder
     outs = [r.with_name(r.name + ".png") if o in clashes else o for r, o in zip(rels, outs)]
 
     jobs = []
