@@ -11,8 +11,8 @@ PORT   ?= 7860
 setup: $(STAMP)
 
 # torch==2.13.0 is the CPU build on this machine's disk; it is installed first so that nothing
-# pulls a multi-GB CUDA build. Re-runs only when pyproject.toml changes.
-$(STAMP): pyproject.toml
+# pulls a multi-GB CUDA build. Re-runs only when pyproject.toml or this file changes.
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
@@ -24,6 +24,10 @@ test: setup
 
 app: setup
 	$(VENV)/bin/deepprior app --host $(HOST) --port $(PORT)
+
+# The speed benchmark of the fast preset against the paper's (long: see BENCHMARKS.md).
+bench: setup
+	$(VENV)/bin/deepprior bench speed --out bench-out/speed
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
