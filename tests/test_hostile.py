@@ -230,7 +230,7 @@ BAD_OPTIONS = {
     "zero iterations": (["denoise", "{src}", "-o", "{out}", "--iters", "0"], "--iters must be at least 1"),
     "negative threads": (["denoise", "{src}", "-o", "{out}", "--threads", "-2"], "--threads must be at least 1"),
     "zero max pixels": (["denoise", "{src}", "-o", "{out}", "--max-pixels", "0"], "--max-pixels must be positive"),
-    "unknown device": (["denoise", "{src}", "-o", "{out}", "--device", "gpu9"], "--device must be"),
+    "unknown device": (["denoise", "{src}", "-o", "{out}", "--device", "gpu9"], "unknown device"),
     "huge seed": (["denoise", "{src}", "-o", "{out}", "--seed", str(2**64)], "--seed must be between"),
     "word for iters": (["denoise", "{src}", "-o", "{out}", "--iters", "many"], "'--iters'"),
     "unknown option": (["denoise", "{src}", "-o", "{out}", "--strength", "3"], "--strength"),

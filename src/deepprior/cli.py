@@ -8,6 +8,8 @@ during a fit stops it and writes the best result so far.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import signal
 import sys
@@ -85,10 +87,6 @@ class Common:
         self.device, self.threads, self.stop = device, threads, stop.value if stop else None
         self.reference, self.report, self.quiet, self.max_pixels = reference, report, quiet, max_pixels
         self.bayes, self.uncertainty, self.npz = bayes, uncertainty, npz
-
-
-def _common(**kw) -> Common:
-    return Common(**kw)
 
 
 @contextmanager
@@ -291,53 +289,63 @@ def _fmt_time(s: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
-@app.command()
+_P = inspect.Parameter
+#: The options every restoration command takes, after its own arguments.
+_SHARED_OPTIONS = [
+    _P("output", _P.KEYWORD_ONLY, annotation=Output),
+    _P("preset", _P.KEYWORD_ONLY, annotation=PresetOpt, default=PresetName.fast),
+    _P("iters", _P.KEYWORD_ONLY, annotation=Iters, default=None),
+    _P("seed", _P.KEYWORD_ONLY, annotation=Seed, default=0),
+    _P("device", _P.KEYWORD_ONLY, annotation=Device, default="auto"),
+    _P("threads", _P.KEYWORD_ONLY, annotation=Threads, default=None),
+    _P("stop", _P.KEYWORD_ONLY, annotation=Stop, default=None),
+    _P("reference", _P.KEYWORD_ONLY, annotation=Reference, default=None),
+    _P("report", _P.KEYWORD_ONLY, annotation=Report, default=None),
+    _P("quiet", _P.KEYWORD_ONLY, annotation=Quiet, default=False),
+    _P("max_pixels", _P.KEYWORD_ONLY, annotation=MaxPixels, default=DEFAULT_MAX_PIXELS),
+    _P("bayes", _P.KEYWORD_ONLY, annotation=Bayes, default=False),
+    _P("uncertainty", _P.KEYWORD_ONLY, annotation=UncertaintyOpt, default=None),
+    _P("npz", _P.KEYWORD_ONLY, annotation=Npz, default=None),
+]
+
+
+def restoration_command(func):
+    """Register ``func`` as a command taking its own arguments plus the shared options.
+
+    ``func`` declares only what is particular to its task and receives the shared options
+    bundled as ``c`` (a :class:`Common`), so each option is declared once for all commands.
+    """
+    own = [p for name, p in inspect.signature(func, eval_str=True).parameters.items() if name != "c"]
+    shared = [p.name for p in _SHARED_OPTIONS]
+
+    @functools.wraps(func)
+    def command(**kwargs):
+        c = Common(**{name: kwargs.pop(name) for name in shared})
+        return func(c=c, **kwargs)
+
+    command.__signature__ = inspect.Signature(own + _SHARED_OPTIONS)
+    return app.command(func.__name__)(command)
+
+
+@restoration_command
 def denoise(
     input: Input,
-    output: Output,
+    c: Common,
     sigma: Annotated[Optional[float], typer.Option(help="Noise level on 0-255, if known (informative; the fit is blind).")] = None,
-    preset: PresetOpt = PresetName.fast,
-    iters: Iters = None,
-    seed: Seed = 0,
-    device: Device = "auto",
-    threads: Threads = None,
-    stop: Stop = None,
-    reference: Reference = None,
-    report: Report = None,
-    quiet: Quiet = False,
-    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
-    bayes: Bayes = False,
-    uncertainty: UncertaintyOpt = None,
-    npz: Npz = None,
 ):
     """Remove Gaussian (or unknown) noise."""
-    c = _common(**{k: v for k, v in locals().items() if k not in ("input", "sigma")})
     _run(lambda image: Denoise(sigma=sigma), input, c)
 
 
-@app.command()
+@restoration_command
 def upscale(
     input: Input,
-    output: Output,
+    c: Common,
     scale: Annotated[int, typer.Option("--scale", "-s", help="Upscaling factor: 2, 3, 4 or 8.")] = 4,
-    preset: PresetOpt = PresetName.fast,
-    iters: Iters = None,
-    seed: Seed = 0,
-    device: Device = "auto",
-    threads: Threads = None,
-    stop: Stop = None,
-    reference: Reference = None,
-    report: Report = None,
-    quiet: Quiet = False,
-    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
-    bayes: Bayes = False,
-    uncertainty: UncertaintyOpt = None,
-    npz: Npz = None,
 ):
     """Super-resolution by 2, 3, 4 or 8 (Lanczos downsampler as the operator)."""
     if scale not in SCALES:
         raise DeepPriorError(f"--scale must be one of {', '.join(map(str, SCALES))}, got {scale}")
-    c = _common(**{k: v for k, v in locals().items() if k not in ("input", "scale")})
     _run(lambda image: SuperResolution(scale=scale), input, c)
 
 
@@ -345,140 +353,64 @@ MaskOpt = Annotated[Path, typer.Option("--mask", "-m", help="Mask image: white =
 MaskKnown = Annotated[bool, typer.Option("--mask-known", help="Read the mask the paper's way: white = known pixel.")]
 
 
-@app.command()
+def _mask_task(mask: Path, mask_known: bool, c: Common, make_task):
+    """A task factory that reads the mask once the image (and so its size) is known."""
+
+    def make(image):
+        mask_image = load_image(mask, max_pixels=c.max_pixels)
+        fill = load_mask(mask_image, size=(image.height, image.width), fill_is_white=not mask_known)
+        return make_task(fill)
+
+    return make
+
+
+@restoration_command
 def inpaint(
     input: Input,
-    output: Output,
+    c: Common,
     mask: MaskOpt,
     mask_known: MaskKnown = False,
     mode: Annotated[HoleMode, typer.Option("--mode", help="text (text, scribbles, watermarks) or hole (large holes).")] = HoleMode.text,
-    preset: PresetOpt = PresetName.fast,
-    iters: Iters = None,
-    seed: Seed = 0,
-    device: Device = "auto",
-    threads: Threads = None,
-    stop: Stop = None,
-    reference: Reference = None,
-    report: Report = None,
-    quiet: Quiet = False,
-    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
-    bayes: Bayes = False,
-    uncertainty: UncertaintyOpt = None,
-    npz: Npz = None,
 ):
     """Fill the masked pixels of an image."""
-    c = _common(**{k: v for k, v in locals().items() if k not in ("input", "mask", "mask_known", "mode")})
-
-    def make(image):
-        fill = load_mask(load_image(mask, max_pixels=max_pixels), size=(image.height, image.width), fill_is_white=not mask_known)
-        return Inpaint(mask=fill, mode=mode.value)
-
+    make = _mask_task(mask, mask_known, c, lambda fill: Inpaint(mask=fill, mode=mode.value))
     _run(make, input, c, extra_inputs=(mask,))
 
 
-@app.command()
-def reconstruct(
-    input: Input,
-    output: Output,
-    mask: MaskOpt,
-    mask_known: MaskKnown = False,
-    preset: PresetOpt = PresetName.fast,
-    iters: Iters = None,
-    seed: Seed = 0,
-    device: Device = "auto",
-    threads: Threads = None,
-    stop: Stop = None,
-    reference: Reference = None,
-    report: Report = None,
-    quiet: Quiet = False,
-    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
-    bayes: Bayes = False,
-    uncertainty: UncertaintyOpt = None,
-    npz: Npz = None,
-):
+@restoration_command
+def reconstruct(input: Input, c: Common, mask: MaskOpt, mask_known: MaskKnown = False):
     """Reconstruct an image from which random pixels were dropped (e.g. 50 %)."""
-    c = _common(**{k: v for k, v in locals().items() if k not in ("input", "mask", "mask_known")})
-
-    def make(image):
-        fill = load_mask(load_image(mask, max_pixels=max_pixels), size=(image.height, image.width), fill_is_white=not mask_known)
-        return Reconstruct(mask=fill)
-
-    _run(make, input, c, extra_inputs=(mask,))
+    _run(_mask_task(mask, mask_known, c, lambda fill: Reconstruct(mask=fill)), input, c, extra_inputs=(mask,))
 
 
-@app.command()
-def dejpeg(
-    input: Input,
-    output: Output,
-    preset: PresetOpt = PresetName.fast,
-    iters: Iters = None,
-    seed: Seed = 0,
-    device: Device = "auto",
-    threads: Threads = None,
-    stop: Stop = None,
-    reference: Reference = None,
-    report: Report = None,
-    quiet: Quiet = False,
-    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
-    bayes: Bayes = False,
-    uncertainty: UncertaintyOpt = None,
-    npz: Npz = None,
-):
+@restoration_command
+def dejpeg(input: Input, c: Common):
     """Remove JPEG compression artifacts (blind)."""
-    c = _common(**{k: v for k, v in locals().items() if k != "input"})
     _run(lambda image: DeJPEG(), input, c)
 
 
-@app.command()
+@restoration_command
 def deblur(
     input: Input,
-    output: Output,
+    c: Common,
     kernel: Annotated[str, typer.Option("--kernel", "-k", help="gaussian:SIGMA, motion:LENGTH,ANGLE, or a kernel image.")],
-    preset: PresetOpt = PresetName.fast,
-    iters: Iters = None,
-    seed: Seed = 0,
-    device: Device = "auto",
-    threads: Threads = None,
-    stop: Stop = None,
-    reference: Reference = None,
-    report: Report = None,
-    quiet: Quiet = False,
-    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
-    bayes: Bayes = False,
-    uncertainty: UncertaintyOpt = None,
-    npz: Npz = None,
 ):
     """Remove a known blur."""
-    c = _common(**{k: v for k, v in locals().items() if k not in ("input", "kernel")})
     with _native_stderr_silenced():
         task = Deblur.from_spec(kernel)  # checked before the image is read
     kernel_file = (Path(kernel),) if Path(kernel).is_file() else ()
     _run(lambda image: task, input, c, extra_inputs=kernel_file)
 
 
-@app.command()
+@restoration_command
 def flash(
     input: Annotated[Path, typer.Argument(help="The no-flash image (the target).", show_default=False)],
-    output: Output,
+    c: Common,
     flash: Annotated[Path, typer.Option("--flash", "-f", help="The flash image of the same scene (the network input).")],
-    preset: PresetOpt = PresetName.fast,
-    iters: Iters = None,
-    seed: Seed = 0,
-    device: Device = "auto",
-    threads: Threads = None,
-    stop: Stop = None,
-    reference: Reference = None,
-    report: Report = None,
-    quiet: Quiet = False,
-    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
-    bayes: Bayes = False,
-    uncertainty: UncertaintyOpt = None,
-    npz: Npz = None,
 ):
     """Flash / no-flash fusion: the no-flash colours with the flash image's detail."""
-    c = _common(**{k: v for k, v in locals().items() if k not in ("input", "flash")})
     with _native_stderr_silenced():
-        flash_image = load_image(flash, max_pixels=max_pixels)
+        flash_image = load_image(flash, max_pixels=c.max_pixels)
     _run(lambda image: FlashNoFlash(flash=flash_image), input, c, extra_inputs=(flash,))
 
 
@@ -582,7 +514,7 @@ def batch(
 
 @app.command()
 def bench(
-    suite: Annotated[str, typer.Argument(help="sr-x2, sr-x3, sr-x4, sr-x8, denoise-15, denoise-25, denoise-50, inpaint-50 or inpaint-text.", show_default=False)],
+    suite: Annotated[str, typer.Argument(help="sr-x2, sr-x3, sr-x4, sr-x8, denoise-15, denoise-25, denoise-50, inpaint-50 or inpaint-text; or speed (fast against paper preset: time, PSNR at equal time, memory) or stopping (auto-stop against the true PSNR peak).", show_default=False)],
     data: Annotated[Optional[Path], typer.Option("--data", help="Benchmark data folder (default: ../shared/data, else $DEEPPRIOR_DATA).")] = None,
     set_name: Annotated[Optional[str], typer.Option("--set", help="Super-resolution image set: Set5 (default) or Set14.")] = None,
     methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods (default: every method of the suite).")] = None,
@@ -596,11 +528,32 @@ def bench(
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Real-ESRGAN weights: an RRDBNet .pth (basicsr key names) or an ncnn .param.")] = None,
     threads: Threads = None,
     quiet: Quiet = False,
+    cases: Annotated[Optional[str], typer.Option("--cases", help="speed/stopping: comma-separated cases (speed: house, cbm3d, set5, heide11, memory; stopping: cbm3d, set5, heide11; default: all).")] = None,
+    paper_iters: Annotated[Optional[int], typer.Option("--paper-iters", help="speed: iterations that time the paper preset's seconds per iteration (default 30).")] = None,
+    paper_equal_time: Annotated[Optional[bool], typer.Option("--paper-equal-time/--no-paper-equal-time", help="speed: also run the paper preset for as long as the fast run took, for its PSNR at equal time (default: on).", show_default=False)] = None,
+    bayes: Annotated[Optional[bool], typer.Option("--bayes/--no-bayes", help="stopping: also run the Bayesian (SGLD) mode, for its PSNR and time (default: off).", show_default=False)] = None,
 ):
-    """Benchmark DIP and classical baselines on a standard suite; writes results.csv/json and report.md."""
+    """Benchmark DIP and classical baselines on a standard suite; writes results.csv/json and report.md.
+
+    "bench speed" and "bench stopping" measure the presets instead (issues 4 and 5): they print
+    tables and write JSON and markdown to --out (default bench-out/speed, bench-out/stopping).
+    """
     from . import bench as bench_mod
 
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
+    measure = suite in bench_mod.MEASURES
+    if measure:
+        wrong = [n for n, v in (("--set", set_name), ("--methods", methods), ("--images", images), ("--weights", weights))
+                 if v is not None] + (["--preset"] if preset != PresetName.fast else [])
+        if suite == "speed":
+            wrong += ["--bayes"] if bayes is not None else []
+        else:
+            wrong += [n for n, v in (("--paper-iters", paper_iters), ("--paper-equal-time", paper_equal_time)) if v is not None]
+    else:
+        wrong = [n for n, v in (("--cases", cases), ("--paper-iters", paper_iters), ("--paper-equal-time", paper_equal_time),
+                                ("--bayes", bayes)) if v is not None]
+    if wrong:
+        raise DeepPriorError(f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to bench {suite}")
     progress = None
     if not quiet:
         progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -618,24 +571,39 @@ def bench(
             progress.update(bar, fit=f"DIP it {p.iteration}/{p.max_iterations}"
                             + (f" PSNR {p.psnr:.2f}" if p.psnr is not None else ""))
 
+    log = lambda s: err.print(s, highlight=False, soft_wrap=True)  # noqa: E731
     try:
         with _sigterm_as_interrupt():
-            results, path = bench_mod.run(
-                suite, data=data, set_name=set_name, out=out, methods=split(methods), preset=preset.value,
-                seed=seed, iters=iters, names=split(images), limit=limit, resume=resume, weights=weights,
-                threads=threads, progress=on_pair, dip_callback=on_fit,
-                log=lambda s: err.print(s, highlight=False, soft_wrap=True),
-            )
+            if measure:
+                options = dict(cases=split(cases), limit=limit, iters=iters, seed=seed, resume=resume, threads=threads,
+                               progress=on_pair, fit_callback=on_fit, log=log)
+                if suite == "speed":
+                    options.update({k: v for k, v in (("paper_iters", paper_iters), ("paper_equal_time", paper_equal_time))
+                                    if v is not None})
+                else:
+                    options["bayes"] = bool(bayes)
+                results, path = bench_mod.measure(suite, data=data, out=out, **options)
+            else:
+                results, path = bench_mod.run(
+                    suite, data=data, set_name=set_name, out=out, methods=split(methods), preset=preset.value,
+                    seed=seed, iters=iters, names=split(images), limit=limit, resume=resume, weights=weights,
+                    threads=threads, progress=on_pair, dip_callback=on_fit, log=log,
+                )
     except KeyboardInterrupt:
         if progress is not None:
             progress.stop()
             progress = None
-        err.print("interrupted: finished (image, method) pairs are saved; rerun with --resume to go on", highlight=False,
+        done = "steps" if measure else "(image, method) pairs"
+        err.print(f"interrupted: finished {done} are saved; rerun with --resume to go on", highlight=False,
                   soft_wrap=True)
         raise typer.Exit(130)
     finally:
         if progress is not None:
             progress.stop()
+    if measure:
+        out_console = Console() if sys.stdout.isatty() else Console(width=240)  # a file or pipe: don't fold the tables
+        for table in bench_mod.measure_tables(suite, results):
+            out_console.print(table)
     err.print(f"wrote {path} ({len(results['rows'])} results)", highlight=False, soft_wrap=True)
 
 

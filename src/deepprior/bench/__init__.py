@@ -7,7 +7,10 @@
   biharmonic) and the method registry;
 * :mod:`.realesrgan`: Real-ESRGAN x4plus in plain PyTorch, read from ncnn weights;
 * :mod:`.runner`: running (image, method) pairs with resume, writing results.csv/json;
-* :mod:`.report`: report.md with tables against the paper's numbers, and figures.
+* :mod:`.report`: report.md with tables against the paper's numbers, and figures;
+* :mod:`.speed` and :mod:`.stopping`: ``deepprior bench speed`` (fast against paper preset: time,
+  quality at equal time, peak memory) and ``deepprior bench stopping`` (automatic stopping
+  against the true PSNR peak), over :mod:`.resumable` result files. :func:`measure` runs them.
 """
 
 from __future__ import annotations
@@ -35,4 +38,33 @@ def run(suite_name: str, *, data=None, set_name: str | None = None, out=None, **
     return results, path
 
 
-__all__ = ["run", "get_suite", "suite_names", "find_data_dir"]
+#: The measurement benchmarks, run by :func:`measure` rather than :func:`run`.
+MEASURES = ("speed", "stopping")
+
+
+def measure(kind: str, *, data=None, out=None, **options) -> tuple[dict, Path]:
+    """Run ``bench speed`` or ``bench stopping``; returns (results, path of the markdown tables).
+
+    ``options`` go to :func:`.speed.run_speed` or :func:`.stopping.run_stopping`.
+    """
+    from . import speed, stopping
+
+    mod = {"speed": speed, "stopping": stopping}.get(kind)
+    if mod is None:
+        from ..errors import DeepPriorError
+
+        raise DeepPriorError(f"unknown benchmark {kind!r}; choose one of {', '.join(MEASURES)}")
+    out = Path(out) if out is not None else Path("bench-out") / kind
+    fn = speed.run_speed if kind == "speed" else stopping.run_stopping
+    results = fn(data, out, **options)
+    return results, out / mod.MARKDOWN
+
+
+def measure_tables(kind: str, results: dict) -> list:
+    """The tables of a :func:`measure` result, as rich Tables for the terminal."""
+    from . import resumable, speed, stopping
+
+    return resumable.to_rich((speed if kind == "speed" else stopping).tables(results))
+
+
+__all__ = ["run", "measure", "measure_tables", "MEASURES", "get_suite", "suite_names", "find_data_dir"]
