@@ -27,7 +27,7 @@ app: setup
 
 # The speed benchmark of the fast preset against the paper's (long: see BENCHMARKS.md).
 bench: setup
-	$(VENV)/bin/deepprior bench speed --out bench-out/speed
+	$(VENV)/bin/deepprior bench speed --out bench-out/speed --resume
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -229,7 +229,8 @@ def fit(
                 candidate = sample_sum / samples
 
             if stopper is not None:
-                if stopper.update(it, out):
+                # Once the rule has fired its choice is final (stop="observe" runs on but keeps it).
+                if stopper.update(it, out) and would_stop_at is None:
                     stop_out = candidate.clone() if stop_out is None else stop_out.copy_(candidate)
                     stop_iter = it
                 candidate = stop_out if stop_out is not None else candidate
