@@ -543,10 +543,10 @@ def bench(
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
     measure = suite in bench_mod.MEASURES
     if measure:
-        wrong = [n for n, v in (("--set", set_name), ("--methods", methods), ("--images", images), ("--weights", weights))
+        wrong = [n for n, v in (("--set", set_name), ("--methods", methods), ("--weights", weights))
                  if v is not None] + (["--preset"] if preset != PresetName.fast else [])
         if suite == "speed":
-            wrong += ["--bayes"] if bayes is not None else []
+            wrong += [n for n, v in (("--bayes", bayes), ("--images", images)) if v is not None]
         else:
             wrong += [n for n, v in (("--paper-iters", paper_iters), ("--paper-equal-time", paper_equal_time)) if v is not None]
     else:
@@ -581,7 +581,7 @@ def bench(
                     options.update({k: v for k, v in (("paper_iters", paper_iters), ("paper_equal_time", paper_equal_time))
                                     if v is not None})
                 else:
-                    options["bayes"] = bool(bayes)
+                    options.update(bayes=bool(bayes), names=split(images))
                 results, path = bench_mod.measure(suite, data=data, out=out, **options)
             else:
                 results, path = bench_mod.run(

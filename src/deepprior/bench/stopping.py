@@ -265,6 +265,7 @@ def run_stopping(
     out_dir: Path,
     *,
     cases=None,
+    names: list[str] | None = None,
     limit: int | None = None,
     bayes: bool = False,
     iters: int | None = None,
@@ -299,7 +300,13 @@ def run_stopping(
     work = []
     for name in chosen:
         suite = suites.get_suite(CASES[name])
-        work += [(suite, rel) for rel in suites.select(suite, manifest, None, limit)]
+        # --images picks, in each case, the named images that case has (all, when none is named)
+        own = [n for n in names or () if n in {suites.image_name(f) for f in suites.suite_files(suite, manifest)}]
+        if names and not own:
+            continue
+        work += [(suite, rel) for rel in suites.select(suite, manifest, own or None, limit)]
+    if names and not work:
+        raise DeepPriorError(f"no image {', '.join(names)} in the cases {', '.join(chosen)}")
     config = {"seed": seed, "iters": iters, "overrides": overrides}
     out_dir = Path(out_dir)
     data = resumable.open_results(out_dir, RESULTS, "stopping", config, resume)
