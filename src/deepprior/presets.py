@@ -114,7 +114,6 @@ PRESETS: dict[str, dict[str, FitConfig]] = {
             iterations=5000,
             reg_noise_std=0.03,
             ema=0.0,
-            stop="off",
         ),
         "fast": FitConfig(
             net=replace(_FAST_SKIP, kind="hourglass", channels_skip=(0,) * 5, upsample="nearest"),
@@ -123,7 +122,6 @@ PRESETS: dict[str, dict[str, FitConfig]] = {
             iterations=2500,
             reg_noise_std=0.03,
             ema=0.0,
-            stop="off",
         ),
     },
     "reconstruct": {
@@ -137,8 +135,8 @@ PRESETS: dict[str, dict[str, FitConfig]] = {
     },
     "flash": {
         # Flash / no-flash: the flash image is the input; lr 0.1, 600 iterations, no perturbation.
-        "paper": FitConfig(net=_PAPER_SKIP, input="image", lr=0.1, iterations=600, reg_noise_std=0.0, ema=0.0, stop="off"),
-        "fast": FitConfig(net=_FAST_SKIP, input="image", lr=0.1, iterations=600, reg_noise_std=0.0, ema=0.0, stop="off"),
+        "paper": FitConfig(net=_PAPER_SKIP, input="image", lr=0.1, iterations=600, reg_noise_std=0.0, ema=0.0),
+        "fast": FitConfig(net=_FAST_SKIP, input="image", lr=0.1, iterations=600, reg_noise_std=0.0, ema=0.0),
     },
 }
 
