@@ -55,3 +55,13 @@ def test_pixel_subset_finds_the_same_point_as_all_pixels():
 def test_window_must_be_at_least_two():
     with pytest.raises(ValueError):
         WindowedVariance(window=1)
+
+
+def test_running_sums_match_the_direct_window_variance():
+    g = torch.Generator().manual_seed(0)
+    wv = WindowedVariance(window=7, patience=10**9, max_samples=10**9)
+    outs = [torch.rand(1, 3, 5, 4, generator=g) * (1 + t % 5) for t in range(60)]
+    for t, out in enumerate(outs, start=1):
+        wv.update(t, out)
+    direct = torch.stack(outs[-7:]).double().var(dim=0, unbiased=False).mean().item()
+    assert wv.curve[-1][1] == pytest.approx(direct, rel=1e-9)

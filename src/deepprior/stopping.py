@@ -8,7 +8,7 @@ variance has not reached a new minimum for P iterations and return the iterate a
 
 Storing W full outputs would cost W x H x W x C floats (about 300 MB at 512x512 for W = 100),
 so the variance is estimated on a fixed random subset of pixels (``max_samples`` values), held
-in a ring buffer; the estimate of the mean per-pixel variance is unbiased, and the point it
+in a ring buffer with running sums (float64, so E[x^2] - E[x]^2 does not cancel badly); the estimate of the mean per-pixel variance is unbiased, and the point it
 detects matches the full computation (see ``tests/test_stopping.py``).
 """
 
@@ -52,18 +52,27 @@ class WindowedVariance:
                 self._index = perm.sort().values.to(flat.device)
             else:
                 self._index = torch.arange(n, device=flat.device)
-            self._ring = torch.empty(self.window, self._index.numel(), device=flat.device, dtype=flat.dtype)
-        return flat[self._index]
+            n = self._index.numel()
+            self._ring = torch.zeros(self.window, n, device=flat.device, dtype=torch.float64)
+            self._sum = torch.zeros(n, device=flat.device, dtype=torch.float64)
+            self._sumsq = torch.zeros(n, device=flat.device, dtype=torch.float64)
+        return flat[self._index].double()
 
     def update(self, iteration: int, out: torch.Tensor) -> bool:
         """Add the output of ``iteration``; True when the variance reached a new minimum."""
         sample = self._sample(out)
-        self._ring[self._count % self.window] = sample
+        # Running sums over the window: add the new sample, drop the one it replaces (O(n), not O(W n)).
+        slot = self._count % self.window
+        old = self._ring[slot]
+        self._sum.add_(sample).sub_(old)
+        self._sumsq.add_(sample * sample).sub_(old * old)
+        old.copy_(sample)
         self._count += 1
         self.last_iteration = iteration
         if self._count < self.window:
             return False
-        var = float(self._ring.var(dim=0, unbiased=False).mean())
+        mean = self._sum / self.window
+        var = float((self._sumsq / self.window - mean * mean).clamp_min_(0).mean())
         self.curve.append((iteration, var))
         if var < self.best_value:
             self.best_value = var
