@@ -26,6 +26,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
@@ -270,7 +271,10 @@ def plan(inputs, out_dir, settings: Settings, *, masks_dir=None) -> list[Job]:
                     job.problem = f"cannot read {what} {companion} ({e.strerror or e})"
                 setattr(job, "flash" if settings.task == "flash" else "mask", companion)
         try:
-            job.input_sha256 = _file_sha256(path)
+            if not stat.S_ISREG(path.stat().st_mode):  # a named pipe would block the read, /dev/zero never end
+                job.problem = "not a regular file"
+            else:
+                job.input_sha256 = _file_sha256(path)
         except OSError as e:
             job.problem = f"cannot read file ({e.strerror or e})"
         jobs.append(job)
