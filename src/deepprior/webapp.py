@@ -248,6 +248,8 @@ def fit_options(preset, iterations, seed, stop, settings: Settings) -> dict:
     if preset not in PRESET_NAMES:
         raise DeepPriorError(f"unknown preset {preset!r}; choose one of {', '.join(PRESET_NAMES)}")
     opts: dict = {"seed": 0 if seed is None else int(seed)}
+    if not -(2**63 - 3) <= opts["seed"] <= 2**63 - 3:  # the fit also seeds with seed + 1, seed + 2
+        raise DeepPriorError(f"the seed must be between {-(2**63 - 3)} and {2**63 - 3}, got {opts['seed']}")
     if iterations is not None and not (isinstance(iterations, float) and math.isnan(iterations)) and int(iterations) != 0:
         if int(iterations) < 1:
             raise DeepPriorError(f"the iteration cap must be at least 1, got {int(iterations)}")
@@ -374,7 +376,7 @@ class FitRun:
 def _user_error(e: BaseException) -> gr.Error:
     """The message a person sees for ``e``: ours as it is, anything else without internals."""
     if isinstance(e, DeepPriorError):
-        return gr.Error(html.escape(str(e)), print_exception=False)
+        return gr.Error(html.escape(str(e), quote=False), print_exception=False)  # the page shows it as HTML
     log.error("restoration failed", exc_info=e)
     return gr.Error(f"the restoration failed ({type(e).__name__}); the server log has the details", print_exception=False)
 
@@ -556,6 +558,10 @@ def build_app(
         """Restore ``image`` for ``task``; returns the result as a PNG file."""
         try:
             img = read_upload(image, settings)
+            kind, _, args = (kernel or "").partition(":")
+            if task == "deblur" and kernel and not (kind in ("gaussian", "motion") and args):
+                # Anything else would be read as a path on this server.
+                raise DeepPriorError(f"the kernel must be gaussian:SIGMA or motion:LENGTH,ANGLE, got {kernel!r}")
             t = build_task(task, img, settings, scale=scale, mask_file=mask, kernel=kernel or None, flash_file=flash)
             fit_kw = fit_options(preset or "fast", max_iterations, seed, "preset", settings)
             result = restore(img, t, preset or "fast", threads=settings.threads, **fit_kw)
