@@ -251,7 +251,11 @@ def _restore_and_write(task_factory, input_path: Path, c: Common, extra_inputs=(
         if c.report is not None:
             result.save_report(c.report)
         if c.uncertainty is not None:
-            result.save_uncertainty(c.uncertainty)
+            if result.uncertainty is None:
+                err.print("no uncertainty map: the fit ended before its burn-in, so there are no posterior samples",
+                          highlight=False)
+            else:
+                result.save_uncertainty(c.uncertainty)
         if c.npz is not None:
             result.save_arrays(c.npz)
     o = result.outcome
@@ -614,11 +618,13 @@ def app_command(
     concurrency: Annotated[int, typer.Option("--concurrency", help="Fits that run at the same time; other requests wait in a queue.")] = 1,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest upload accepted, in megabytes.")] = 20.0,
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="Largest image, and largest upscaled result, in pixels.")] = 4_000_000,
+    max_iterations: Annotated[int, typer.Option("--max-iterations", help="Cap on any fit's iterations, whatever a user asks for (the paper preset's longest is 11000).")] = 12_000,
 ):
     """Serve the web app; open the address it prints in a browser. Ctrl-C stops it."""
     from . import webapp  # imported here: gradio takes seconds to load and only this command needs it
 
-    webapp.launch(host=host, port=port, concurrency=concurrency, max_upload_mb=max_upload_mb, max_pixels=max_pixels)
+    webapp.launch(host=host, port=port, concurrency=concurrency, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
+                  max_iterations=max_iterations)
 
 
 def main(argv=None) -> int:

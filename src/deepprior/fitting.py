@@ -155,6 +155,8 @@ def fit(
     # Bayesian mode: Langevin noise on the convolution weights, and running moments of the samples.
     sgld_params = [p for p in net.parameters() if p.dim() == 4] if cfg.bayes else []
     burn_in = int(cfg.burn_in * cfg.iterations)
+    # At least ~10 samples after the burn-in, even for short runs.
+    sample_every = max(1, min(cfg.sample_every, (cfg.iterations - burn_in) // 10))
     sample_sum = sample_sq = None
     samples = 0
     would_stop_at = None  # when the stopping rule fired (with stop="observe" the fit runs on)
@@ -219,7 +221,7 @@ def fit(
                 if ema is None and stopper is None:
                     best_out = out.clone() if best_out is None else best_out.copy_(out)
             candidate = ema if ema is not None else (best_out if best_out is not None else out)
-            if cfg.bayes and it > burn_in and (it - burn_in) % cfg.sample_every == 0:
+            if cfg.bayes and it > burn_in and (it - burn_in) % sample_every == 0:
                 if sample_sum is None:
                     sample_sum, sample_sq = torch.zeros_like(out), torch.zeros_like(out)
                 sample_sum.add_(out)
