@@ -62,12 +62,7 @@ def open_results(out_dir: Path, filename: str, kind: str, config: dict, resume: 
             raise DeepPriorError(f"{path}: not a results file of deepprior bench {kind}")
         if not resume:
             raise DeepPriorError(f"{out_dir} already holds results; pass --resume to continue them or choose another --out")
-        old = data.get("config", {})
-        diff = [k for k in sorted(set(config) | set(old)) if old.get(k) != config.get(k)]
-        if diff:
-            what = ", ".join(f"{k} {old.get(k)!r} (now {config.get(k)!r})" for k in diff)
-            raise DeepPriorError(f"{out_dir} holds results made with {what}; resume with the same settings "
-                                 f"or choose another --out")
+        runner.check_same_config(out_dir, data.get("config", {}), config)
         return data
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

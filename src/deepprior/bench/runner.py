@@ -128,18 +128,22 @@ def _prepare_out_dir(out_dir: Path, config: BenchConfig, resume: bool) -> dict:
     if previous is not None and not resume:
         raise DeepPriorError(f"{out_dir} already holds results; pass --resume to continue them or choose another --out")
     if previous is not None:
-        old = previous.get("config", {})
-        diff = [k for k, v in config.to_dict().items() if old.get(k) != v]
-        if diff:
-            what = ", ".join(f"{k} {old.get(k)!r} (now {getattr(config, k)!r})" for k in diff)
-            raise DeepPriorError(f"{out_dir} holds results made with {what}; resume with the same settings "
-                                 f"or choose another --out")
+        check_same_config(out_dir, previous.get("config", {}), config.to_dict())
         return previous
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DeepPriorError(f"{out_dir}: cannot create the output folder ({e.strerror})") from None
     return {"config": config.to_dict(), "rows": [], "skipped": {}}
+
+
+def check_same_config(out_dir: Path, old: dict, new: dict) -> None:
+    """Refuse to resume results that were made with other settings (they would not compare)."""
+    diff = [k for k in sorted(set(new) | set(old)) if old.get(k) != new.get(k)]
+    if diff:
+        what = ", ".join(f"{k} {old.get(k)!r} (now {new.get(k)!r})" for k in diff)
+        raise DeepPriorError(f"{out_dir} holds results made with {what}; resume with the same settings "
+                             f"or choose another --out")
 
 
 ProgressFn = Callable[[int, int, str], None]
