@@ -168,12 +168,14 @@ def test_denoising_a_real_photo_gains_4_db_with_the_default_preset(house):
 def test_bayes_mode_gives_a_mean_and_an_uncertainty_map_of_the_image_size(rgb32):
     a = restore(rgb32, tasks.Denoise(), bayes=True, iterations=40, sample_every=4)
     b = restore(rgb32, tasks.Denoise(), bayes=True, iterations=40, sample_every=4)
-    assert a.outcome.samples == 5  # burn-in of half the iterations, then every 4th
+    # burn-in of half the iterations, then every 2nd: sample_every=4 is tightened so that even a
+    # short run averages about 10 samples
+    assert a.outcome.samples == 10
     assert a.uncertainty.shape == rgb32.shape[:2] and (a.uncertainty >= 0).all() and a.uncertainty.max() > 0
     assert a.image.pixels.shape == rgb32.shape
     np.testing.assert_array_equal(a.image.pixels, b.image.pixels)  # reproducible by seed
     np.testing.assert_array_equal(a.uncertainty, b.uncertainty)
-    assert a.report()["bayes"]["samples"] == 5
+    assert a.report()["bayes"]["samples"] == 10
     assert a.outcome.stop_reason == "completed"  # no early stopping in Bayesian mode
 
 
