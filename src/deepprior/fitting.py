@@ -178,7 +178,12 @@ def fit(
 
     try:
         for it in range(1, cfg.iterations + 1):
-            inp = z if noise is None else z + noise.normal_(generator=noise_gen) * cfg.reg_noise_std
+            if noise is None:
+                inp = z
+            elif cfg.optimize_input:  # z needs its gradient: build the perturbed input out of place
+                inp = z + noise.normal_(generator=noise_gen) * cfg.reg_noise_std
+            else:  # in place, into one buffer: no allocation per iteration
+                inp = noise.normal_(generator=noise_gen).mul_(cfg.reg_noise_std).add_(z)
             out = net(inp)[:, :, top : top + h, left : left + w]
             loss = problem.loss(out)
             opt.zero_grad(set_to_none=True)
