@@ -154,10 +154,11 @@ def fit(
     )
     # Bayesian mode: Langevin noise on the convolution weights, and running moments of the samples.
     sgld_params = [p for p in net.parameters() if p.dim() == 4] if cfg.bayes else []
+    sgld_noise = [torch.empty_like(p) for p in sgld_params]  # reused buffers: no allocation per step
     burn_in = int(cfg.burn_in * cfg.iterations)
     # At least ~10 samples after the burn-in, even for short runs.
     sample_every = max(1, min(cfg.sample_every, (cfg.iterations - burn_in) // 10))
-    sample_sum = sample_sq = None
+    sample_sum = sample_sq = sample_mean = None
     samples = 0
     would_stop_at = None  # when the stopping rule fired (with stop="observe" the fit runs on)
 
@@ -192,8 +193,8 @@ def fit(
             if sgld_params:
                 with torch.no_grad():
                     std = cfg.sgld_noise * opt.param_groups[0]["lr"]
-                    for p in sgld_params:
-                        p.add_(torch.randn(p.shape, generator=noise_gen, device=p.device), alpha=std)
+                    for p, buf in zip(sgld_params, sgld_noise):
+                        p.add_(buf.normal_(generator=noise_gen), alpha=std)
             loss_value = loss.item()
             out = out.detach()
 
@@ -211,7 +212,10 @@ def fit(
                     backtracks += 1
                     continue
                 if not collapsed:
-                    snapshot = ({k: v.detach().clone() for k, v in net.state_dict().items()}, z.detach().clone())
+                    snapshot = (
+                        {k: v.detach().clone() for k, v in net.state_dict().items()},
+                        z.detach().clone() if cfg.optimize_input else None,
+                    )
                     last_good_psnr = data_psnr
             if not math.isfinite(loss_value):
                 continue
@@ -228,12 +232,13 @@ def fit(
             candidate = ema if ema is not None else (best_out if best_out is not None else out)
             if cfg.bayes and it > burn_in and (it - burn_in) % sample_every == 0:
                 if sample_sum is None:
-                    sample_sum, sample_sq = torch.zeros_like(out), torch.zeros_like(out)
+                    sample_sum, sample_sq, sample_mean = (torch.zeros_like(out) for _ in range(3))
                 sample_sum.add_(out)
-                sample_sq.add_(out * out)
+                sample_sq.addcmul_(out, out)
                 samples += 1
+                torch.div(sample_sum, samples, out=sample_mean)  # only when a sample arrives
             if samples:
-                candidate = sample_sum / samples
+                candidate = sample_mean
 
             if stopper is not None:
                 # Once the rule has fired its choice is final (stop="observe" runs on but keeps it).
