@@ -198,3 +198,32 @@ def test_observe_mode_runs_on_but_returns_the_rule_s_choice(rgb32):
     assert seen.outcome.auto_stop_at == auto.iterations
     assert seen.stopped_at == auto.stopped_at
     np.testing.assert_array_equal(seen.image.pixels, auto.image.pixels)
+
+
+def test_random_projector_mode_fits_only_the_input_and_batchnorm(rgb32):
+    """freeze_convolutions (Deep Random Projector) leaves every convolution at its random start."""
+    import torch
+
+    from deepprior.fitting import fit
+    from deepprior.presets import get_preset
+    from dataclasses import replace
+
+    problem = tasks.Denoise().problem(Image(rgb32))
+    cfg = replace(get_preset("denoise", "fast"), freeze_convolutions=True, optimize_input=True, input_lr=0.1,
+                  tv_weight=0.01, iterations=20, stop="off", reg_noise_std=0.0)
+    seen = {}
+    real_adam = torch.optim.Adam
+
+    def spy(groups, **kw):
+        seen["groups"] = groups
+        return real_adam(groups, **kw)
+
+    torch.optim.Adam, saved = spy, torch.optim.Adam
+    try:
+        out = fit(problem, cfg, seed=0)
+    finally:
+        torch.optim.Adam = saved
+    net_params, z = seen["groups"]
+    assert all(p.dim() == 1 for p in net_params["params"])  # BatchNorm weights and biases only
+    assert z["lr"] == 0.1 and z["params"][0].dim() == 4
+    assert out.history[-1]["loss"] < out.history[0]["loss"]

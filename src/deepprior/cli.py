@@ -33,6 +33,7 @@ except ImportError:  # pragma: no cover
     from click import exceptions as _cx
 
 from .tasks import SCALES, Deblur, DeJPEG, Denoise, FlashNoFlash, Inpaint, Reconstruct, SuperResolution, load_mask
+from .tiling import DEFAULT_MAX_FIT_PIXELS
 
 app = typer.Typer(
     name="deepprior",
@@ -76,17 +77,22 @@ MaxPixels = Annotated[int, typer.Option("--max-pixels", help="Refuse images with
 Bayes = Annotated[bool, typer.Option("--bayes", help="Bayesian mode (SGLD): posterior mean, no early stopping needed.")]
 UncertaintyOpt = Annotated[Optional[Path], typer.Option("--uncertainty", help="With --bayes: write a per-pixel uncertainty map (PNG) here.")]
 Npz = Annotated[Optional[Path], typer.Option("--npz", help="Write the raw result (and, with --bayes, its standard deviation) as .npz.")]
+MaxFitPixels = Annotated[int, typer.Option(
+    "--max-fit-pixels",
+    help="Largest result fitted in one piece; a larger one is restored in overlapping tiles, blended "
+         "(bounds memory: about 1.1 GB per megapixel with the fast preset). 0: never tile.")]
 
 
 class Common:
     """The shared options, bundled so each command passes them on in one piece."""
 
     def __init__(self, output, preset, iters, seed, device, threads, stop, reference, report, quiet, max_pixels,
-                 bayes=False, uncertainty=None, npz=None):
+                 bayes=False, uncertainty=None, npz=None, max_fit_pixels=DEFAULT_MAX_FIT_PIXELS):
         self.output, self.preset, self.iters, self.seed = output, preset.value, iters, seed
         self.device, self.threads, self.stop = device, threads, stop.value if stop else None
         self.reference, self.report, self.quiet, self.max_pixels = reference, report, quiet, max_pixels
         self.bayes, self.uncertainty, self.npz = bayes, uncertainty, npz
+        self.max_fit_pixels = max_fit_pixels
 
 
 @contextmanager
@@ -139,6 +145,8 @@ def _check_options(c: Common) -> None:
         raise DeepPriorError(f"--max-pixels must be positive, got {c.max_pixels}")
     if c.threads is not None and c.threads < 1:
         raise DeepPriorError(f"--threads must be at least 1, got {c.threads}")
+    if c.max_fit_pixels < 0:
+        raise DeepPriorError(f"--max-fit-pixels must be positive (or 0: never tile), got {c.max_fit_pixels}")
     if not -SEED_LIMIT <= c.seed <= SEED_LIMIT:
         raise DeepPriorError(f"--seed must be between {-SEED_LIMIT} and {SEED_LIMIT}, got {c.seed}")
     try:
@@ -207,11 +215,12 @@ def _restore_and_write(task_factory, input_path: Path, c: Common, extra_inputs=(
 
     def on_progress(p):
         if progress is not None:
+            tile = f"tile {p.tile}/{p.tiles} " if p.tiles > 1 else ""
             progress.update(
                 bar,
                 completed=p.iteration,
                 total=p.max_iterations,
-                it=f"{p.iteration}/{p.max_iterations}",
+                it=f"{tile}{p.iteration}/{p.max_iterations}",
                 loss=f"{p.loss:.5f}",
                 psnr=f"PSNR {p.psnr:.2f} dB" if p.psnr is not None else "",
                 eta=_fmt_time(p.eta_s),
@@ -235,13 +244,14 @@ def _restore_and_write(task_factory, input_path: Path, c: Common, extra_inputs=(
                 iterations=c.iters,
                 stop=c.stop,
                 bayes=c.bayes or None,
+                max_fit_pixels=c.max_fit_pixels or None,
             )
         except (MemoryError, RuntimeError) as e:
             if isinstance(e, RuntimeError) and not _out_of_memory(e):
                 raise
             raise DeepPriorError(
                 f"out of memory restoring a {image.width}x{image.height} image on {c.device}; "
-                "try a smaller image (or crop it)"
+                "try a smaller --max-fit-pixels (it restores in tiles), or a smaller image"
             ) from None
         finally:
             if progress is not None:
@@ -260,10 +270,13 @@ def _restore_and_write(task_factory, input_path: Path, c: Common, extra_inputs=(
             result.save_arrays(c.npz)
     o = result.outcome
     how = {"auto": "stopped automatically", "interrupted": "interrupted", "callback": "stopped"}.get(o.stop_reason, "ran all iterations")
-    line = (
-        f"wrote {c.output} ({result.image.width}x{result.image.height} {result.image.mode}); "
-        f"{o.iterations} iterations, {how}, result from iteration {o.stopped_at}, {o.elapsed_s:.1f} s"
-    )
+    if result.tiling:
+        t = result.tiling
+        fitted = f"{t['tiles_done']} of {t['tiles']} tiles of {t['tile_size'][1]}x{t['tile_size'][0]}"
+        fit_line = f"{fitted}, {o.iterations} iterations in all, {how}, {o.elapsed_s:.1f} s"
+    else:
+        fit_line = f"{o.iterations} iterations, {how}, result from iteration {o.stopped_at}, {o.elapsed_s:.1f} s"
+    line = f"wrote {c.output} ({result.image.width}x{result.image.height} {result.image.mode}); {fit_line}"
     if result.metrics:
         line += "; " + ", ".join(f"{k.upper()} {v:.4g}" for k, v in result.metrics.items())
     err.print(line, highlight=False, soft_wrap=True)
@@ -310,6 +323,7 @@ _SHARED_OPTIONS = [
     _P("bayes", _P.KEYWORD_ONLY, annotation=Bayes, default=False),
     _P("uncertainty", _P.KEYWORD_ONLY, annotation=UncertaintyOpt, default=None),
     _P("npz", _P.KEYWORD_ONLY, annotation=Npz, default=None),
+    _P("max_fit_pixels", _P.KEYWORD_ONLY, annotation=MaxFitPixels, default=DEFAULT_MAX_FIT_PIXELS),
 ]
 
 

@@ -37,6 +37,8 @@ class Progress:
     elapsed_s: float
     eta_s: float
     _candidate: torch.Tensor = field(repr=False)
+    tile: int = 1  # when a large image is restored in tiles: which one is being fitted (1-based)
+    tiles: int = 1
 
     def preview(self) -> np.ndarray:
         """The current result (H, W, C) in [0, 1]: what would be returned if the fit ended now."""
@@ -61,6 +63,11 @@ class FitOutcome:
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach()[0].permute(1, 2, 0).float().cpu().numpy()
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Anisotropic total variation: mean absolute difference between neighbouring pixels."""
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -140,11 +147,15 @@ def fit(
     init_weights(net, gen)
     net.to(device).train()
     problem.to(device)
-    params = list(net.parameters())
+    if cfg.freeze_convolutions:
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                m.requires_grad_(False)
+    groups = [{"params": [p for p in net.parameters() if p.requires_grad]}]
     if cfg.optimize_input:
         z.requires_grad_(True)
-        params.append(z)
-    opt = torch.optim.Adam(params, lr=cfg.lr)
+        groups.append({"params": [z], "lr": cfg.input_lr or cfg.lr})
+    opt = torch.optim.Adam(groups, lr=cfg.lr)
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
     noise = torch.empty_like(z) if cfg.reg_noise_std > 0 else None
     stopper = (
@@ -187,6 +198,8 @@ def fit(
                 inp = noise.normal_(generator=noise_gen).mul_(cfg.reg_noise_std).add_(z)
             out = net(inp)[:, :, top : top + h, left : left + w]
             loss = problem.loss(out)
+            if cfg.tv_weight:
+                loss = loss + cfg.tv_weight * total_variation(out)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -22,6 +22,11 @@ class FitConfig:
     input_depth: int = 32
     input_scale: float = 0.1
     optimize_input: bool = False
+    input_lr: float | None = None  # learning rate of z when it is optimised (None: ``lr``)
+    # Deep Random Projector (Li et al., CVPR 2023): keep the convolutions at their random
+    # initialisation and fit only the input and the BatchNorm parameters.
+    freeze_convolutions: bool = False
+    tv_weight: float = 0.0  # weight of a total-variation term on the output, added to the data term
     lr: float = 0.01
     iterations: int = 3000  # the cap: automatic stopping may end earlier
     reg_noise_std: float = 1.0 / 30.0  # input perturbation each iteration

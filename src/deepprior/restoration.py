@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
+import time
 from dataclasses import dataclass, field, fields, replace
 from typing import Callable
 
@@ -23,6 +24,7 @@ from .images import Image, atomic_write_bytes, colormap, load_image, save_image
 from .metrics import quality
 from .presets import FitConfig, get_preset
 from .tasks import SuperResolution, Task
+from .tiling import DEFAULT_MAX_FIT_PIXELS, DEFAULT_OVERLAP, Blender, Tile, plan_tiles
 
 
 @dataclass
@@ -39,6 +41,7 @@ class Result:
     threads: int
     metrics: dict = field(default_factory=dict)
     output: str | None = None
+    tiling: dict | None = None  # how a large image was cut up (None: fitted whole)
 
     @property
     def history(self) -> list[dict]:
@@ -101,6 +104,7 @@ class Result:
             "device": self.device,
             "threads": self.threads,
             "seed": self.seed,
+            "tiling": self.tiling or {"tiles": 1},
             "size": {"width": self.image.width, "height": self.image.height, "mode": self.image.mode,
                      "bit_depth": self.image.bit_depth},
             "machine": {"python": platform.python_version(), "torch": torch.__version__,
@@ -169,6 +173,8 @@ def restore(
     callback: Callable[[Progress], bool | None] | None = None,
     callback_every: int = 10,
     reference=None,
+    max_fit_pixels: int | None = DEFAULT_MAX_FIT_PIXELS,
+    tile_overlap: int = DEFAULT_OVERLAP,
     **overrides,
 ) -> Result:
     """Restore ``image`` (anything :func:`load_image` reads) for ``task``.
@@ -182,6 +188,10 @@ def restore(
     callback : called with a :class:`~deepprior.fitting.Progress` every ``callback_every``
         iterations; returning True ends the fit early (keeping the best result so far).
     reference : the ground truth, only to report PSNR/SSIM; it never steers the fit.
+    max_fit_pixels : the largest result fitted in one piece. A larger one is restored in
+        overlapping tiles (``tile_overlap`` input pixels shared), each fitted on its own and
+        blended (:mod:`deepprior.tiling`), so memory stays bounded; the report's ``tiling`` says
+        how. None fits any size whole.
     overrides : any :class:`~deepprior.presets.FitConfig` field, e.g. ``iterations=500``,
         ``stop="off"``, ``lr=0.005``.
     """
@@ -203,7 +213,20 @@ def restore(
             )
         if ref.shape[2] != problem.channels:
             ref = ref.mean(axis=2, keepdims=True) if problem.channels == 1 else np.repeat(ref, 3, axis=2)
-    outcome = fit(problem, cfg, seed=seed, device=dev, callback=callback, callback_every=callback_every, reference=ref)
+    scale = task.scale if isinstance(task, SuperResolution) else 1
+    if max_fit_pixels is not None and max_fit_pixels < 1:
+        raise DeepPriorError(f"max_fit_pixels must be positive, got {max_fit_pixels}")
+    if tile_overlap < 0:
+        raise DeepPriorError(f"tile_overlap must be >= 0, got {tile_overlap}")
+    tiles = plan_tiles(image.height, image.width, scale=scale, max_fit_pixels=max_fit_pixels or 2**62,
+                       overlap=tile_overlap)
+    tiling = None
+    if len(tiles) == 1:
+        outcome = fit(problem, cfg, seed=seed, device=dev, callback=callback, callback_every=callback_every,
+                      reference=ref)
+    else:
+        outcome, tiling = _fit_tiles(image, task, cfg, tiles, scale, seed=seed, device=dev, callback=callback,
+                                     callback_every=callback_every, reference=ref)
     pixels = task.finish(image, outcome.output)
     restored = image.with_pixels(pixels)
     metrics = {}
@@ -221,4 +244,79 @@ def restore(
         seed=seed,
         threads=torch.get_num_threads(),
         metrics=metrics,
+        tiling=tiling,
     )
+
+
+def _fit_tiles(image: Image, task: Task, cfg: FitConfig, tiles: list[Tile], scale: int, *, seed, device, callback,
+               callback_every, reference) -> tuple[FitOutcome, dict]:
+    """Fit every tile as an image of its own and blend the results (see :mod:`deepprior.tiling`).
+
+    A callback asking to stop, or Ctrl-C, ends the current tile with its best result so far and
+    skips the rest, whose pixels then come from the degraded input (upscaled for super-resolution).
+    """
+    h, w, c = image.pixels.shape
+    blend = Blender(tiles, h, w, c, scale)
+    spread = Blender(tiles, h, w, c, scale) if cfg.bayes else None
+    per_tile: list[dict] = []
+    reasons: list[str] = []
+    start = time.perf_counter()
+    outcome = None
+    for i, t in enumerate(tiles, 1):
+        crop = Image(image.pixels[t.top : t.top + t.height, t.left : t.left + t.width], bit_depth=image.bit_depth)
+        sub = task.crop(t.top, t.left, t.height, t.width)
+        ref = None
+        if reference is not None:
+            ref = reference[t.top * scale : (t.top + t.height) * scale, t.left * scale : (t.left + t.width) * scale]
+        tile_start = time.perf_counter()
+
+        def tile_callback(p: Progress, i=i, tile_start=tile_start):
+            done = tile_start - start
+            per_tile_s = (done / (i - 1)) if i > 1 else p.elapsed_s + p.eta_s
+            return callback(replace(p, elapsed_s=done + p.elapsed_s, eta_s=p.eta_s + per_tile_s * (len(tiles) - i),
+                                    tile=i, tiles=len(tiles)))
+
+        outcome = fit(sub.problem(crop), cfg, seed=seed, device=device, reference=ref,
+                      callback=tile_callback if callback is not None else None, callback_every=callback_every)
+        blend.add(t, outcome.output)
+        if spread is not None and outcome.uncertainty is not None:
+            spread.add(t, outcome.uncertainty)
+        per_tile.append({"top": t.top, "left": t.left, "height": t.height, "width": t.width,
+                         "iterations": outcome.iterations, "stopped_at": outcome.stopped_at,
+                         "stop_reason": outcome.stop_reason, "elapsed_s": round(outcome.elapsed_s, 3),
+                         "backtracks": outcome.backtracks, "samples": outcome.samples})
+        reasons.append(outcome.stop_reason)
+        if outcome.stop_reason in ("callback", "interrupted"):
+            break
+    fallback = image.pixels
+    if scale > 1:
+        x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image.pixels, -1, 0)))[None]
+        up = torch.nn.functional.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+        fallback = np.moveaxis(up[0].clamp(0, 1).numpy(), 0, -1)
+    samples = min(r["samples"] for r in per_tile)  # every tile's posterior has at least this many
+    stop = next((r for r in reasons if r in ("callback", "interrupted")), None)
+    if stop is None:
+        stop = "auto" if all(r == "auto" for r in reasons) else "completed"
+    combined = FitOutcome(
+        output=np.clip(blend.result(fallback), 0.0, 1.0),
+        iterations=sum(r["iterations"] for r in per_tile),
+        stopped_at=max(r["stopped_at"] for r in per_tile),
+        stop_reason=stop,
+        elapsed_s=time.perf_counter() - start,
+        history=[],
+        backtracks=sum(r["backtracks"] for r in per_tile),
+        stop_curve=[],
+        parameters=outcome.parameters,
+        uncertainty=spread.result(np.zeros_like(fallback)) if spread is not None and samples else None,
+        samples=samples,
+    )
+    tiling = {"tiles": len(tiles), "tiles_done": len(per_tile),
+              "tile_size": [tiles[0].height, tiles[0].width], "overlap_min": _min_overlap(tiles),
+              "per_tile": per_tile}
+    return combined, tiling
+
+
+def _min_overlap(tiles: list[Tile]) -> int:
+    shared = [a.top + a.height - b.top for a, b in zip(tiles, tiles[1:]) if b.top > a.top]
+    shared += [a.left + a.width - b.left for a, b in zip(tiles, tiles[1:]) if b.left > a.left]
+    return min(shared) if shared else 0

@@ -8,7 +8,7 @@ describe its job with plain parameters (:func:`from_name`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -59,6 +59,10 @@ class Task:
     def finish(self, image: Image, restored: np.ndarray) -> np.ndarray:
         """Post-process the network's output (e.g. put known pixels back)."""
         return restored
+
+    def crop(self, top: int, left: int, height: int, width: int) -> "Task":
+        """The same task on a crop of the input (for tiling): per-pixel data is cropped with it."""
+        return self
 
 
 @dataclass(frozen=True)
@@ -178,6 +182,9 @@ class Inpaint(Task):
         known = (~np.asarray(self.mask, dtype=bool))[:, :, None]
         return np.where(known, image.pixels, restored)
 
+    def crop(self, top, left, height, width):
+        return replace(self, mask=np.asarray(self.mask, dtype=bool)[top : top + height, left : left + width])
+
     def params(self):
         fill = np.asarray(self.mask, dtype=bool)
         return {"mode": self.mode, "missing_fraction": round(float(fill.mean()), 4), "keep_known": self.keep_known}
@@ -244,6 +251,10 @@ class FlashNoFlash(Task):
             flash = flash.mean(axis=2, keepdims=True) if image.channels == 1 else np.repeat(flash, 3, axis=2)
         p.fixed_input = flash
         return p
+
+    def crop(self, top, left, height, width):
+        f = self.flash
+        return replace(self, flash=Image(f.pixels[top : top + height, left : left + width], bit_depth=f.bit_depth))
 
 
 TASK_NAMES = ("denoise", "upscale", "inpaint", "reconstruct", "dejpeg", "deblur", "flash")
