@@ -358,7 +358,8 @@ class FitRun:
         self._thread.join(timeout)
 
     def _callback(self, p) -> bool:
-        snap = {"it": p.iteration, "max": p.max_iterations, "loss": p.loss, "elapsed": p.elapsed_s, "eta": p.eta_s}
+        snap = {"it": p.iteration, "max": p.max_iterations, "loss": p.loss, "elapsed": p.elapsed_s, "eta": p.eta_s,
+                "tile": p.tile, "tiles": p.tiles}
         now = time.monotonic()
         if now - self._last_preview >= self._preview_every:
             snap["preview"] = p.preview()
@@ -508,12 +509,14 @@ def build_app(
                     snap = fit.updates.get(timeout=0.2)
                 except queue.Empty:
                     continue
-                curve.append((snap["it"], snap["loss"]))
+                # A large image is fitted tile by tile: the curve runs on across tiles.
+                curve.append(((snap["tile"] - 1) * snap["max"] + snap["it"], snap["loss"]))
                 now = time.monotonic()
                 if "preview" not in snap and now - last_yield < 1.0:
                     continue
                 last_yield = now
-                text = (f"Iteration {snap['it']} / {snap['max']} · loss {snap['loss']:.5f} · "
+                tile = f"Tile {snap['tile']} / {snap['tiles']} · " if snap["tiles"] > 1 else ""
+                text = (f"{tile}Iteration {snap['it']} / {snap['max']} · loss {snap['loss']:.5f} · "
                         f"{_fmt_time(snap['elapsed'])} elapsed · at most {_fmt_time(snap['eta'])} left")
                 if stop.is_set():
                     text = "Stopping: keeping the best result so far..."
