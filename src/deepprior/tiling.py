@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import DeepPriorError
 
-#: Largest result, in pixels, fitted in one piece by default: about 3.3 GB peak with the fast
+#: Largest result, in pixels, fitted in one piece by default: an estimated 3.3 GB peak with the fast
 #: preset (1.1 GB for the process plus 1.1 GB per megapixel), under the 4 GB a laptop can spare.
 DEFAULT_MAX_FIT_PIXELS = 2_000_000
 DEFAULT_OVERLAP = 32  # input pixels shared by neighbouring tiles
