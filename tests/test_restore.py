@@ -224,6 +224,10 @@ def test_random_projector_mode_fits_only_the_input_and_batchnorm(rgb32):
     finally:
         torch.optim.Adam = saved
     net_params, z = seen["groups"]
-    assert all(p.dim() == 1 for p in net_params["params"])  # BatchNorm weights and biases only
+    from deepprior.networks import build_network
+
+    net = build_network(cfg.net, cfg.input_depth, 3)
+    bn = sum(p.numel() for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters())
+    assert sum(p.numel() for p in net_params["params"]) == bn  # BatchNorm weights and biases only
     assert z["lr"] == 0.1 and z["params"][0].dim() == 4
     assert out.history[-1]["loss"] < out.history[0]["loss"]
