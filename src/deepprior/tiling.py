@@ -18,8 +18,8 @@ import numpy as np
 
 from .errors import DeepPriorError
 
-#: Largest result, in pixels, fitted in one piece by default: an estimated 3.3 GB peak with the fast
-#: preset (1.1 GB for the process plus 1.1 GB per megapixel), under the 4 GB a laptop can spare.
+#: Largest result, in pixels, fitted in one piece by default: with the fast preset a 4000x3000
+#: photo (9 tiles) peaked at 3.54 GB, under the 4 GB a laptop can spare (BENCHMARKS.md, section 3).
 DEFAULT_MAX_FIT_PIXELS = 2_000_000
 DEFAULT_OVERLAP = 32  # input pixels shared by neighbouring tiles
 
