@@ -214,17 +214,16 @@ def restore(
         if ref.shape[2] != problem.channels:
             ref = ref.mean(axis=2, keepdims=True) if problem.channels == 1 else np.repeat(ref, 3, axis=2)
     scale = task.scale if isinstance(task, SuperResolution) else 1
-    if max_fit_pixels is not None and max_fit_pixels < 1:
-        raise DeepPriorError(f"max_fit_pixels must be positive, got {max_fit_pixels}")
     if tile_overlap < 0:
         raise DeepPriorError(f"tile_overlap must be >= 0, got {tile_overlap}")
-    tiles = plan_tiles(image.height, image.width, scale=scale, max_fit_pixels=max_fit_pixels or 2**62,
-                       overlap=tile_overlap)
+    tiles = [None] if max_fit_pixels is None else plan_tiles(
+        image.height, image.width, scale=scale, max_fit_pixels=max_fit_pixels, overlap=tile_overlap)
     tiling = None
     if len(tiles) == 1:
         outcome = fit(problem, cfg, seed=seed, device=dev, callback=callback, callback_every=callback_every,
                       reference=ref)
     else:
+        del problem  # it checked the inputs; each tile builds its own, and the whole one would only hold memory
         outcome, tiling = _fit_tiles(image, task, cfg, tiles, scale, seed=seed, device=dev, callback=callback,
                                      callback_every=callback_every, reference=ref)
     pixels = task.finish(image, outcome.output)

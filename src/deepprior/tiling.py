@@ -1,8 +1,8 @@
 """Restoring images too large to fit at once: overlapping tiles, fitted one by one, blended.
 
 The memory of a fit grows with the number of output pixels (about 1.1 GB per megapixel with the
-``fast`` network, measured in BENCHMARKS.md), so a 4000x3000 photograph fitted whole would need
-some 13 GB. Above a pixel budget the image is cut into overlapping tiles, each tile is restored
+``fast`` network, measured at 1024x1024 in BENCHMARKS.md), so a 4000x3000 photograph fitted
+whole would need, by that rate, some 13 GB (an extrapolation, not a measurement). Above a pixel budget the image is cut into overlapping tiles, each tile is restored
 as an image of its own (the task cropped to it: its mask, its flash image), and the results are
 blended with weights that ramp linearly across every overlap, so no seam shows where two
 tiles meet. Tile boundaries are chosen in the input's coordinates; for super-resolution the
@@ -19,7 +19,7 @@ import numpy as np
 from .errors import DeepPriorError
 
 #: Largest result, in pixels, fitted in one piece by default: with the fast preset a 4000x3000
-#: photo (9 tiles) peaked at 3.54 GB, under the 4 GB a laptop can spare (BENCHMARKS.md, section 3).
+#: photo (9 tiles) peaked at 3.16 GB, under the 4 GB a laptop can spare (BENCHMARKS.md, section 3).
 DEFAULT_MAX_FIT_PIXELS = 2_000_000
 DEFAULT_OVERLAP = 32  # input pixels shared by neighbouring tiles
 
@@ -57,7 +57,7 @@ def plan_tiles(height: int, width: int, *, scale: int = 1, max_fit_pixels: int =
     pixels, listed row by row.
     """
     if max_fit_pixels < 1:
-        raise DeepPriorError("max_fit_pixels must be positive")
+        raise DeepPriorError(f"max_fit_pixels must be positive, got {max_fit_pixels}")
     if height * width * scale * scale <= max_fit_pixels:
         return [Tile(0, 0, height, width)]
     side = int(math.isqrt(max_fit_pixels) // scale)
