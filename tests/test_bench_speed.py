@@ -225,7 +225,7 @@ def test_watch_freezes_patience_after_the_last_change():
 
 def test_run_stopping_tiny_matches_a_real_auto_stop(data, tmp_path):
     out = tmp_path / "stop"
-    ov = {"stop_window": 3, "stop_patience": 6}
+    ov = {"stop_window": 3, "stop_patience": 6, "stop_start": 0}
     stopping.run_stopping(data, out, cases="cbm3d", limit=1, iters=40, overrides=ov, bayes=True)
     saved = json.loads((out / stopping.RESULTS).read_text())
     (r,) = saved["rows"]

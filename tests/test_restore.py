@@ -180,7 +180,7 @@ def test_bayes_mode_gives_a_mean_and_an_uncertainty_map_of_the_image_size(rgb32)
 
 
 def test_auto_stop_returns_the_iterate_at_the_variance_minimum(rgb32):
-    r = restore(rgb32, tasks.Denoise(), iterations=400, stop_window=20, stop_patience=40)
+    r = restore(rgb32, tasks.Denoise(), iterations=400, stop_window=20, stop_patience=40, stop_start=0)
     rep = r.report()
     curve = rep["stop_curve"]
     best_iter = min(curve, key=lambda c: c[1])[0]
@@ -190,9 +190,18 @@ def test_auto_stop_returns_the_iterate_at_the_variance_minimum(rgb32):
     assert curve[0][0] == 20  # nothing before the window fills
 
 
+def test_the_rule_takes_no_minimum_before_stop_start(rgb32):
+    r = restore(rgb32, tasks.Denoise(), iterations=300, stop_window=20, stop_patience=40, stop_start=150)
+    curve = r.report()["stop_curve"]
+    assert curve[0][0] == 20  # the variance is still tracked from the moment the window fills
+    assert r.stopped_at >= 150
+    assert r.stopped_at == min((c for c in curve if c[0] >= 150), key=lambda c: c[1])[0]
+
+
 def test_observe_mode_runs_on_but_returns_the_rule_s_choice(rgb32):
-    auto = restore(rgb32, tasks.Denoise(), iterations=300, stop_window=20, stop_patience=30)
-    seen = restore(rgb32, tasks.Denoise(), iterations=300, stop_window=20, stop_patience=30, stop="observe")
+    ov = {"stop_window": 20, "stop_patience": 30, "stop_start": 0}
+    auto = restore(rgb32, tasks.Denoise(), iterations=300, **ov)
+    seen = restore(rgb32, tasks.Denoise(), iterations=300, stop="observe", **ov)
     assert seen.iterations == 300
     assert auto.outcome.stop_reason == "auto"
     assert seen.outcome.auto_stop_at == auto.iterations

@@ -29,6 +29,20 @@ def test_stops_near_the_known_minimum_of_the_variance():
     assert stopped == wv.best_iteration + 60
 
 
+def test_minima_before_start_are_not_taken():
+    # The variance is lowest near t_min = 150; from start = 250 on it only rises, so the rule
+    # takes its first value there and fires a patience later.
+    wv = WindowedVariance(window=20, patience=60, start=250)
+    stopped = None
+    for t, out in trajectory(500, 150):
+        wv.update(t, out)
+        if wv.should_stop:
+            stopped = t
+            break
+    assert wv.best_iteration == 250 and stopped == 310
+    assert min(wv.curve, key=lambda c: c[1])[0] < 250  # the earlier minimum is still on the curve
+
+
 def test_never_stops_before_the_window_fills():
     wv = WindowedVariance(window=50, patience=1)
     for t in range(1, 50):

@@ -159,7 +159,8 @@ def fit(
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
     noise = torch.empty_like(z) if cfg.reg_noise_std > 0 else None
     stopper = (
-        WindowedVariance(cfg.stop_window, cfg.stop_patience, generator=torch.Generator().manual_seed(seed + 2))
+        WindowedVariance(cfg.stop_window, cfg.stop_patience, generator=torch.Generator().manual_seed(seed + 2),
+                         start=cfg.stop_start)
         if cfg.stop in ("auto", "observe") and not cfg.bayes
         else None
     )

@@ -26,13 +26,20 @@ class WindowedVariance:
     variance reached a new minimum (the caller then keeps that iterate as its candidate).
     :attr:`should_stop` turns True once no new minimum has come for ``patience`` iterations.
     The criterion never fires before the window has filled.
+
+    Minima before iteration ``start`` are recorded in :attr:`curve` but not taken: a network
+    that is still fitting the image's content can pass through an early, spurious minimum of
+    the variance (on textured images such as Baboon the variance rises again as fine texture
+    starts to be fitted, long before the quality peak).
     """
 
-    def __init__(self, window: int = 100, patience: int = 400, max_samples: int = 16384, generator=None):
+    def __init__(self, window: int = 100, patience: int = 400, max_samples: int = 16384, generator=None,
+                 start: int = 0):
         if window < 2:
             raise ValueError("window must be at least 2")
         self.window = window
         self.patience = patience
+        self.start = start
         self.max_samples = max_samples
         self.generator = generator
         self._index = None
@@ -74,7 +81,7 @@ class WindowedVariance:
         mean = self._sum / self.window
         var = float((self._sumsq / self.window - mean * mean).clamp_min_(0).mean())
         self.curve.append((iteration, var))
-        if var < self.best_value:
+        if iteration >= self.start and var < self.best_value:
             self.best_value = var
             self.best_iteration = iteration
             return True
