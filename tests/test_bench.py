@@ -283,6 +283,7 @@ def test_dip_plumbing_and_report_with_figures(tmp_path):
     dip = next(r for r in res["rows"] if r["method"] == "dip")
     assert dip["iterations"] == 3 and dip["preset"] == "fast" and dip["iters"] == 3
     assert dip["history"] and all("psnr" in h for h in dip["history"])
+    assert dip["stop_curve"] == []  # 3 iterations never fill the rule's 100-output window
     path = report.write_report(out, res, suite, n_images_total=2)
     text = path.read_text()
     assert "| **mean** |" in text and "DIP" in text and "TV" in text
@@ -348,3 +349,10 @@ def test_bicubic_x4_on_set5_follows_the_papers_convention(shared_data, tmp_path)
     mean = np.mean([r["psnr_y"] for r in res["rows"]])
     assert len(res["rows"]) == 5
     assert abs(mean - suites.PAPER[("sr-x4", "Set5")]["mean"]["bicubic"]) < 0.3
+
+
+def test_thinned_stop_curve_keeps_every_tenth_iteration_to_six_digits():
+    from types import SimpleNamespace
+
+    outcome = SimpleNamespace(stop_curve=[(i, 1 / i) for i in range(100, 131)])
+    assert runner.thinned_stop_curve(outcome) == [[100, 0.01], [110, 0.00909091], [120, 0.00833333], [130, 0.00769231]]

@@ -125,8 +125,7 @@ def step_observe(suite: suites.Suite, case: suites.Case, *, iters: int | None, s
         "returned_iter": o.stopped_at, "returned_psnr": psnr(o.output, ref),
         "stop_patience": cfg.stop_patience, "stop_window": cfg.stop_window,
         "history": [[h["iter"], round(h["psnr"], 4)] for h in hist],
-        # The rule's variance every 10 iterations: enough to replay other patience values offline.
-        "stop_curve": [[i, float(f"{v:.6g}")] for i, v in o.stop_curve if i % 10 == 0],
+        "stop_curve": runner.thinned_stop_curve(o),
     }
     row.update(stop_stats(row["peak_psnr"], row["peak_iter"], auto_psnr, o.auto_stop_at, o.iterations))
     return row
