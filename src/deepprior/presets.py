@@ -68,10 +68,11 @@ _FAST_SKIP = _net(
     pad="zeros",
 )
 # The fast network is still fitting the image's content for its first thousand iterations
-# (measured: its PSNR peaks after iteration 1500 on every benchmark image so far), but on
-# textured images its output variance passes through an early minimum (Baboon, sigma 25: a
-# minimum at iteration 490 returned 19.30 dB; the fit was at 20.56 dB by iteration 1434 and
-# rising). Its stopping rule therefore takes no minimum before this iteration.
+# (measured: its PSNR peak lies past iteration 1500 on every image whose trajectory was recorded
+# to the cap or past it: House, bird, butterfly, Heide11 house), but on textured images its
+# output variance passes through an early minimum (Baboon, sigma 25: a minimum at iteration 490
+# returned 19.30 dB; the fit was at 20.56 dB by iteration 1434 and rising). Its stopping rule
+# therefore takes no minimum before this iteration.
 _FAST_STOP_START = 1000
 
 #: PRESETS[task_key][preset_name] -> FitConfig
