@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from deepprior.stopping import WindowedVariance
+from deepprior.stopping import WindowedVariance, replay
 
 
 def trajectory(n_iter, t_min, seed=0, shape=(1, 3, 24, 24)):
@@ -29,18 +29,55 @@ def test_stops_near_the_known_minimum_of_the_variance():
     assert stopped == wv.best_iteration + 60
 
 
-def test_minima_before_start_are_not_taken():
-    # The variance is lowest near t_min = 150; from start = 250 on it only rises, so the rule
-    # takes its first value there and fires a patience later.
+def test_minima_before_start_are_not_taken_and_still_set_the_bar():
+    # The variance is lowest near t_min = 150; from start = 250 on it only rises, so no value
+    # past the floor is a minimum: the rule never fires and holds nothing (the fit would run
+    # to its cap and return its last output).
     wv = WindowedVariance(window=20, patience=60, start=250)
-    stopped = None
     for t, out in trajectory(500, 150):
+        wv.update(t, out)
+        assert not wv.should_stop
+    assert wv.best_iteration is None
+    assert min(wv.curve, key=lambda c: c[1])[0] < 250  # the earlier minimum is still on the curve
+
+
+def two_dips(n_iter, shallow, deep, seed=0, shape=(1, 3, 24, 24)):
+    """Outputs whose wandering has a shallow early dip and a deeper later one."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(shape, generator=g)
+    for t in range(1, n_iter + 1):
+        amp = min(0.03 + 0.002 * abs(t - shallow), 0.01 + 0.002 * abs(t - deep))
+        yield t, base + amp * torch.randn(shape, generator=g)
+
+
+def test_a_deeper_minimum_past_start_is_taken():
+    window, start, deep = 20, 200, 320
+    wv = WindowedVariance(window=window, patience=60, start=start)
+    stopped = None
+    for t, out in two_dips(600, shallow=100, deep=deep):
         wv.update(t, out)
         if wv.should_stop:
             stopped = t
             break
-    assert wv.best_iteration == 250 and stopped == 310
-    assert min(wv.curve, key=lambda c: c[1])[0] < 250  # the earlier minimum is still on the curve
+    assert abs(wv.best_iteration - (deep + window // 2)) <= 10
+    assert stopped == wv.best_iteration + 60
+
+
+def test_replay_on_the_curve_makes_the_same_decision():
+    for start in (0, 200):
+        wv = WindowedVariance(window=20, patience=60, start=start)
+        fired = None
+        for t, out in two_dips(600, shallow=100, deep=320):
+            wv.update(t, out)
+            if wv.should_stop and fired is None:
+                fired = t
+        assert fired is not None
+        assert replay(wv.curve, patience=60, start=start) == (fired, fired - 60)
+        # thinned to every 10th iteration: the same answer to within 10 iterations
+        at, held = replay(wv.curve[::10], patience=60, start=start)
+        assert abs(at - fired) <= 10 and abs(held - (fired - 60)) <= 10
+    # a floor past every minimum: nothing fires, nothing is held
+    assert replay(wv.curve, patience=60, start=10**6) == (None, None)
 
 
 def test_never_stops_before_the_window_fills():

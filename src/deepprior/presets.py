@@ -72,7 +72,8 @@ _FAST_SKIP = _net(
 # to the cap or past it: House, bird, butterfly, Heide11 house), but on textured images its
 # output variance passes through an early minimum (Baboon, sigma 25: a minimum at iteration 490
 # returned 19.30 dB; the fit was at 20.56 dB by iteration 1434 and rising). Its stopping rule
-# therefore takes no minimum before this iteration.
+# therefore takes no minimum before this iteration, and none after it that is not lower than
+# the early one (stopping.WindowedVariance).
 _FAST_STOP_START = 1000
 
 #: PRESETS[task_key][preset_name] -> FitConfig

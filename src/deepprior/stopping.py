@@ -30,7 +30,14 @@ class WindowedVariance:
     Minima before iteration ``start`` are recorded in :attr:`curve` but not taken: a network
     that is still fitting the image's content can pass through an early, spurious minimum of
     the variance (on textured images such as Baboon the variance rises again as fine texture
-    starts to be fitted, long before the quality peak).
+    starts to be fitted, long before the quality peak). They still set the bar: a minimum past
+    ``start`` is taken only if it is lower than every variance since the window filled. A
+    variance that only rises after an early minimum (Baboon again) then has no minimum past
+    the floor at all, and the fit runs to its cap instead of stopping on the floor's first,
+    arbitrary value.
+
+    :meth:`observe` is the decision alone, fed with variances: with a recorded :attr:`curve` it
+    replays the rule for another ``start`` or ``patience`` without refitting.
     """
 
     def __init__(self, window: int = 100, patience: int = 400, max_samples: int = 16384, generator=None,
@@ -47,6 +54,7 @@ class WindowedVariance:
         self._count = 0
         self.best_value = math.inf
         self.best_iteration: int | None = None
+        self.lowest_value = math.inf  # the lowest variance so far, before ``start`` included
         self.last_iteration = 0
         self.curve: list[tuple[int, float]] = []
 
@@ -75,13 +83,19 @@ class WindowedVariance:
         self._sumsq.add_(sample * sample).sub_(old * old)
         old.copy_(sample)
         self._count += 1
-        self.last_iteration = iteration
         if self._count < self.window:
             return False
         mean = self._sum / self.window
         var = float((self._sumsq / self.window - mean * mean).clamp_min_(0).mean())
+        return self.observe(iteration, var)
+
+    def observe(self, iteration: int, var: float) -> bool:
+        """Record the window variance ``var`` at ``iteration``; True when it is a minimum to take."""
+        self.last_iteration = iteration
         self.curve.append((iteration, var))
-        if iteration >= self.start and var < self.best_value:
+        lowest = var < self.lowest_value
+        self.lowest_value = min(self.lowest_value, var)
+        if lowest and iteration >= self.start:
             self.best_value = var
             self.best_iteration = iteration
             return True
@@ -93,8 +107,20 @@ class WindowedVariance:
 
     @property
     def should_stop(self) -> bool:
-        return (
-            self.filled
-            and self.best_iteration is not None
-            and self.last_iteration - self.best_iteration >= self.patience
-        )
+        return self.best_iteration is not None and self.last_iteration - self.best_iteration >= self.patience
+
+
+def replay(curve, patience: int, start: int = 0) -> tuple[int | None, int | None]:
+    """Replay the rule on a recorded ``curve`` of (iteration, variance) pairs.
+
+    Returns (the iteration at which it fires or None, the iteration of the minimum it holds or
+    None): a fit that reaches its cap without the rule firing returns that minimum's iterate if
+    there is one, else its last output. A curve thinned to every k-th iteration gives the same
+    answer to within k iterations.
+    """
+    wv = WindowedVariance(window=2, patience=patience, start=start)
+    for iteration, var in curve:
+        wv.observe(int(iteration), float(var))
+        if wv.should_stop:
+            return int(iteration), wv.best_iteration
+    return None, wv.best_iteration
