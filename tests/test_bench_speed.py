@@ -207,20 +207,16 @@ def test_summary_targets():
 
 
 class _P:
-    def __init__(self, it, value):
-        import torch
-
+    def __init__(self, it, fired):
         self.iteration = it
-        self._candidate = torch.full((1, 1, 2, 2), float(value))
+        self.auto_stop_at = fired
 
 
-def test_watch_freezes_patience_after_the_last_change():
-    w = stopping.AutoStopWatch(patience=3)
-    values = [1, 2, 3, 3, 3, 4, 4, 4, 4, 9]  # changes at 1, 2, 3, 6; no change for 3 its after 6 -> fires at 9
-    for it, v in enumerate(values, 1):
-        w(_P(it, v))
-    assert (w.fired_at, w.changed_at) == (9, 6)
-    assert float(w.held[0, 0, 0, 0]) == 4.0  # the later change (9) came after the rule fired
+def test_timer_notes_the_first_firing_only():
+    t = stopping.FireTimer()
+    for it, fired in [(1, None), (2, None), (3, 3), (4, 3)]:
+        t(_P(it, fired))
+    assert t.fired_at == 3 and t.fired_after_s is not None
 
 
 def test_run_stopping_tiny_matches_a_real_auto_stop(data, tmp_path):
@@ -235,7 +231,6 @@ def test_run_stopping_tiny_matches_a_real_auto_stop(data, tmp_path):
     assert r["peak_psnr"] == pytest.approx(max(psnrs), abs=5e-5) and [i for i, p in r["history"] if p == max(psnrs)][0] == r["peak_iter"]
     assert r["gap_db"] == pytest.approx(r["peak_psnr"] - r["auto_psnr"])
     assert r["stop_ratio"] == pytest.approx(r["stop_iter"] / r["peak_iter"])
-    assert r["watch_agrees"] is True
     assert r["bayes_iterations"] == 40 and r["bayes_samples"] > 0 and r["bayes_seconds"] > 0
     assert saved["summary"]["all"]["images"] == 1 and "mean_bayes_psnr" in saved["summary"]["all"]
     assert "Targets (issue 5)" in (out / stopping.MARKDOWN).read_text()
@@ -247,7 +242,7 @@ def test_run_stopping_tiny_matches_a_real_auto_stop(data, tmp_path):
     auto = restore(case.degraded, case.task, "fast", seed=0, iterations=40, stop="auto", **ov)
     if r["auto_fired"]:
         assert auto.outcome.stop_reason == "auto" and auto.outcome.auto_stop_at == r["auto_stop_at"]
-        assert auto.stopped_at == r["auto_result_iter"]
+    assert auto.stopped_at == r["auto_result_iter"]
     assert suite.score(_quantise(auto.image.pixels), case.clean.pixels)["psnr"] == pytest.approx(r["auto_metrics"]["psnr"])
 
 

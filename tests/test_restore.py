@@ -202,6 +202,18 @@ def test_the_rule_takes_no_minimum_before_stop_start(rgb32):
     assert r.stopped_at == (late[0] if late[1] < early else 300)
 
 
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_a_rule_that_never_fires_returns_what_stop_off_returns(rgb32, ema):
+    # An unconfirmed variance minimum is not the result: the fit's latest averaged output (or,
+    # without averaging, its lowest-loss output) is, exactly as without the rule.
+    ov = {"stop_window": 20, "stop_patience": 10**6, "stop_start": 0, "ema": ema}
+    auto = restore(rgb32, tasks.Denoise(), iterations=120, **ov)
+    off = restore(rgb32, tasks.Denoise(), iterations=120, stop="off", **ov)
+    assert auto.outcome.stop_reason == "completed" and auto.outcome.auto_stop_at is None
+    assert len(auto.outcome.stop_curve) == 101  # the rule did run
+    np.testing.assert_array_equal(auto.image.pixels, off.image.pixels)
+
+
 def test_observe_mode_runs_on_but_returns_the_rule_s_choice(rgb32):
     ov = {"stop_window": 20, "stop_patience": 30, "stop_start": 0}
     auto = restore(rgb32, tasks.Denoise(), iterations=300, **ov)

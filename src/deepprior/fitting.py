@@ -37,6 +37,7 @@ class Progress:
     elapsed_s: float
     eta_s: float
     _candidate: torch.Tensor = field(repr=False)
+    auto_stop_at: int | None = None  # the iteration at which the stopping rule fired, once it has
     tile: int = 1  # when a large image is restored in tiles: which one is being fitted (1-based)
     tiles: int = 1
 
@@ -176,8 +177,8 @@ def fit(
 
     ema = None
     best_loss = math.inf
-    best_out = None  # lowest-loss raw output (used when there is no averaging or stopping rule)
-    stop_out = None  # the candidate at the variance minimum
+    best_out = None  # lowest-loss raw output (the result when there is no averaging)
+    stop_out = None  # the candidate at the variance minimum (returned once the rule has fired)
     stop_iter = None
     snapshot = None
     last_good_psnr = None
@@ -241,7 +242,7 @@ def fit(
                     ema.mul_(cfg.ema).add_(out, alpha=1 - cfg.ema)
             if loss_value < best_loss:
                 best_loss = loss_value
-                if ema is None and stopper is None:
+                if ema is None:
                     best_out = out.clone() if best_out is None else best_out.copy_(out)
             candidate = ema if ema is not None else (best_out if best_out is not None else out)
             if cfg.bayes and it > burn_in and (it - burn_in) % sample_every == 0:
@@ -254,12 +255,20 @@ def fit(
             if samples:
                 candidate = sample_mean
 
-            if stopper is not None:
-                # Once the rule has fired its choice is final (stop="observe" runs on but keeps it).
-                if stopper.update(it, out) and would_stop_at is None:
+            if stopper is not None and would_stop_at is None:
+                # Hold the candidate at each new variance minimum. Only once the rule has fired is
+                # the held one the result (and final: stop="observe" runs on but keeps it); until
+                # then a minimum is unconfirmed and the fit's latest output is the better guess
+                # (measured: it is as good or better at the cap on every image recorded).
+                if stopper.update(it, out):
                     stop_out = candidate.clone() if stop_out is None else stop_out.copy_(candidate)
                     stop_iter = it
-                candidate = stop_out if stop_out is not None else candidate
+                if stopper.should_stop:
+                    would_stop_at = it
+            elif stopper is not None:
+                stopper.update(it, out)  # stop="observe": the curve goes on being recorded
+            if would_stop_at is not None:
+                candidate = stop_out
 
             if it % cfg.history_every == 0 or it == 1:
                 entry = {"iter": it, "loss": loss_value}
@@ -268,18 +277,16 @@ def fit(
                     entry["psnr"] = _psnr(to_numpy(current), reference)
                 history.append(entry)
 
-            if stopper is not None and stopper.should_stop:
-                if would_stop_at is None:
-                    would_stop_at = it
-                if cfg.stop == "auto":
-                    reason = "auto"
-                    break
+            if would_stop_at is not None and cfg.stop == "auto":
+                reason = "auto"
+                break
 
             if callback is not None and (it % callback_every == 0 or it == cfg.iterations):
                 elapsed = time.perf_counter() - start
                 eta = elapsed / it * (cfg.iterations - it)
                 last_psnr = history[-1].get("psnr") if history else None
-                if callback(Progress(it, cfg.iterations, loss_value, last_psnr, elapsed, eta, candidate)):
+                if callback(Progress(it, cfg.iterations, loss_value, last_psnr, elapsed, eta, candidate,
+                                     auto_stop_at=would_stop_at)):
                     reason = "callback"
                     break
     except KeyboardInterrupt:
@@ -292,7 +299,7 @@ def fit(
         var = (sample_sq / samples - mean * mean).clamp_min_(0)
         uncertainty = to_numpy(var.sqrt_())
         result, stopped_at = mean, it
-    elif stop_out is not None:
+    elif would_stop_at is not None:
         result, stopped_at = stop_out, stop_iter
     elif ema is not None:
         result, stopped_at = ema, it
