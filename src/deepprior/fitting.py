@@ -258,8 +258,9 @@ def fit(
             if stopper is not None and would_stop_at is None:
                 # Hold the candidate at each new variance minimum. Only once the rule has fired is
                 # the held one the result (and final: stop="observe" runs on but keeps it); until
-                # then a minimum is unconfirmed and the fit's latest output is the better guess
-                # (measured: it is as good or better at the cap on every image recorded).
+                # then a minimum is unconfirmed and the fit's running result (averaged, else the
+                # lowest-loss output) is the better guess (measured: as good or better at the cap on
+                # every image recorded; BENCHMARKS.md section 6).
                 if stopper.update(it, out):
                     stop_out = candidate.clone() if stop_out is None else stop_out.copy_(candidate)
                     stop_iter = it
