@@ -52,7 +52,6 @@ class WindowedVariance:
         self._index = None
         self._ring = None
         self._count = 0
-        self.best_value = math.inf
         self.best_iteration: int | None = None
         self.lowest_value = math.inf  # the lowest variance so far, before ``start`` included
         self.last_iteration = 0
@@ -96,7 +95,6 @@ class WindowedVariance:
         lowest = var < self.lowest_value
         self.lowest_value = min(self.lowest_value, var)
         if lowest and iteration >= self.start:
-            self.best_value = var
             self.best_iteration = iteration
             return True
         return False
@@ -113,10 +111,10 @@ class WindowedVariance:
 def replay(curve, patience: int, start: int = 0) -> tuple[int | None, int | None]:
     """Replay the rule on a recorded ``curve`` of (iteration, variance) pairs.
 
-    Returns (the iteration at which it fires or None, the iteration of the minimum it holds or
-    None): a fit that reaches its cap without the rule firing returns that minimum's iterate if
-    there is one, else its last output. A curve thinned to every k-th iteration gives the same
-    answer to within k iterations.
+    Returns (the iteration at which it fires, the iteration of the minimum it then returns);
+    when it never fires, (None, the last minimum it held or None), and the fit returns its last
+    output at the cap. A curve thinned to every k-th iteration gives the same answer to within
+    k iterations.
     """
     wv = WindowedVariance(window=2, patience=patience, start=start)
     for iteration, var in curve:
