@@ -101,7 +101,15 @@ def init_weights(net: nn.Module, generator: torch.Generator) -> None:
 
 
 def make_input(cfg: FitConfig, problem: Problem, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
-    """The network input z at the padded ``size``: noise, a meshgrid, or the task's image."""
+    """The network input z at the padded ``size``.
+
+    ``noise``: ``input_depth`` channels of uniform noise times ``input_scale``. ``meshgrid``: the
+    two coordinate planes. ``image``: the task's fixed input (the flash photograph). ``estimate``:
+    the task's quick classical answer (:mod:`deepprior.estimates`) in the first channels and noise
+    in the remaining ``input_depth - C``, so the fit starts from the image's content.
+    """
+    from .errors import DeepPriorError
+
     hp, wp = size
     if cfg.input == "noise":
         return torch.rand(1, cfg.input_depth, hp, wp, generator=generator) * cfg.input_scale
@@ -112,14 +120,27 @@ def make_input(cfg: FitConfig, problem: Problem, size: tuple[int, int], generato
         return torch.stack([gx, gy])[None]
     if cfg.input == "image":
         if problem.fixed_input is None:
-            raise ValueError("this preset wants an image input but the task supplies none")
-        img = torch.from_numpy(np.ascontiguousarray(np.moveaxis(problem.fixed_input, -1, 0)))[None].float()
-        h, w = img.shape[2:]
-        top, left = (hp - h) // 2, (wp - w) // 2
-        pad = (left, wp - w - left, top, hp - h - top)
-        mode = "reflect" if max(pad) < min(h, w) else "replicate"
-        return nn.functional.pad(img, pad, mode=mode)
+            raise DeepPriorError("this preset wants an image input but the task supplies none")
+        return _pad_to(problem.fixed_input, size)
+    if cfg.input == "estimate":
+        if problem.estimate is None:
+            raise DeepPriorError("input 'estimate' needs a task with a classical estimate "
+                                 "(inpaint, reconstruct or upscale)")
+        est = _pad_to(problem.estimate(), size)
+        rest = max(cfg.input_depth - est.shape[1], 0)
+        return torch.cat([est, torch.rand(1, rest, hp, wp, generator=generator) * cfg.input_scale], dim=1)
     raise ValueError(f"unknown input kind {cfg.input!r}")
+
+
+def _pad_to(pixels: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """An (H, W, C) image as a (1, C, hp, wp) tensor, centred and reflect-padded to ``size``."""
+    hp, wp = size
+    img = torch.from_numpy(np.ascontiguousarray(np.moveaxis(pixels, -1, 0)))[None].float()
+    h, w = img.shape[2:]
+    top, left = (hp - h) // 2, (wp - w) // 2
+    pad = (left, wp - w - left, top, hp - h - top)
+    mode = "reflect" if max(pad) < min(h, w) else "replicate"
+    return nn.functional.pad(img, pad, mode=mode)
 
 
 def fit(

@@ -9,12 +9,14 @@ describe its job with plain parameters (:func:`from_name`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import operators
+from . import estimates, operators
 from .errors import DeepPriorError
 from .images import Image, load_image
 
@@ -29,6 +31,8 @@ class Problem:
     channels: int
     fixed_input: np.ndarray | None = None  # (H, W, C) network input (flash/no-flash)
     known: np.ndarray | None = None  # (H, W) 1 = known pixel, for inpainting
+    # The task's quick classical answer (H, W, C), computed only when asked for (input="estimate").
+    estimate: Callable[[], np.ndarray] | None = field(default=None, repr=False)
 
     def to(self, device) -> "Problem":
         self.target = self.target.to(device)
@@ -110,7 +114,8 @@ class SuperResolution(Task):
     def problem(self, image: Image) -> Problem:
         s = self.scale
         op = operators.LanczosDownsampler(s, image.channels)
-        return Problem(_tensor(image.pixels), op, (image.height * s, image.width * s), image.channels)
+        return Problem(_tensor(image.pixels), op, (image.height * s, image.width * s), image.channels,
+                       estimate=partial(estimates.upscale, image.pixels, s))
 
     def params(self):
         return {"scale": self.scale}
@@ -174,7 +179,8 @@ class Inpaint(Task):
         known = (~fill).astype(np.float32)
         op = operators.Mask(known)
         target = _tensor(image.pixels * known[:, :, None])
-        return Problem(target, op, (image.height, image.width), image.channels, known=known)
+        return Problem(target, op, (image.height, image.width), image.channels, known=known,
+                       estimate=partial(estimates.biharmonic_fill, image.pixels, fill))
 
     def finish(self, image: Image, restored: np.ndarray) -> np.ndarray:
         if not self.keep_known:

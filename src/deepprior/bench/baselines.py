@@ -189,10 +189,9 @@ def navier_stokes(case: Case, **_) -> np.ndarray:
 
 def biharmonic(case: Case, **_) -> np.ndarray:
     """scikit-image's biharmonic inpainting (solves a biharmonic equation over each hole)."""
-    from skimage.restoration import inpaint_biharmonic
+    from ..estimates import biharmonic_fill
 
-    p = case.degraded.pixels
-    return _unsqueeze(inpaint_biharmonic(_squeeze(p), case.mask, channel_axis=_channel_axis(p)))
+    return biharmonic_fill(case.degraded.pixels, case.mask)
 
 
 # --------------------------------------------------------------------------- registry
