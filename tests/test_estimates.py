@@ -53,7 +53,7 @@ def test_super_resolution_estimate_is_the_upscaled_input(rgb32):
 
 def test_estimate_input_on_a_task_without_one_is_a_clear_error(rgb32):
     with pytest.raises(DeepPriorError, match="needs a task with a classical estimate"):
-        restore(rgb32, tasks.Denoise(), iterations=2, input="estimate")
+        restore(rgb32, tasks.Deblur.from_spec("gaussian:1"), iterations=2, input="estimate")
 
 
 def test_starting_from_the_estimate_beats_starting_from_noise(house):
@@ -65,3 +65,25 @@ def test_starting_from_the_estimate_beats_starting_from_noise(house):
     noise = restore(clean * ~fill[:, :, None], task, input="noise", **kw)
     est = restore(clean * ~fill[:, :, None], task, input="estimate", **kw)
     assert est.metrics["psnr"] > noise.metrics["psnr"], (est.metrics, noise.metrics)
+
+
+@pytest.mark.parametrize("sigma", [10, 25, 50])
+def test_noise_sigma_reads_the_noise_level_of_a_real_photo(house, sigma):
+    from deepprior.degrade import add_noise
+    from deepprior.estimates import noise_sigma
+
+    noisy = add_noise(Image(house), sigma, seed=0).pixels
+    # Clipping at 0 and 1 removes some of the noise at sigma 50; texture adds a little at 10.
+    assert abs(noise_sigma(noisy) * 255 - sigma) < 0.1 * sigma + 1
+    assert noise_sigma(np.full((8, 8, 3), 0.5, np.float32)) == 0.0
+
+
+def test_denoise_estimate_is_non_local_means_at_the_given_or_estimated_sigma(house):
+    from deepprior.degrade import add_noise
+
+    clean = np.ascontiguousarray(house[80:144, 80:144])
+    noisy = add_noise(Image(clean), 25, seed=0)
+    for task in (tasks.Denoise(sigma=25), tasks.Denoise()):
+        est = task.problem(noisy).estimate()
+        assert est.shape == clean.shape
+        assert psnr(est, clean) > psnr(noisy.pixels, clean) + 3

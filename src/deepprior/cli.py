@@ -349,7 +349,7 @@ def restoration_command(func):
 def denoise(
     input: Input,
     c: Common,
-    sigma: Annotated[Optional[float], typer.Option(help="Noise level on 0-255, if known (informative; the fit is blind).")] = None,
+    sigma: Annotated[Optional[float], typer.Option(help="Noise level on 0-255, if known: sets the non-local-means start of the fit (estimated from the image otherwise).")] = None,
 ):
     """Remove Gaussian (or unknown) noise."""
     _run(lambda image: Denoise(sigma=sigma), input, c)
@@ -500,7 +500,7 @@ def batch(
     mask_known: MaskKnown = False,
     mode: Annotated[HoleMode, typer.Option("--mode", help="inpaint: text or hole.")] = HoleMode.text,
     kernel: Annotated[Optional[str], typer.Option("--kernel", "-k", help="deblur: gaussian:SIGMA, motion:LENGTH,ANGLE or a kernel image.")] = None,
-    sigma: Annotated[Optional[float], typer.Option(help="denoise: noise level on 0-255 (informative).")] = None,
+    sigma: Annotated[Optional[float], typer.Option(help="denoise: noise level on 0-255, if known (estimated otherwise).")] = None,
     masks: Annotated[Optional[Path], typer.Option("--masks", help="Folder of masks NAME_mask.png or NAME.png (default: NAME_mask.png beside each image).")] = None,
     preset: PresetOpt = PresetName.fast,
     iters: Iters = None,

@@ -125,7 +125,7 @@ def make_input(cfg: FitConfig, problem: Problem, size: tuple[int, int], generato
     if cfg.input == "estimate":
         if problem.estimate is None:
             raise DeepPriorError("input 'estimate' needs a task with a classical estimate "
-                                 "(inpaint, reconstruct or upscale)")
+                                 "(denoise, inpaint, reconstruct or upscale)")
         est = _pad_to(problem.estimate(), size)
         rest = max(cfg.input_depth - est.shape[1], 0)
         return torch.cat([est, torch.rand(1, rest, hp, wp, generator=generator) * cfg.input_scale], dim=1)

@@ -71,7 +71,11 @@ class Task:
 
 @dataclass(frozen=True)
 class Denoise(Task):
-    """Gaussian or blind denoising: A is the identity. ``sigma`` (0-255) is informative only."""
+    """Gaussian or blind denoising: A is the identity.
+
+    ``sigma`` (0-255), when known, sets the strength of the classical estimate a fit may start
+    from (non-local means; estimated from the image when None). The fit itself is blind.
+    """
 
     sigma: float | None = None
     name = "denoise"
@@ -80,6 +84,11 @@ class Denoise(Task):
     def __post_init__(self):
         if self.sigma is not None and not self.sigma >= 0:
             raise DeepPriorError(f"noise sigma must be >= 0, got {self.sigma}")
+
+    def problem(self, image: Image) -> Problem:
+        p = super().problem(image)
+        p.estimate = partial(estimates.nlm_denoise, image.pixels, self.sigma)
+        return p
 
     def params(self):
         return {"sigma": self.sigma}
