@@ -77,7 +77,8 @@ _FAST_SKIP = _net(
 _FAST_STOP_START = 1000
 
 # Started from a classical estimate (input="estimate") the fit has the content by about
-# iteration 400 (50 % reconstruction, 256x256 and 512x512); no variance minimum before that.
+# iteration 400 (50 % reconstruction at 256x256 and 512x512, House at sigma 25); no variance
+# minimum before that.
 _ESTIMATE_STOP_START = 400
 
 #: PRESETS[task_key][preset_name] -> FitConfig
@@ -155,8 +156,8 @@ PRESETS: dict[str, dict[str, FitConfig]] = {
         # From a noise input the fast network was still rising after 3000 iterations at 512x512,
         # 2-6 dB under biharmonic inpainting. Starting from the biharmonic fill it is near its
         # plateau by iteration 400 (BENCHMARKS.md section 8), so 500 iterations, a light input
-        # perturbation (0.01 measured better than 0.03 on House and hill, and the fill is an
-        # image, not a code) and a short average (0.9: less lag at this cap).
+        # perturbation (0.01 against 0.03: +0.4 dB on house, +0.6 on hill, -0.1 on peppers256;
+        # the fill is an image, not a code) and a short average (0.9: less lag at this cap).
         "fast": FitConfig(net=_FAST_SKIP, input="estimate", lr=0.01, iterations=500, reg_noise_std=0.01, ema=0.9,
                           stop_start=_ESTIMATE_STOP_START),
     },

@@ -140,14 +140,13 @@ def tv(case: Case, **_) -> np.ndarray:
 
 
 def nlm(case: Case, **_) -> np.ndarray:
-    """Non-local means, ``h = 0.8 sigma`` with the true sigma, 5x5 patches, distance 6, fast mode."""
-    from skimage.restoration import denoise_nl_means
+    """Non-local means, ``h = 0.8 sigma`` with the true sigma, 5x5 patches, distance 6, fast mode.
 
-    p = case.degraded.pixels
-    s = case.sigma / 255.0
-    out = denoise_nl_means(_squeeze(p), h=0.8 * s, sigma=s, fast_mode=True, patch_size=5, patch_distance=6,
-                           channel_axis=_channel_axis(p))
-    return _unsqueeze(out)
+    The same function the fast denoising preset starts its fit from (:mod:`deepprior.estimates`).
+    """
+    from ..estimates import nlm_denoise
+
+    return nlm_denoise(case.degraded.pixels, case.sigma)
 
 
 def bm3d(case: Case, **_) -> np.ndarray:
