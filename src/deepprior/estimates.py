@@ -3,7 +3,7 @@
 From a noise input the fast network spends most of its iterations learning what the image
 looks like at all: on 50 % reconstruction at 512x512 it was still rising after 3000 iterations
 (about 20 minutes here) and 2-6 dB under scikit-image's biharmonic inpainting, which takes under a
-second. With ``input="estimate"`` (:func:`deepprior.fitting.make_input`) the first channels of
+second on a grey 512x512 image. With ``input="estimate"`` (:func:`deepprior.fitting.make_input`) the first channels of
 the network input hold the task's classical answer from this module and the rest are noise, so
 the network starts from the content and spends its iterations on what the classical method got
 wrong (BENCHMARKS.md section 8 has the measurements).
@@ -25,11 +25,7 @@ def biharmonic_fill(pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
     """
     from skimage.restoration import inpaint_biharmonic
 
-    gray = pixels.shape[2] == 1
-    src = pixels[:, :, 0] if gray else pixels
-    out = inpaint_biharmonic(src, np.asarray(fill, dtype=bool), channel_axis=None if gray else -1)
-    out = out[:, :, None] if gray else out
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    return _per_image(inpaint_biharmonic, pixels, np.asarray(fill, dtype=bool))
 
 
 def upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
@@ -70,9 +66,13 @@ def nlm_denoise(pixels: np.ndarray, sigma: float | None = None) -> np.ndarray:
     s = noise_sigma(pixels) if sigma is None else sigma / 255.0
     if s <= 0:
         return pixels.astype(np.float32)
+    return _per_image(denoise_nl_means, pixels, h=0.8 * s, sigma=s, fast_mode=True, patch_size=5, patch_distance=6)
+
+
+def _per_image(fn, pixels: np.ndarray, *args, **kwargs) -> np.ndarray:
+    """Call a scikit-image function on (H, W, C) pixels: grey as a 2-D image, colour with its
+    channel axis; the result back as (H, W, C) float32 in [0, 1]."""
     gray = pixels.shape[2] == 1
-    src = pixels[:, :, 0] if gray else pixels
-    out = denoise_nl_means(src, h=0.8 * s, sigma=s, fast_mode=True, patch_size=5, patch_distance=6,
-                           channel_axis=None if gray else -1)
+    out = fn(pixels[:, :, 0] if gray else pixels, *args, channel_axis=None if gray else -1, **kwargs)
     out = out[:, :, None] if gray else out
     return np.clip(out, 0.0, 1.0).astype(np.float32)

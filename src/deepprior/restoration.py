@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, estimates
 from .errors import DeepPriorError
 from .fitting import FitOutcome, Progress, fit, resolve_device
 from .images import Image, atomic_write_bytes, colormap, load_image, save_image
@@ -287,11 +287,7 @@ def _fit_tiles(image: Image, task: Task, cfg: FitConfig, tiles: list[Tile], scal
         reasons.append(outcome.stop_reason)
         if outcome.stop_reason in ("callback", "interrupted"):
             break
-    fallback = image.pixels
-    if scale > 1:
-        x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image.pixels, -1, 0)))[None]
-        up = torch.nn.functional.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
-        fallback = np.moveaxis(up[0].clamp(0, 1).numpy(), 0, -1)
+    fallback = estimates.upscale(image.pixels, scale) if scale > 1 else image.pixels
     samples = min(r["samples"] for r in per_tile)  # every tile's posterior has at least this many
     stop = next((r for r in reasons if r in ("callback", "interrupted")), None)
     if stop is None:
