@@ -259,6 +259,54 @@ def test_run_stopping_resume_skips_finished_fits(data, tmp_path, monkeypatch):
     assert r["suite"] == "inpaint-50" and r["auto_fired"] is False and r["stop_iter"] == 12  # window 100 > 12 its
 
 
+def test_observe_step_from_a_suite_run_equals_the_observed_fit(data, tmp_path, monkeypatch):
+    """A suite fit that ran to its cap without the rule firing is the observe step, bit for bit."""
+    from deepprior import bench
+
+    bench.run("inpaint-50", data=data, out=tmp_path / "suite", methods=["dip"], seed=0)
+    own = stopping.run_stopping(data, tmp_path / "own", cases="heide11")["rows"][0]
+    assert own["auto_fired"] is False and own["iterations"] == own["cap"]  # the tiny image runs to the cap
+
+    real_restore = stopping.restore
+    monkeypatch.setattr(stopping, "restore", lambda *a, **k: (_ for _ in ()).throw(AssertionError("refitted")))
+    got = stopping.run_stopping(data, tmp_path / "borrowed", cases="heide11", observe_from=[tmp_path / "suite"])
+    (r,) = got["rows"]
+    assert r["steps"]["observe"]["from_suite"].endswith("results.json")
+    for key in ("peak_psnr", "peak_iter", "auto_psnr", "auto_result_iter", "gap_db", "stop_ratio", "history",
+                "stop_curve", "cap"):
+        np.testing.assert_allclose(np.asarray(r[key], float), np.asarray(own[key], float), rtol=1e-6, err_msg=key)
+    assert r["auto_metrics"]["psnr"] == pytest.approx(own["auto_metrics"]["psnr"])
+    assert "taken from the suite runs" in (tmp_path / "borrowed" / stopping.MARKDOWN).read_text()
+
+    # --bayes on top runs only the Bayesian fit
+    monkeypatch.setattr(stopping, "restore", real_restore)
+    got = stopping.run_stopping(data, tmp_path / "borrowed", cases="heide11", observe_from=[tmp_path / "suite"],
+                                bayes=True, resume=True, iters=None)
+    assert set(got["rows"][0]["steps"]) == {"observe", "bayes"} and got["rows"][0]["peak_psnr"] == r["peak_psnr"]
+
+
+def test_observe_step_refuses_suite_fits_that_differ(data, tmp_path):
+    from deepprior import bench
+    from deepprior.restoration import configure
+
+    suite_out = tmp_path / "suite"
+    bench.run("inpaint-50", data=data, out=suite_out, methods=["dip"], seed=0)
+    (row,) = [r for r in json.loads((suite_out / "results.json").read_text())["rows"] if r["method"] == "dip"]
+    case = suites.load_case(suites.get_suite("inpaint-50"), data, "Heide11_gray/barbara.png", suites.read_manifest(data), 0)
+    cfg = configure(case.task, "fast", stop="observe")
+    assert stopping.observe_from_suite(row, cfg)["peak_psnr"] > 0
+    with pytest.raises(DeepPriorError, match="other options.*lr"):
+        stopping.observe_from_suite(row, configure(case.task, "fast", stop="observe", lr=0.02))
+    with pytest.raises(DeepPriorError, match="did not run to its cap"):
+        stopping.observe_from_suite(dict(row, stop_reason="auto"), cfg)
+    with pytest.raises(DeepPriorError, match="fast preset"):
+        stopping.observe_from_suite(dict(row, preset="paper"), cfg)
+    with pytest.raises(DeepPriorError, match="drop --iters"):
+        stopping.run_stopping(data, tmp_path / "x", cases="heide11", iters=20, observe_from=[suite_out])
+    with pytest.raises(DeepPriorError, match="cannot read suite results"):
+        stopping.run_stopping(data, tmp_path / "y", cases="heide11", observe_from=[tmp_path / "nowhere"])
+
+
 # --------------------------------------------------------------------------- the command line
 
 

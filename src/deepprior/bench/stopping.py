@@ -24,6 +24,7 @@ redoes only what is missing (adding ``--bayes`` later runs only the Bayesian fit
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -129,6 +130,68 @@ def step_bayes(suite: suites.Suite, case: suites.Case, *, iters: int | None, see
             "bayes_seconds": seconds, "bayes_iterations": result.iterations, "bayes_samples": result.outcome.samples}
 
 
+def observe_from_suite(suite_row: dict, cfg) -> dict:
+    """The observe step's row, taken from a suite run's DIP row (``deepprior bench SUITE``).
+
+    A suite fit with ``stop="auto"`` whose rule never fired ran exactly the loop ``stop="observe"``
+    runs (same preset, seed and image; the rule only watches), so its PSNR history, variance curve
+    and result are this benchmark's. Only such rows are taken: the rule must not have fired, the
+    fit must have reached the cap ``cfg.iterations`` with its last history entry there, and its
+    recorded fit options must equal ``cfg`` (the Bayesian-only fields aside). Anything else raises
+    :class:`DeepPriorError` naming the reason; the fit then has to be run.
+    """
+    name = f"{suite_row.get('suite')}/{suite_row.get('image')}"
+    if suite_row.get("method") != "dip" or suite_row.get("preset") != "fast" or suite_row.get("iters") is not None:
+        raise DeepPriorError(f"{name}: not a DIP fit with the fast preset at its default cap")
+    recorded = dict((suite_row.get("fit_params") or {}).get("fit") or {})
+    wanted = json.loads(json.dumps(cfg.to_dict()))  # as the suite stored it: tuples become lists
+    for key in ("bayes", "sgld_noise", "burn_in", "sample_every", "stop"):  # Bayesian-only, or what we change
+        recorded.pop(key, None)
+        wanted.pop(key, None)
+    if recorded != wanted:
+        differ = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+        raise DeepPriorError(f"{name}: fitted with other options than the current preset ({', '.join(differ)})")
+    hist = [h for h in suite_row.get("history") or [] if "psnr" in h]
+    if suite_row.get("stop_reason") != "completed" or suite_row.get("iterations") != cfg.iterations \
+            or not hist or hist[-1]["iter"] != cfg.iterations:
+        raise DeepPriorError(f"{name}: the fit did not run to its cap of {cfg.iterations} iterations "
+                             f"(stop reason {suite_row.get('stop_reason')!r})")
+    peak = max(hist, key=lambda h: h["psnr"])
+    seconds = float(suite_row["seconds"])
+    row = {
+        "cap": cfg.iterations, "iterations": cfg.iterations, "observe_seconds": seconds,
+        "peak_psnr": float(peak["psnr"]), "peak_iter": peak["iter"],
+        "peak_at_cap": bool(peak["iter"] > cfg.iterations - cfg.history_every),
+        "auto_stop_at": None, "auto_fired": False, "auto_result_iter": suite_row.get("stopped_at"),
+        "auto_psnr": float(hist[-1]["psnr"]),  # the result is the last averaged output, logged at the cap
+        "auto_metrics": {k: suite_row[k] for k in ("psnr", "ssim", "psnr_y", "ssim_y") if k in suite_row},
+        "auto_seconds": seconds, "final_psnr": float(hist[-1]["psnr"]),
+        "stop_patience": cfg.stop_patience, "stop_window": cfg.stop_window,
+        "history": [[h["iter"], round(h["psnr"], 4)] for h in hist],
+        "stop_curve": suite_row.get("stop_curve") or [],
+    }
+    row.update(stop_stats(row["peak_psnr"], row["peak_iter"], row["auto_psnr"], None, cfg.iterations))
+    return row
+
+
+def read_suite_rows(paths) -> dict[tuple[str, str, int], dict]:
+    """DIP rows of suite results (``results.json`` or the folder holding it), by (suite, image, seed)."""
+    rows = {}
+    for p in paths or ():
+        p = Path(p)
+        path = p / runner.RESULTS_JSON if p.is_dir() else p
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise DeepPriorError(f"{path}: cannot read suite results ({e})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+            raise DeepPriorError(f"{path}: not the results of a deepprior bench suite run")
+        for r in data["rows"]:
+            if isinstance(r, dict) and r.get("method") == "dip":
+                rows[(r.get("suite"), r.get("image"), r.get("seed"))] = dict(r, source=str(path))
+    return rows
+
+
 # --------------------------------------------------------------------------- summaries and tables
 
 
@@ -200,6 +263,11 @@ def tables(data: dict) -> list[Table]:
         "ratio: the iteration the rule fired at (the cap when it never fired) / the peak's iteration; auto s: wall "
         "time until the rule fired.",
     ]
+    borrowed = sorted({r["steps"]["observe"]["from_suite"] for r in data["rows"]
+                       if (r.get("steps") or {}).get("observe", {}).get("from_suite")})
+    if borrowed:
+        per_image.notes.append("Observe steps taken from the suite runs " + ", ".join(borrowed) + " (fits that ran to "
+                               "their cap without the rule firing, i.e. exactly the observed fit; time is theirs).")
     if any(r.get("peak_at_cap") for r in data["rows"]):
         per_image.notes.append("(at cap): the PSNR was still rising at the cap, so the true peak lies later; rerun "
                                "with a higher --iters.")
@@ -258,6 +326,7 @@ def run_stopping(
     threads: int | None = None,
     device: str = "auto",
     overrides: dict | None = None,
+    observe_from=None,
     progress: Callable[[int, int, str], None] | None = None,
     fit_callback: Callable | None = None,
     log: Callable[[str], None] = lambda s: None,
@@ -266,7 +335,10 @@ def run_stopping(
 
     ``iters`` overrides the preset's cap (it must be high enough for the PSNR to pass its peak);
     ``overrides`` are further :class:`~deepprior.presets.FitConfig` fields for both fits (tests
-    use a short stopping window). Returns the results dict (as written).
+    use a short stopping window). ``observe_from`` names suite results (``deepprior bench SUITE``
+    folders or their ``results.json``) whose DIP fits stand in for the observe step where they
+    ran exactly that fit (see :func:`observe_from_suite`); the row records where it came from.
+    Returns the results dict (as written).
     """
     chosen = parse_cases(cases, CASE_NAMES)
     overrides = dict(overrides or {})
@@ -301,6 +373,27 @@ def run_stopping(
     def save():
         data["summary"] = summarise(data)
         resumable.save(out_dir, RESULTS, data, MARKDOWN, markdown(data))
+
+    suite_rows = read_suite_rows(observe_from)
+    if suite_rows and (iters is not None or overrides):
+        raise DeepPriorError("--observe-from takes suite fits at the preset's defaults: drop --iters")
+    imported = 0
+    for suite, rel in work if suite_rows else ():
+        key = f"{suite.name}/{suites.image_name(rel)}"
+        source = suite_rows.get((suite.name, suites.image_name(rel), seed))
+        if source is None or "observe" in ((resumable.get_row(data, key) or {}).get("steps") or {}):
+            continue
+        task = suites.load_case(suite, data_dir, rel, manifest, seed).task
+        obs = observe_from_suite(source, configure(task, "fast", stop="observe"))
+        row = resumable.row_for(data, key, suite=suite.name, set=suite.set_name, image=suites.image_name(rel),
+                                width=source.get("width"), height=source.get("height"), seed=seed,
+                                image_seed=source.get("image_seed"), steps={})
+        row.update(obs)
+        row["steps"]["observe"] = {"date": resumable.now_iso(), "cpu": source.get("cpu"), "threads": source.get("threads"),
+                                   "device": "cpu", "from_suite": source["source"]}
+        imported += 1
+    if imported:
+        log(f"observe step taken from the suite results for {imported} image(s)")
 
     steps = ("observe", "bayes") if bayes else ("observe",)
     todo = []
