@@ -303,7 +303,7 @@ def test_observe_step_refuses_suite_fits_that_differ(data, tmp_path):
         stopping.observe_from_suite(dict(row, preset="paper"), cfg)
     with pytest.raises(DeepPriorError, match="drop --iters"):
         stopping.run_stopping(data, tmp_path / "x", cases="heide11", iters=20, observe_from=[suite_out])
-    with pytest.raises(DeepPriorError, match="cannot read suite results"):
+    with pytest.raises(DeepPriorError, match="no suite results"):
         stopping.run_stopping(data, tmp_path / "y", cases="heide11", observe_from=[tmp_path / "nowhere"])
 
 

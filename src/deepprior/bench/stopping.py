@@ -174,21 +174,17 @@ def observe_from_suite(suite_row: dict, cfg) -> dict:
     return row
 
 
-def read_suite_rows(paths) -> dict[tuple[str, str, int], dict]:
-    """DIP rows of suite results (``results.json`` or the folder holding it), by (suite, image, seed)."""
+def read_suite_rows(folders) -> dict[tuple[str, str, int], dict]:
+    """DIP rows of suite runs (``deepprior bench SUITE --out FOLDER``), by (suite, image, seed)."""
     rows = {}
-    for p in paths or ():
-        p = Path(p)
-        path = p / runner.RESULTS_JSON if p.is_dir() else p
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise DeepPriorError(f"{path}: cannot read suite results ({e})") from None
-        if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
-            raise DeepPriorError(f"{path}: not the results of a deepprior bench suite run")
+    for folder in folders or ():
+        data = runner.read_results(Path(folder))
+        if data is None:
+            raise DeepPriorError(f"{folder}: no suite results ({runner.RESULTS_JSON}) there")
+        source = str(Path(folder) / runner.RESULTS_JSON)
         for r in data["rows"]:
             if isinstance(r, dict) and r.get("method") == "dip":
-                rows[(r.get("suite"), r.get("image"), r.get("seed"))] = dict(r, source=str(path))
+                rows[(r.get("suite"), r.get("image"), r.get("seed"))] = dict(r, source=source)
     return rows
 
 
