@@ -173,6 +173,22 @@ def test_denoise_shows_a_live_preview_then_the_result_as_a_png_download(page, ph
     assert restored.std() > 5  # a picture, not a blank
 
 
+def test_bayesian_mode_shows_an_uncertainty_map(page, photo):
+    upload(page, photo)
+    set_iterations(page, 20)
+    page.locator("#bayes input").check()
+    expect(page.locator("#uncertainty-image")).to_be_hidden()
+    run_to_the_end(page)
+    expect(page.locator("#uncertainty-image img")).to_be_visible()
+    expect(page.locator("#report")).to_contain_text("posterior samples")
+    page.screenshot(path=str(SHOTS / "bayes-done.png"), full_page=True)
+    # a plain run hides the map again as it starts
+    page.locator("#bayes input").uncheck()
+    page.locator("#run").click()
+    expect(page.locator("#uncertainty-image")).to_be_hidden()
+    wait_for_result(page)
+
+
 def test_upscale_x2_shows_its_controls_and_doubles_the_size(page, photo, tmp_path):
     expect(page.locator("#scale")).to_be_hidden()
     upload(page, photo)

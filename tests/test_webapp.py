@@ -123,6 +123,21 @@ def test_fit_options_caps_and_checks(settings):
         webapp.fit_options("slow", None, 0, "preset", settings)
     with pytest.raises(DeepPriorError, match="at least 1"):
         webapp.fit_options("fast", -5, 0, "preset", settings)
+    assert webapp.fit_options("fast", 30, 0, "auto", settings, bayes=True) == {"seed": 0, "iterations": 30,
+                                                                              "stop": "auto", "bayes": True}
+
+
+def test_bayesian_result_has_a_colour_map_of_its_size_and_says_what_it_averaged(photo):
+    from deepprior.restoration import restore
+    from deepprior.tasks import Denoise
+
+    image = load_image(photo)
+    plain = restore(image, Denoise(), "fast", iterations=12, threads=1)
+    assert webapp.uncertainty_image(plain) is None and "from iteration" in webapp.summary(plain)
+    bayes = restore(image, Denoise(), "fast", iterations=12, threads=1, bayes=True)
+    spread = webapp.uncertainty_image(bayes)
+    assert spread.shape == (48, 64, 3) and spread.dtype == np.uint8 and spread.std() > 0
+    assert f"mean of {bayes.outcome.samples} posterior samples" in webapp.summary(bayes)
 
 
 def test_kernel_spec_from_the_controls():

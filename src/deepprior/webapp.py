@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 from PIL import Image as PILImage  # noqa: E402
 
 from .errors import DeepPriorError  # noqa: E402
-from .images import Image, encode_image, load_image  # noqa: E402
+from .images import Image, colormap, encode_image, load_image  # noqa: E402
 from .presets import PRESET_NAMES  # noqa: E402
 from .restoration import restore  # noqa: E402
 from .tasks import SCALES, TASK_NAMES, from_name, load_mask  # noqa: E402
@@ -76,7 +76,7 @@ _WEB_FORMATS = {"PNG", "JPEG", "WEBP", "GIF", "BMP"}  # what a browser shows as 
 _RESULT_KEEP_S = 3600  # result files older than this are removed when a new run starts
 
 _CSS = """
-#input-image img, #result-image img { width: 100%; height: 100%; object-fit: contain; }
+#input-image img, #result-image img, #uncertainty-image img { width: 100%; height: 100%; object-fit: contain; }
 #status .dp-track { width: 100%; height: 0.7rem; border-radius: 0.35rem; margin: 0.2rem 0 0.4rem;
                     background: var(--neutral-200, #e5e7eb); overflow: hidden; }
 #status .dp-fill { height: 100%; background: var(--color-accent, #f97316); transition: width 0.4s; }
@@ -243,7 +243,7 @@ def build_task(task_name: str, image: Image, settings: Settings, *, scale=4, mas
     return from_name(task_name, image_size=size, **options)
 
 
-def fit_options(preset, iterations, seed, stop, settings: Settings) -> dict:
+def fit_options(preset, iterations, seed, stop, settings: Settings, bayes: bool = False) -> dict:
     """Checked keyword arguments for :func:`restore` from the page's advanced controls."""
     if preset not in PRESET_NAMES:
         raise DeepPriorError(f"unknown preset {preset!r}; choose one of {', '.join(PRESET_NAMES)}")
@@ -258,6 +258,8 @@ def fit_options(preset, iterations, seed, stop, settings: Settings) -> dict:
         opts["iterations"] = min(opts.get("iterations", settings.max_iterations), settings.max_iterations)
     if stop in ("auto", "off"):
         opts["stop"] = stop
+    if bayes:
+        opts["bayes"] = True
     return opts
 
 
@@ -295,11 +297,19 @@ def summary(result) -> str:
         "callback": "stopped by you",
         "interrupted": "interrupted",
     }.get(o.stop_reason, "ran every iteration")
+    source = (f"the mean of {o.samples} posterior samples taken after the burn-in" if o.samples
+              else f"from iteration {o.stopped_at}")
     return (
-        f"**Done** in {o.elapsed_s:.1f} s: {o.iterations} iterations, {how}; the result is from "
-        f"iteration {o.stopped_at}. {result.image.width}x{result.image.height} {result.image.mode}, "
+        f"**Done** in {o.elapsed_s:.1f} s: {o.iterations} iterations, {how}; the result is {source}. "
+        f"{result.image.width}x{result.image.height} {result.image.mode}, "
         f"{result.image.bit_depth}-bit PNG ({result.task}, preset {result.preset}, seed {result.seed})."
     )
+
+
+def uncertainty_image(result) -> np.ndarray | None:
+    """Bayesian mode: the per-pixel posterior standard deviation as a colour map (dark = sure)."""
+    u = result.uncertainty
+    return None if u is None else _to_uint8(colormap(u).pixels)
 
 
 def _fmt_time(s: float) -> str:
@@ -483,7 +493,7 @@ def build_app(
         return shown, editor, info
 
     def run(image_path, task_name, scale, editor, mask_file, mask_known, mode, kernel_kind, sigma, length, angle,
-            kernel_file, flash_file, preset, iterations, seed, stop_mode, request: gr.Request):
+            kernel_file, flash_file, preset, iterations, seed, stop_mode, bayes, request: gr.Request):
         """Generator behind the Restore button: validates, fits, streams progress, shows the result."""
         no_change = gr.update()
         hide = gr.update(visible=False)
@@ -493,7 +503,7 @@ def build_app(
             spec = kernel_spec(kernel_kind, sigma, length, angle, kernel_file) if task_name == "deblur" else None
             task = build_task(task_name, image, settings, scale=scale, mask_file=mask_file, mask_known=mask_known,
                               painted=painted, mode=mode, kernel=spec, flash_file=flash_file)
-            fit_kw = fit_options(preset, iterations, seed, stop_mode, settings)
+            fit_kw = fit_options(preset, iterations, seed, stop_mode, settings, bayes=bool(bayes))
         except DeepPriorError as e:
             raise _user_error(e) from None
 
@@ -503,7 +513,7 @@ def build_app(
         last_yield = 0.0
         try:
             yield (status_html("Starting the fit..."), gr.update(value=None, label="Live preview"),
-                   None, hide, hide, "", None)
+                   None, hide, hide, "", None, hide)
             while fit.alive() or not fit.updates.empty():
                 try:
                     snap = fit.updates.get(timeout=0.2)
@@ -524,7 +534,7 @@ def build_app(
                            if "preview" in snap else no_change)
                 plot = loss_figure(curve) if "preview" in snap else no_change
                 yield (status_html(text, snap["it"], snap["max"]), preview, plot, no_change, no_change, no_change,
-                       no_change)
+                       no_change, no_change)
             fit.join()
             if fit.error is not None:
                 if isinstance(fit.error, KeyboardInterrupt):
@@ -535,6 +545,7 @@ def build_app(
             fill = getattr(task, "mask", None) if task.name in ("inpaint", "reconstruct") else None
             before = before_image(image, (result.image.height, result.image.width), fill)
             o = result.outcome
+            spread = uncertainty_image(result)
             yield (
                 status_html(f"Finished: {o.iterations} iterations in {_fmt_time(o.elapsed_s)}", o.iterations, o.iterations),
                 gr.update(value=str(path), label="Result"),
@@ -543,6 +554,7 @@ def build_app(
                 gr.update(value=str(path), visible=True),
                 summary(result),
                 _report_json(result),
+                gr.update(value=spread, visible=True) if spread is not None else hide,
             )
         finally:
             stop.set()  # the page went away or the run ended: make sure the fit thread ends too
@@ -628,6 +640,8 @@ def build_app(
                                            elem_id="iterations")
                     seed = gr.Number(0, label="Seed (the same seed repeats a run)", precision=0, elem_id="seed")
                     stop_mode = gr.Radio(STOP_CHOICES, value="preset", label="Stopping", elem_id="stop-mode")
+                    bayes = gr.Checkbox(False, label="Bayesian mode: average posterior samples (Langevin dynamics) and "
+                                        "map where the result is unsure; runs to the cap", elem_id="bayes")
                 with gr.Row():
                     run_btn = gr.Button("Restore", variant="primary", elem_id="run")
                     stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -637,6 +651,9 @@ def build_app(
                 download = gr.DownloadButton("Download PNG", visible=False, elem_id="download")
                 compare = gr.ImageSlider(label="Before / after", format="png", visible=False, interactive=False,
                                          elem_id="compare")
+                uncertainty = gr.Image(label="Uncertainty: the samples' spread (dark: sure, bright: unsure)",
+                                       format="png", interactive=False, visible=False, height=240,
+                                       elem_id="uncertainty-image")
                 loss_plot = gr.Plot(label="Loss curve", show_label=False, format="png", elem_id="loss-plot")
                 report_md = gr.Markdown("", elem_id="report")
                 with gr.Accordion("Full report", open=False):
@@ -667,8 +684,8 @@ def build_app(
         run_btn.click(
             run,
             [image_in, task, scale, editor, mask_in, mask_known, mode, kernel_kind, sigma, length, angle, kernel_file,
-             flash_in, preset, iterations, seed, stop_mode],
-            [status, result_img, loss_plot, compare, download, report_md, report_json],
+             flash_in, preset, iterations, seed, stop_mode, bayes],
+            [status, result_img, loss_plot, compare, download, report_md, report_json, uncertainty],
             concurrency_limit=concurrency,
             concurrency_id="fit",
             show_progress="full",
