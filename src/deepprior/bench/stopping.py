@@ -331,9 +331,8 @@ def run_stopping(
 
     ``iters`` overrides the preset's cap (it must be high enough for the PSNR to pass its peak);
     ``overrides`` are further :class:`~deepprior.presets.FitConfig` fields for both fits (tests
-    use a short stopping window). ``observe_from`` names suite results (``deepprior bench SUITE``
-    folders or their ``results.json``) whose DIP fits stand in for the observe step where they
-    ran exactly that fit (see :func:`observe_from_suite`); the row records where it came from.
+    use a short stopping window). ``observe_from`` names the folders of suite runs (``deepprior
+    bench SUITE --out``) whose DIP fits stand in for the observe step where they ran exactly that fit (see :func:`observe_from_suite`); the row records where it came from.
     Returns the results dict (as written).
     """
     chosen = parse_cases(cases, CASE_NAMES)
