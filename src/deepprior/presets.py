@@ -128,7 +128,9 @@ PRESETS: dict[str, dict[str, FitConfig]] = {
     },
     "sr8": {
         "paper": FitConfig(net=_PAPER_SKIP, lr=0.01, iterations=4000, reg_noise_std=0.05, ema=0.0),
-        "fast": FitConfig(net=_FAST_SKIP, lr=0.01, iterations=3000, reg_noise_std=0.05, ema=0.0,
+        # Averaging helps less at x8 but does not hurt: at 1000 / 3000 iterations butterfly 18.93 / 19.05
+        # averaged against 18.57 / 19.02 raw, bird 24.02 / 24.41 against 23.46 / 24.30 (RGB).
+        "fast": FitConfig(net=_FAST_SKIP, lr=0.01, iterations=3000, reg_noise_std=0.05, ema=0.99,
                           stop_start=_FAST_STOP_START, sgld_noise=_FAST_SGLD_NOISE),
     },
     "inpaint": {
