@@ -119,10 +119,10 @@ PRESETS: dict[str, dict[str, FitConfig]] = {
     "sr": {
         "paper": FitConfig(net=_PAPER_SKIP, lr=0.01, iterations=2000, reg_noise_std=0.03, ema=0.0),
         # The paper returns the raw output for super-resolution; with the input perturbation the fast
-        # network's raw outputs jitter, and their running average is 0.8-1.6 dB better at every point
+        # network's raw outputs jitter, and their running average is 0.8-1.65 dB better at every point
         # of the fit (x4, RGB PSNR at 500/1000/1500/2000 iterations: butterfly 22.46/23.92/24.34/24.51
         # averaged against 21.19/22.83/23.45/23.70 raw; bird 25.30/27.73/28.68/29.17 against
-        # 24.08/26.08/27.39/27.94; BENCHMARKS.md section 6).
+        # 24.08/26.08/27.39/27.94; Set5 x4 mean 29.86 dB Y against 28.78; BENCHMARKS.md section 9).
         "fast": FitConfig(net=_FAST_SKIP, lr=0.01, iterations=2000, reg_noise_std=0.03, ema=0.99,
                           stop_start=_FAST_STOP_START, sgld_noise=_FAST_SGLD_NOISE),
     },
