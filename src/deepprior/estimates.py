@@ -55,18 +55,25 @@ def noise_sigma(pixels: np.ndarray) -> float:
     return float(np.mean(sigmas))
 
 
+NLM_H = 0.55  # non-local means filter strength, in units of the noise sigma (see nlm_denoise)
+
+
 def nlm_denoise(pixels: np.ndarray, sigma: float | None = None) -> np.ndarray:
-    """Non-local means with ``h = 0.8 sigma`` (``sigma`` on 0-255; estimated when None).
+    """Non-local means with ``h = 0.55 sigma`` (``sigma`` on 0-255; estimated when None).
 
     scikit-image's fast mode, 5x5 patches, search distance 6: the classical answer to
-    denoising, a fraction of a second at 256x256.
+    denoising, a fraction of a second at 256x256. ``h`` was chosen on images outside every
+    denoising benchmark (Set14 without its Lena, Baboon and Peppers, and Set5; sigma 25, mean
+    PSNR): 28.25 / 28.48 / 28.49 / 28.44 / 28.22 / 27.91 dB for h = 0.4 / 0.5 / 0.55 / 0.6 / 0.7 /
+    0.8 sigma (sigma 15: 0.6 best by 0.06 dB). The 0.8 that scikit-image's gallery uses smooths
+    too much with the sigma given.
     """
     from skimage.restoration import denoise_nl_means
 
     s = noise_sigma(pixels) if sigma is None else sigma / 255.0
     if s <= 0:
         return pixels.astype(np.float32)
-    return _per_image(denoise_nl_means, pixels, h=0.8 * s, sigma=s, fast_mode=True, patch_size=5, patch_distance=6)
+    return _per_image(denoise_nl_means, pixels, h=NLM_H * s, sigma=s, fast_mode=True, patch_size=5, patch_distance=6)
 
 
 def _per_image(fn, pixels: np.ndarray, *args, **kwargs) -> np.ndarray:

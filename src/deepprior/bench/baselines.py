@@ -7,8 +7,8 @@ known degradation (the noise sigma, the mask), never tuned on a benchmark image'
 * super-resolution: Pillow's bicubic and Lanczos upscaling of the 8-bit low-resolution image,
   and Real-ESRGAN x4plus (pretrained; see :mod:`.realesrgan`).
 * denoising: BM3D (the ``bm3d`` package, an optional extra because of its licence; run with
-  the true sigma), non-local means (``h = 0.8 sigma``, 5x5 patches, 13x13 search window, as
-  scikit-image's documentation suggests) and total variation (Chambolle), whose weight per sigma
+  the true sigma), non-local means (``h = 0.55 sigma``, 5x5 patches, 13x13 search window; h chosen
+  on Set14 and Set5, which no denoising suite uses, see :func:`deepprior.estimates.nlm_denoise`) and total variation (Chambolle), whose weight per sigma
   was tuned once on two images that are in no suite (see :data:`TV_WEIGHTS`).
 * inpainting: OpenCV's Telea and Navier-Stokes (radius 3) and scikit-image's biharmonic.
 """
@@ -140,7 +140,7 @@ def tv(case: Case, **_) -> np.ndarray:
 
 
 def nlm(case: Case, **_) -> np.ndarray:
-    """Non-local means, ``h = 0.8 sigma`` with the true sigma, 5x5 patches, distance 6, fast mode.
+    """Non-local means, ``h = 0.55 sigma`` with the true sigma, 5x5 patches, distance 6, fast mode.
 
     The same function the fast denoising preset starts its fit from (:mod:`deepprior.estimates`).
     """

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import estimates
 from ..images import atomic_write_bytes
 from . import baselines, suites
 from .runner import RESULTS_CSV, RESULTS_JSON, image_dir, load_result_image
@@ -320,8 +321,8 @@ def _notes(suite: suites.Suite, data: dict) -> list[str]:
         notes.append(f"TV (Chambolle) weights per sigma were tuned once on scikit-image's chelsea and coffee images, "
                      f"never on benchmark images ({w}).")
     if "nlm" in methods:
-        notes.append("NLM: scikit-image denoise_nl_means with the true sigma, h = 0.8 sigma, 5x5 patches, "
-                     "patch distance 6, fast mode.")
+        notes.append(f"NLM: scikit-image denoise_nl_means with the true sigma, h = {estimates.NLM_H} sigma "
+                     "(chosen on Set14 and Set5), 5x5 patches, patch distance 6, fast mode.")
     if "bm3d" in methods:
         notes.append("BM3D: the bm3d package (CBM3D for colour) with the true sigma; its licence allows "
                      "non-commercial use only, so it is an optional extra.")
