@@ -6,6 +6,7 @@ import torch
 
 from deepprior import DeepPriorError, Image, restore, tasks
 from deepprior.degrade import downscale, random_mask
+from deepprior import estimates
 from deepprior.estimates import biharmonic_fill, upscale
 from deepprior.fitting import make_input
 from deepprior.metrics import psnr
@@ -87,3 +88,19 @@ def test_denoise_estimate_is_non_local_means_at_the_given_or_estimated_sigma(hou
         est = task.problem(noisy).estimate()
         assert est.shape == clean.shape
         assert psnr(est, clean) > psnr(noisy.pixels, clean) + 3
+
+
+def test_fill_from_neighbours_replaces_only_excluded_pixels_by_their_neighbours_mean():
+    rng = np.random.default_rng(0)
+    img = rng.random((12, 10, 3)).astype(np.float32)
+    exclude = np.zeros((12, 10), dtype=bool)
+    exclude[5, 5] = exclude[0, 0] = True
+    out = estimates.fill_from_neighbours(img, exclude)
+    np.testing.assert_array_equal(out[~exclude], img[~exclude])
+    np.testing.assert_allclose(out[5, 5], (img[4:7, 4:7].sum(axis=(0, 1)) - img[5, 5]) / 8, rtol=1e-5)
+    # a pixel with no kept neighbour in 3x3 gets one from a wider window
+    block = np.zeros((12, 10), dtype=bool)
+    block[3:8, 3:8] = True
+    far = estimates.fill_from_neighbours(img, block)
+    assert np.isfinite(far).all() and (far[block] != img[block]).any()
+    assert estimates.fill_from_neighbours(img, None) is img

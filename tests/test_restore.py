@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from deepprior import DeepPriorError, Image, load_image, restore, tasks
 from deepprior.degrade import add_noise, downscale, random_mask
@@ -256,3 +257,35 @@ def test_random_projector_mode_fits_only_the_input_and_batchnorm(rgb32):
     assert sum(p.numel() for p in net_params["params"]) == bn  # BatchNorm weights and biases only
     assert z["lr"] == 0.1 and z["params"][0].dim() == 4
     assert out.history[-1]["loss"] < out.history[0]["loss"]
+
+
+def test_held_out_pixels_leave_the_data_term_and_the_estimate(rgb32):
+    # The held-out pixels' values must reach neither the fit nor its classical start: changing them
+    # changes nothing but the held-out loss.
+    held = np.zeros(rgb32.shape[:2], dtype=bool)
+    held[::7, ::5] = True
+    other = rgb32.copy()
+    other[held] = 1.0 - other[held]
+    for task in (tasks.Denoise(sigma=25), tasks.Reconstruct(mask=random_mask(held.shape, 0.5, 1) & ~held)):
+        a, b = task.problem(Image(rgb32)), task.problem(Image(other))
+        a.hold_out(held)
+        b.hold_out(held)
+        np.testing.assert_array_equal(a.estimate(), b.estimate())
+        x = torch.rand(1, 3, *held.shape)
+        assert float(a.loss(x)) == pytest.approx(float(b.loss(x)))
+        assert float(a.held_out_loss(x)) != pytest.approx(float(b.held_out_loss(x)))
+
+
+def test_holdout_rule_returns_the_result_at_its_lowest_held_out_loss(rgb32):
+    noisy = add_noise(Image(rgb32), 25, 0)
+    ov = dict(iterations=300, stop_rule="holdout", holdout=0.1, stop_patience=40, stop_start=0)
+    r = restore(noisy, tasks.Denoise(sigma=25), **ov)
+    curve = r.outcome.stop_curve
+    best = min(curve, key=lambda c: c[1])[0]
+    assert curve[0][0] == 1  # no window: the held-out loss is watched from the first iteration
+    if r.outcome.stop_reason == "auto":
+        assert r.stopped_at == best and r.iterations == best + 40
+    else:  # the loss was still falling at the cap
+        assert best > 300 - 40 and r.iterations == 300
+    again = restore(noisy, tasks.Denoise(sigma=25), **ov)
+    np.testing.assert_array_equal(r.image.pixels, again.image.pixels)  # reproducible by seed

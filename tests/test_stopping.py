@@ -116,3 +116,49 @@ def test_running_sums_match_the_direct_window_variance():
         wv.update(t, out)
     direct = torch.stack(outs[-7:]).double().var(dim=0, unbiased=False).mean().item()
     assert wv.curve[-1][1] == pytest.approx(direct, rel=1e-9)
+
+
+# ----------------------------------------------------------------- self-validation (held-out pixels)
+
+from deepprior.stopping import HeldOutLoss, MinimumRule, holdout_mask  # noqa: E402
+
+
+def test_held_out_rule_stops_at_the_known_minimum_of_its_loss():
+    t_min = 230
+    rule = HeldOutLoss(lambda r: r.mean(), patience=50)
+    stopped = None
+    for t in range(1, 1000):
+        rule.update(t, torch.tensor([(t - t_min) ** 2 * 1e-6 + 0.01]))
+        if rule.should_stop:
+            stopped = t
+            break
+    assert rule.best_iteration == t_min
+    assert stopped == t_min + 50
+    assert rule.watches == "result" and WindowedVariance().watches == "output"
+
+
+def test_replay_decides_as_the_live_rule_for_either_curve():
+    rule = MinimumRule(patience=30, start=10)
+    values = [1.0, 0.5, 0.6, 0.4, 0.45] + [0.5] * 40
+    fired = None
+    for t, v in enumerate(values, start=1):
+        rule.observe(t * 10, v)
+        if rule.should_stop and fired is None:
+            fired = t * 10
+    assert (fired, rule.best_iteration) == replay([(t * 10, v) for t, v in enumerate(values, start=1)], 30, 10)
+
+
+def test_holdout_mask_takes_the_fraction_of_observed_pixels_only_and_is_seeded():
+    observed = np.ones((40, 50), dtype=bool)
+    observed[:, :25] = False
+    held = holdout_mask(observed, 0.05, torch.Generator().manual_seed(3))
+    assert held.sum() == round(0.05 * observed.sum())
+    assert not (held & ~observed).any()
+    again = holdout_mask(observed, 0.05, torch.Generator().manual_seed(3))
+    other = holdout_mask(observed, 0.05, torch.Generator().manual_seed(4))
+    assert (held == again).all() and (held != other).any()
+    # never everything, never nothing
+    tiny = np.zeros((3, 3), dtype=bool)
+    tiny[0, :2] = True
+    assert holdout_mask(tiny, 0.99, torch.Generator().manual_seed(0)).sum() == 1
+    assert holdout_mask(observed, 1e-9, torch.Generator().manual_seed(0)).sum() == 1

@@ -56,6 +56,11 @@ class StopMode(str, Enum):
     off = "off"
 
 
+class StopRule(str, Enum):
+    variance = "variance"
+    holdout = "holdout"
+
+
 class HoleMode(str, Enum):
     text = "text"
     hole = "hole"
@@ -70,6 +75,10 @@ Seed = Annotated[int, typer.Option("--seed", help="Random seed; the same seed re
 Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 Threads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for PyTorch.")]
 Stop = Annotated[Optional[StopMode], typer.Option("--stop", help="auto: stop near the best iterate; off: run all iterations.")]
+StopRuleOpt = Annotated[Optional[StopRule], typer.Option(
+    "--stop-rule",
+    help="What --stop auto watches: variance (of the last outputs) or holdout (the error on a few pixels "
+         "left out of the fit). Default: the preset's.")]
 Reference = Annotated[Optional[Path], typer.Option("--reference", help="Ground truth, only to report PSNR/SSIM.")]
 Report = Annotated[Optional[Path], typer.Option("--report", help="Write a JSON report of the run here.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
@@ -87,12 +96,13 @@ class Common:
     """The shared options, bundled so each command passes them on in one piece."""
 
     def __init__(self, output, preset, iters, seed, device, threads, stop, reference, report, quiet, max_pixels,
-                 bayes=False, uncertainty=None, npz=None, max_fit_pixels=DEFAULT_MAX_FIT_PIXELS):
+                 bayes=False, uncertainty=None, npz=None, max_fit_pixels=DEFAULT_MAX_FIT_PIXELS, stop_rule=None):
         self.output, self.preset, self.iters, self.seed = output, preset.value, iters, seed
         self.device, self.threads, self.stop = device, threads, stop.value if stop else None
         self.reference, self.report, self.quiet, self.max_pixels = reference, report, quiet, max_pixels
         self.bayes, self.uncertainty, self.npz = bayes, uncertainty, npz
         self.max_fit_pixels = max_fit_pixels
+        self.stop_rule = stop_rule.value if stop_rule else None
 
 
 @contextmanager
@@ -243,6 +253,7 @@ def _restore_and_write(task_factory, input_path: Path, c: Common, extra_inputs=(
                 reference=reference,
                 iterations=c.iters,
                 stop=c.stop,
+                stop_rule=c.stop_rule,
                 bayes=c.bayes or None,
                 max_fit_pixels=c.max_fit_pixels or None,
             )
@@ -316,6 +327,7 @@ _SHARED_OPTIONS = [
     _P("device", _P.KEYWORD_ONLY, annotation=Device, default="auto"),
     _P("threads", _P.KEYWORD_ONLY, annotation=Threads, default=None),
     _P("stop", _P.KEYWORD_ONLY, annotation=Stop, default=None),
+    _P("stop_rule", _P.KEYWORD_ONLY, annotation=StopRuleOpt, default=None),
     _P("reference", _P.KEYWORD_ONLY, annotation=Reference, default=None),
     _P("report", _P.KEYWORD_ONLY, annotation=Report, default=None),
     _P("quiet", _P.KEYWORD_ONLY, annotation=Quiet, default=False),

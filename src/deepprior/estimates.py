@@ -35,6 +35,32 @@ def upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
     return np.moveaxis(up[0].clamp(0, 1).numpy(), 0, -1)
 
 
+def fill_from_neighbours(pixels: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
+    """``pixels`` with those where ``exclude`` ((H, W), True) is set replaced by the mean of their
+    other neighbours in a 3x3 window (widening the window where a pixel has none).
+
+    Used to compute an estimate without the pixels held out for stopping (self-validation), so
+    that their noise cannot reach the network through its input.
+    """
+    from scipy.ndimage import uniform_filter
+
+    if exclude is None or not exclude.any():
+        return pixels
+    keep = (~exclude).astype(np.float64)
+    out = pixels.astype(np.float64, copy=True)
+    todo = exclude.copy()
+    size = 3
+    while todo.any() and size <= 2 * max(pixels.shape[:2]) + 1:
+        weight = uniform_filter(keep, size, mode="reflect")
+        ready = todo & (weight > 1e-9)
+        for c in range(pixels.shape[2]):
+            mean = uniform_filter(pixels[:, :, c] * keep, size, mode="reflect")
+            out[:, :, c][ready] = mean[ready] / weight[ready]
+        todo &= ~ready
+        size = 2 * size + 1
+    return out.astype(pixels.dtype, copy=False)
+
+
 def noise_sigma(pixels: np.ndarray) -> float:
     """Standard deviation of additive white noise in ``pixels``, estimated from the image alone.
 

@@ -22,7 +22,7 @@ from torch import nn
 from .metrics import psnr as _psnr
 from .networks import build_network, padded_size
 from .presets import FitConfig
-from .stopping import WindowedVariance
+from .stopping import HeldOutLoss, WindowedVariance, holdout_mask
 from .tasks import Problem
 
 
@@ -164,6 +164,16 @@ def fit(
     top, left = (hp - h) // 2, (wp - w) // 2
 
     gen = torch.Generator().manual_seed(seed)
+    stopper = None
+    if cfg.stop in ("auto", "observe") and not cfg.bayes:
+        if cfg.stop_rule == "holdout":
+            # Before the input is made: the estimate it may hold must not see the held-out pixels.
+            held = holdout_mask(problem.observed, cfg.holdout, torch.Generator().manual_seed(seed + 2))
+            problem.hold_out(held)
+            stopper = HeldOutLoss(problem.held_out_loss, cfg.stop_patience, start=cfg.stop_start)
+        else:
+            stopper = WindowedVariance(cfg.stop_window, cfg.stop_patience,
+                                       generator=torch.Generator().manual_seed(seed + 2), start=cfg.stop_start)
     z = make_input(cfg, problem, (hp, wp), gen).to(device)
     net = build_network(cfg.net, z.shape[1], problem.channels)
     init_weights(net, gen)
@@ -180,12 +190,6 @@ def fit(
     opt = torch.optim.Adam(groups, lr=cfg.lr)
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
     noise = torch.empty_like(z) if cfg.reg_noise_std > 0 else None
-    stopper = (
-        WindowedVariance(cfg.stop_window, cfg.stop_patience, generator=torch.Generator().manual_seed(seed + 2),
-                         start=cfg.stop_start)
-        if cfg.stop in ("auto", "observe") and not cfg.bayes
-        else None
-    )
     # Bayesian mode: Langevin noise on the convolution weights, and running moments of the samples.
     sgld_params = [p for p in net.parameters() if p.dim() == 4] if cfg.bayes else []
     sgld_noise = [torch.empty_like(p) for p in sgld_params]  # reused buffers: no allocation per step
@@ -276,19 +280,20 @@ def fit(
             if samples:
                 candidate = sample_mean
 
+            watched = None if stopper is None else (candidate if stopper.watches == "result" else out)
             if stopper is not None and would_stop_at is None:
                 # Hold the candidate at each new variance minimum. Only once the rule has fired is
                 # the held one the result (and final: stop="observe" runs on but keeps it); until
                 # then a minimum is unconfirmed and the fit's running result (averaged, else the
                 # lowest-loss output) is the better guess (measured: as good or better at the cap on
                 # every image recorded; BENCHMARKS.md section 6).
-                if stopper.update(it, out):
+                if stopper.update(it, watched):
                     stop_out = candidate.clone() if stop_out is None else stop_out.copy_(candidate)
                     stop_iter = it
                 if stopper.should_stop:
                     would_stop_at = it
             elif stopper is not None:
-                stopper.update(it, out)  # stop="observe": the curve goes on being recorded
+                stopper.update(it, watched)  # stop="observe": the curve goes on being recorded
             if would_stop_at is not None:
                 candidate = stop_out
 

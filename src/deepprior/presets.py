@@ -34,7 +34,9 @@ class FitConfig:
     backtrack: bool = True  # reload the last good weights when the data-term PSNR drops > 5 dB
     backtrack_every: int = 50
     backtrack_drop_db: float = 5.0
-    stop: str = "auto"  # "auto" (windowed moving variance), "off", or "observe" (evaluate the rule, run on)
+    stop: str = "auto"  # "auto" (the stop_rule), "off", or "observe" (evaluate the rule, run on)
+    stop_rule: str = "variance"  # "variance" (windowed moving variance) or "holdout" (self-validation)
+    holdout: float = 0.05  # with stop_rule="holdout": fraction of the observed pixels left out of the fit
     stop_window: int = 100
     stop_patience: int = 400
     stop_start: int = 0  # variance minima before this iteration are not taken (see stopping.py)

@@ -1,4 +1,13 @@
-"""Stopping without the ground truth: the windowed moving variance criterion (ES-WMV).
+"""Stopping without the ground truth: two rules that watch a curve and stop at its minimum.
+
+* ``variance`` (:class:`WindowedVariance`, ES-WMV, the default): the spread of the last outputs.
+* ``holdout`` (:class:`HeldOutLoss`, self-validation): the data term on a few observed pixels the
+  fit never sees.
+
+Both take the iterate at the curve's lowest value and stop once ``patience`` iterations have
+brought no new one (:class:`MinimumRule`).
+
+The variance rule:
 
 Wang, Li, Zhuang, Chen, Liang and Sun, "Early Stopping for Deep Image Prior" (TMLR): while the
 network fits the image content its successive outputs settle down; once it starts fitting the
@@ -15,11 +24,53 @@ detects matches the full computation (see ``tests/test_stopping.py``).
 from __future__ import annotations
 
 import math
+from typing import Callable
 
+import numpy as np
 import torch
 
 
-class WindowedVariance:
+class MinimumRule:
+    """Stop once a curve has not reached a new lowest value for ``patience`` iterations.
+
+    :meth:`observe` records one value of the curve; it returns True when that value is the
+    lowest so far and may be taken (the caller then keeps that iterate as its candidate), and
+    :attr:`should_stop` turns True ``patience`` iterations after the last such minimum.
+
+    Minima before iteration ``start`` are recorded in :attr:`curve` but not taken: a network
+    that is still fitting the image's content can pass through an early, spurious minimum. They
+    still set the bar: a minimum past ``start`` is taken only if it is lower than every value
+    before it, so a curve that only rises after an early minimum never fires and the fit runs
+    to its cap instead of stopping on the floor's first, arbitrary value.
+    """
+
+    watches = "output"  # what the fitting loop feeds to update(): the raw "output" or its "result"
+
+    def __init__(self, patience: int = 400, start: int = 0):
+        self.patience = patience
+        self.start = start
+        self.best_iteration: int | None = None
+        self.lowest_value = math.inf  # the lowest value so far, before ``start`` included
+        self.last_iteration = 0
+        self.curve: list[tuple[int, float]] = []
+
+    def observe(self, iteration: int, value: float) -> bool:
+        """Record the curve's ``value`` at ``iteration``; True when it is a minimum to take."""
+        self.last_iteration = iteration
+        self.curve.append((iteration, value))
+        lowest = value < self.lowest_value
+        self.lowest_value = min(self.lowest_value, value)
+        if lowest and iteration >= self.start:
+            self.best_iteration = iteration
+            return True
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.best_iteration is not None and self.last_iteration - self.best_iteration >= self.patience
+
+
+class WindowedVariance(MinimumRule):
     """Track the windowed moving variance of a sequence of outputs and decide when to stop.
 
     Call :meth:`update` once per iteration with the raw output; it returns True when the
@@ -27,14 +78,9 @@ class WindowedVariance:
     :attr:`should_stop` turns True once no new minimum has come for ``patience`` iterations.
     The criterion never fires before the window has filled.
 
-    Minima before iteration ``start`` are recorded in :attr:`curve` but not taken: a network
-    that is still fitting the image's content can pass through an early, spurious minimum of
-    the variance (on textured images such as Baboon the variance rises again as fine texture
-    starts to be fitted, long before the quality peak). They still set the bar: a minimum past
-    ``start`` is taken only if it is lower than every variance since the window filled. A
-    variance that only rises after an early minimum (Baboon again) then has no minimum past
-    the floor at all, and the fit runs to its cap instead of stopping on the floor's first,
-    arbitrary value.
+    ``start`` (see :class:`MinimumRule`) matters here: on textured images such as Baboon the
+    variance passes through an early minimum and then rises as fine texture starts to be
+    fitted, long before the quality peak; with the floor the fit runs to its cap instead.
 
     :meth:`observe` is the decision alone, fed with variances: with a recorded :attr:`curve` it
     replays the rule for another ``start`` or ``patience`` without refitting.
@@ -44,18 +90,13 @@ class WindowedVariance:
                  start: int = 0):
         if window < 2:
             raise ValueError("window must be at least 2")
+        super().__init__(patience, start)
         self.window = window
-        self.patience = patience
-        self.start = start
         self.max_samples = max_samples
         self.generator = generator
         self._index = None
         self._ring = None
         self._count = 0
-        self.best_iteration: int | None = None
-        self.lowest_value = math.inf  # the lowest variance so far, before ``start`` included
-        self.last_iteration = 0
-        self.curve: list[tuple[int, float]] = []
 
     def _sample(self, out: torch.Tensor) -> torch.Tensor:
         flat = out.detach().reshape(-1)
@@ -88,37 +129,64 @@ class WindowedVariance:
         var = float((self._sumsq / self.window - mean * mean).clamp_min_(0).mean())
         return self.observe(iteration, var)
 
-    def observe(self, iteration: int, var: float) -> bool:
-        """Record the window variance ``var`` at ``iteration``; True when it is a minimum to take."""
-        self.last_iteration = iteration
-        self.curve.append((iteration, var))
-        lowest = var < self.lowest_value
-        self.lowest_value = min(self.lowest_value, var)
-        if lowest and iteration >= self.start:
-            self.best_iteration = iteration
-            return True
-        return False
-
     @property
     def filled(self) -> bool:
         return self._count >= self.window
 
-    @property
-    def should_stop(self) -> bool:
-        return self.best_iteration is not None and self.last_iteration - self.best_iteration >= self.patience
+
+class HeldOutLoss(MinimumRule):
+    """Self-validation: the data term on observed pixels that the fit never sees.
+
+    Li, Zhuang, Wang and Sun, "Self-Validation: Early Stopping for Single-Instance Deep
+    Generative Priors" (BMVC 2021). A fixed random few per cent of the observed pixels are left
+    out of the data term (:func:`holdout_mask`, :meth:`deepprior.tasks.Problem.hold_out`). Their
+    noise is independent of everything the network is fitted to, so the held-out error of the
+    result is its true error on those pixels plus the noise variance, a constant: its minimum
+    is the quality peak, wherever the fit started from. The windowed variance cannot see that
+    peak when the fit starts from a classical estimate (its variance only rises after the first
+    few hundred iterations; BENCHMARKS.md section 8).
+
+    ``loss(result)`` computes the held-out error of the fit's current result (its average when
+    it averages); :meth:`update` feeds it to the rule.
+    """
+
+    watches = "result"
+
+    def __init__(self, loss: Callable[[torch.Tensor], torch.Tensor], patience: int = 400, start: int = 0):
+        super().__init__(patience, start)
+        self.loss = loss
+
+    def update(self, iteration: int, result: torch.Tensor) -> bool:
+        """Add the result of ``iteration``; True when its held-out error is a new minimum."""
+        return self.observe(iteration, float(self.loss(result)))
+
+
+def holdout_mask(observed: np.ndarray, fraction: float, generator: torch.Generator) -> np.ndarray:
+    """A fixed random ``fraction`` of the ``observed`` pixels (an (h, w) boolean array), True = held out.
+
+    At least one pixel is held out and at least one observed pixel stays in the fit.
+    """
+    where = np.flatnonzero(observed)
+    if where.size < 2:
+        raise ValueError("holding pixels out needs at least two observed pixels")
+    n = min(max(1, int(round(fraction * where.size))), where.size - 1)
+    pick = torch.randperm(where.size, generator=generator)[:n].numpy()
+    held = np.zeros(observed.shape, dtype=bool)
+    held.flat[where[pick]] = True
+    return held
 
 
 def replay(curve, patience: int, start: int = 0) -> tuple[int | None, int | None]:
-    """Replay the rule on a recorded ``curve`` of (iteration, variance) pairs.
+    """Replay the rule on a recorded ``curve`` of (iteration, value) pairs (either rule's).
 
     Returns (the iteration at which it fires, the iteration of the minimum it then returns);
     when it never fires, (None, the last minimum it held or None), and the fit returns its last
     output at the cap. A curve thinned to every k-th iteration gives the same answer to within
     k iterations.
     """
-    wv = WindowedVariance(window=2, patience=patience, start=start)
-    for iteration, var in curve:
-        wv.observe(int(iteration), float(var))
-        if wv.should_stop:
-            return int(iteration), wv.best_iteration
-    return None, wv.best_iteration
+    rule = MinimumRule(patience=patience, start=start)
+    for iteration, value in curve:
+        rule.observe(int(iteration), float(value))
+        if rule.should_stop:
+            return int(iteration), rule.best_iteration
+    return None, rule.best_iteration

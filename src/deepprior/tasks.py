@@ -32,20 +32,61 @@ class Problem:
     fixed_input: np.ndarray | None = None  # (H, W, C) network input (flash/no-flash)
     known: np.ndarray | None = None  # (H, W) 1 = known pixel, for inpainting
     # The task's quick classical answer (H, W, C), computed only when asked for (input="estimate").
-    estimate: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+    # Called with ``exclude``, an (h, w) mask over y's pixels, it leaves those pixels' values out.
+    estimate: Callable[..., np.ndarray] | None = field(default=None, repr=False)
+    held: torch.Tensor | None = None  # (1, 1, h, w) 1 = pixel of y held out of the data term
+    _keep: torch.Tensor | None = field(default=None, repr=False)  # 1 - held, the data term's weight
 
     def to(self, device) -> "Problem":
         self.target = self.target.to(device)
         self.operator = self.operator.to(device)
+        if self.held is not None:
+            self.held, self._keep = self.held.to(device), self._keep.to(device)
         return self
 
+    @property
+    def observed(self) -> np.ndarray:
+        """(h, w) True where y holds a measurement (every pixel but the missing ones)."""
+        if self.known is not None:
+            return self.known > 0
+        return np.ones(self.target.shape[2:], dtype=bool)
+
+    def hold_out(self, held: np.ndarray) -> None:
+        """Leave the pixels of y where ``held`` ((h, w) boolean) is True out of the data term and
+        of the classical estimate; :meth:`held_out_loss` then measures the fit on them alone."""
+        self.held = torch.from_numpy(np.asarray(held, dtype=np.float32))[None, None].to(self.target.device)
+        self._keep = 1 - self.held
+        if self.estimate is not None:
+            self.estimate = partial(self.estimate, exclude=np.asarray(held, dtype=bool))
+
     def loss(self, x: torch.Tensor) -> torch.Tensor:
-        """The data term: mean squared error between A(x) and y."""
-        return torch.mean((self.operator(x) - self.target) ** 2)
+        """The data term: mean squared error between A(x) and y (held-out pixels count as zero)."""
+        d2 = (self.operator(x) - self.target) ** 2
+        if self._keep is not None:
+            d2 = d2 * self._keep
+        return torch.mean(d2)
+
+    def held_out_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean squared error between A(x) and y over the held-out pixels."""
+        d2 = (self.operator(x) - self.target) ** 2
+        return (d2 * self.held).sum() / (self.held.sum() * d2.shape[1])
 
 
 def _tensor(pixels: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.moveaxis(pixels, -1, 0)))[None].float()
+
+
+# The tasks' classical estimates; ``exclude`` marks pixels held out of the fit (Problem.hold_out).
+def _nlm_estimate(pixels, sigma, exclude=None):
+    return estimates.nlm_denoise(estimates.fill_from_neighbours(pixels, exclude), sigma)
+
+
+def _upscale_estimate(pixels, scale, exclude=None):
+    return estimates.upscale(estimates.fill_from_neighbours(pixels, exclude), scale)
+
+
+def _fill_estimate(pixels, fill, exclude=None):
+    return estimates.biharmonic_fill(pixels, fill if exclude is None else fill | exclude)
 
 
 class Task:
@@ -87,7 +128,7 @@ class Denoise(Task):
 
     def problem(self, image: Image) -> Problem:
         p = super().problem(image)
-        p.estimate = partial(estimates.nlm_denoise, image.pixels, self.sigma)
+        p.estimate = partial(_nlm_estimate, image.pixels, self.sigma)
         return p
 
     def params(self):
@@ -124,7 +165,7 @@ class SuperResolution(Task):
         s = self.scale
         op = operators.LanczosDownsampler(s, image.channels)
         return Problem(_tensor(image.pixels), op, (image.height * s, image.width * s), image.channels,
-                       estimate=partial(estimates.upscale, image.pixels, s))
+                       estimate=partial(_upscale_estimate, image.pixels, s))
 
     def params(self):
         return {"scale": self.scale}
@@ -189,7 +230,7 @@ class Inpaint(Task):
         op = operators.Mask(known)
         target = _tensor(image.pixels * known[:, :, None])
         return Problem(target, op, (image.height, image.width), image.channels, known=known,
-                       estimate=partial(estimates.biharmonic_fill, image.pixels, fill))
+                       estimate=partial(_fill_estimate, image.pixels, fill))
 
     def finish(self, image: Image, restored: np.ndarray) -> np.ndarray:
         if not self.keep_known:
