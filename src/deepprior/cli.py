@@ -562,6 +562,7 @@ def bench(
     paper_iters: Annotated[Optional[int], typer.Option("--paper-iters", help="speed: iterations that time the paper preset's seconds per iteration (default 30).")] = None,
     paper_equal_time: Annotated[Optional[bool], typer.Option("--paper-equal-time/--no-paper-equal-time", help="speed: also run the paper preset for as long as the fast run took, for its PSNR at equal time (default: on).", show_default=False)] = None,
     bayes: Annotated[Optional[bool], typer.Option("--bayes/--no-bayes", help="stopping: also run the Bayesian (SGLD) mode, for its PSNR and time (default: off).", show_default=False)] = None,
+    stop_rule: Annotated[Optional[StopRule], typer.Option("--stop-rule", help="stopping: the rule to measure (variance or holdout; default: each preset's).", show_default=False)] = None,
     observe_from: Annotated[Optional[list[Path]], typer.Option("--observe-from", help="stopping: a suite run's folder (deepprior bench SUITE --out) whose DIP fits, where they ran exactly the observed fit (fast preset, rule never fired, cap reached), stand in for it. Repeatable.")] = None,
 ):
     """Benchmark DIP and classical baselines on a standard suite; writes results.csv/json and report.md.
@@ -577,13 +578,14 @@ def bench(
         wrong = [n for n, v in (("--set", set_name), ("--methods", methods), ("--weights", weights))
                  if v is not None] + (["--preset"] if preset != PresetName.fast else [])
         if suite == "speed":
-            wrong += [n for n, v in (("--bayes", bayes), ("--images", images), ("--observe-from", observe_from))
-                      if v is not None]
+            wrong += [n for n, v in (("--bayes", bayes), ("--images", images), ("--observe-from", observe_from),
+                                     ("--stop-rule", stop_rule)) if v is not None]
         else:
             wrong += [n for n, v in (("--paper-iters", paper_iters), ("--paper-equal-time", paper_equal_time)) if v is not None]
     else:
         wrong = [n for n, v in (("--cases", cases), ("--paper-iters", paper_iters), ("--paper-equal-time", paper_equal_time),
-                                ("--bayes", bayes), ("--observe-from", observe_from)) if v is not None]
+                                ("--bayes", bayes), ("--observe-from", observe_from), ("--stop-rule", stop_rule))
+                 if v is not None]
     if wrong:
         raise DeepPriorError(f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to bench {suite}")
     progress = None
@@ -613,7 +615,8 @@ def bench(
                     options.update({k: v for k, v in (("paper_iters", paper_iters), ("paper_equal_time", paper_equal_time))
                                     if v is not None})
                 else:
-                    options.update(bayes=bool(bayes), names=split(images), observe_from=observe_from)
+                    options.update(bayes=bool(bayes), names=split(images), observe_from=observe_from,
+                                   overrides={"stop_rule": stop_rule.value} if stop_rule else None)
                 results, path = bench_mod.measure(suite, data=data, out=out, **options)
             else:
                 results, path = bench_mod.run(
