@@ -181,7 +181,8 @@ def test_bayes_mode_gives_a_mean_and_an_uncertainty_map_of_the_image_size(rgb32)
 
 
 def test_auto_stop_returns_the_iterate_at_the_variance_minimum(rgb32):
-    r = restore(rgb32, tasks.Denoise(), iterations=400, stop_window=20, stop_patience=40, stop_start=0)
+    r = restore(rgb32, tasks.Denoise(), iterations=400, stop_rule="variance", stop_window=20, stop_patience=40,
+                stop_start=0)
     rep = r.report()
     curve = rep["stop_curve"]
     best_iter = min(curve, key=lambda c: c[1])[0]
@@ -192,7 +193,8 @@ def test_auto_stop_returns_the_iterate_at_the_variance_minimum(rgb32):
 
 
 def test_the_rule_takes_no_minimum_before_stop_start(rgb32):
-    r = restore(rgb32, tasks.Denoise(), iterations=300, stop_window=20, stop_patience=40, stop_start=150)
+    r = restore(rgb32, tasks.Denoise(), iterations=300, stop_rule="variance", stop_window=20, stop_patience=40,
+                stop_start=150)
     curve = r.report()["stop_curve"]
     assert curve[0][0] == 20  # the variance is still tracked from the moment the window fills
     assert r.stopped_at >= 150
@@ -207,7 +209,7 @@ def test_the_rule_takes_no_minimum_before_stop_start(rgb32):
 def test_a_rule_that_never_fires_returns_what_stop_off_returns(rgb32, ema):
     # An unconfirmed variance minimum is not the result: the fit's latest averaged output (or,
     # without averaging, its lowest-loss output) is, exactly as without the rule.
-    ov = {"stop_window": 20, "stop_patience": 10**6, "stop_start": 0, "ema": ema}
+    ov = {"stop_rule": "variance", "stop_window": 20, "stop_patience": 10**6, "stop_start": 0, "ema": ema}
     auto = restore(rgb32, tasks.Denoise(), iterations=120, **ov)
     off = restore(rgb32, tasks.Denoise(), iterations=120, stop="off", **ov)
     assert auto.outcome.stop_reason == "completed" and auto.outcome.auto_stop_at is None
@@ -216,7 +218,7 @@ def test_a_rule_that_never_fires_returns_what_stop_off_returns(rgb32, ema):
 
 
 def test_observe_mode_runs_on_but_returns_the_rule_s_choice(rgb32):
-    ov = {"stop_window": 20, "stop_patience": 30, "stop_start": 0}
+    ov = {"stop_rule": "variance", "stop_window": 20, "stop_patience": 30, "stop_start": 0}
     auto = restore(rgb32, tasks.Denoise(), iterations=300, **ov)
     seen = restore(rgb32, tasks.Denoise(), iterations=300, stop="observe", **ov)
     assert seen.iterations == 300
@@ -289,3 +291,10 @@ def test_holdout_rule_returns_the_result_at_its_lowest_held_out_loss(rgb32):
         assert best > 300 - 40 and r.iterations == 300
     again = restore(noisy, tasks.Denoise(sigma=25), **ov)
     np.testing.assert_array_equal(r.image.pixels, again.image.pixels)  # reproducible by seed
+
+
+def test_holdout_on_a_tiny_image_falls_back_to_the_variance_rule():
+    tiny = np.full((8, 8, 3), 0.5, dtype=np.float32)
+    r = restore(tiny, tasks.Denoise(), iterations=30, stop_rule="holdout", stop_window=5, stop_patience=100)
+    assert r.image.pixels.shape == (8, 8, 3)
+    assert r.outcome.stop_curve[0][0] == 5  # the variance rule's curve: it starts once its window fills

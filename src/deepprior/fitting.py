@@ -3,7 +3,8 @@
 One iteration: perturb the input (``reg_noise_std``), run the network, crop its padded canvas to
 the image, take the data term, step Adam. Around that sit the regularisers of the paper and of
 the literature after it: an exponential moving average of the outputs, backtracking to the last
-good weights when the data-term PSNR collapses, and the windowed-moving-variance stopping rule.
+good weights when the data-term PSNR collapses, and a stopping rule (windowed moving variance, or the
+error on held-out pixels; :mod:`deepprior.stopping`).
 Progress goes out through a callback every few iterations; a callback returning True, Ctrl-C, or
 the stopping rule end the fit, and in every case the best result so far is returned.
 """
@@ -24,6 +25,11 @@ from .networks import build_network, padded_size
 from .presets import FitConfig
 from .stopping import HeldOutLoss, WindowedVariance, holdout_mask
 from .tasks import Problem
+
+
+# Fewer observed pixels than this and stop_rule="holdout" falls back to the variance rule: a tiny
+# image has no pixels to spare, and a handful of held-out pixels would be no measure of the fit.
+MIN_HOLDOUT_OBSERVED = 1024
 
 
 @dataclass
@@ -166,12 +172,13 @@ def fit(
     gen = torch.Generator().manual_seed(seed)
     stopper = None
     if cfg.stop in ("auto", "observe") and not cfg.bayes:
-        if cfg.stop_rule == "holdout":
+        observed = problem.observed if cfg.stop_rule == "holdout" else None
+        if observed is not None and observed.sum() >= MIN_HOLDOUT_OBSERVED:
             # Before the input is made: the estimate it may hold must not see the held-out pixels.
-            held = holdout_mask(problem.observed, cfg.holdout, torch.Generator().manual_seed(seed + 2))
+            held = holdout_mask(observed, cfg.holdout, torch.Generator().manual_seed(seed + 2))
             problem.hold_out(held)
             stopper = HeldOutLoss(problem.held_out_loss, cfg.stop_patience, start=cfg.stop_start)
-        else:
+        else:  # the variance rule, also for images too small to spare pixels for a hold-out
             stopper = WindowedVariance(cfg.stop_window, cfg.stop_patience,
                                        generator=torch.Generator().manual_seed(seed + 2), start=cfg.stop_start)
     z = make_input(cfg, problem, (hp, wp), gen).to(device)
@@ -203,7 +210,7 @@ def fit(
     ema = None
     best_loss = math.inf
     best_out = None  # lowest-loss raw output (the result when there is no averaging)
-    stop_out = None  # the candidate at the variance minimum (returned once the rule has fired)
+    stop_out = None  # the candidate at the rule's minimum (returned once the rule has fired)
     stop_iter = None
     snapshot = None
     last_good_psnr = None
@@ -282,7 +289,7 @@ def fit(
 
             watched = None if stopper is None else (candidate if stopper.watches == "result" else out)
             if stopper is not None and would_stop_at is None:
-                # Hold the candidate at each new variance minimum. Only once the rule has fired is
+                # Hold the candidate at each new minimum of the rule's curve. Only once the rule has fired is
                 # the held one the result (and final: stop="observe" runs on but keeps it); until
                 # then a minimum is unconfirmed and the fit's running result (averaged, else the
                 # lowest-loss output) is the better guess (measured: as good or better at the cap on

@@ -39,7 +39,7 @@ class FitConfig:
     holdout: float = 0.05  # with stop_rule="holdout": fraction of the observed pixels left out of the fit
     stop_window: int = 100
     stop_patience: int = 400
-    stop_start: int = 0  # variance minima before this iteration are not taken (see stopping.py)
+    stop_start: int = 0  # the rule's minima before this iteration are not taken (see stopping.py)
     history_every: int = 10
     # Bayesian mode (Cheng et al., CVPR 2019): SGLD noise on the weights after each Adam step,
     # samples averaged after a burn-in; no early stopping is needed.
@@ -79,8 +79,8 @@ _FAST_SKIP = _net(
 _FAST_STOP_START = 1000
 
 # Started from a classical estimate (input="estimate") the fit has the content by about
-# iteration 400 (50 % reconstruction at 256x256 and 512x512, House at sigma 25); no variance
-# minimum before that.
+# iteration 400 (50 % reconstruction at 256x256 and 512x512, House at sigma 25); no minimum of
+# the stopping rule's curve before that.
 _ESTIMATE_STOP_START = 400
 
 # Bayesian mode (--bayes) on the fast network: Cheng et al.'s Langevin noise (std 2 x lr on every

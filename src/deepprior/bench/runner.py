@@ -242,7 +242,7 @@ def run_bench(
 
 
 def thinned_stop_curve(outcome, every: int = 10) -> list[list]:
-    """The stopping rule's variance every ``every`` iterations, to 6 digits: enough to replay
+    """The stopping rule's curve every ``every`` iterations, to 6 digits: enough to replay
     other patience or start values offline against the PSNR history, at a fraction of the size."""
     return [[i, float(f"{v:.6g}")] for i, v in outcome.stop_curve if i % every == 0]
 

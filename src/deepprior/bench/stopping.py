@@ -6,7 +6,7 @@ evaluated all along but the fit runs on to the cap, so its PSNR history shows th
 (and its iteration) that a stopping rule could at best have returned. Beside it:
 
 * the auto-stopped result: the iterate ``stop="auto"`` would return, i.e. the candidate held at
-  the variance minimum when the rule fires (``auto_stop_at``), or the last output when it never
+  the rule's minimum when it fires (``auto_stop_at``), or the last output when it never
   fires. The observing fit returns exactly that (its choice is frozen once the rule has fired);
   a progress callback notes the time the rule fired;
 * the gap in dB between the peak and the auto-stopped result, and the ratio of the iteration
@@ -134,7 +134,7 @@ def observe_from_suite(suite_row: dict, cfg) -> dict:
     """The observe step's row, taken from a suite run's DIP row (``deepprior bench SUITE``).
 
     A suite fit with ``stop="auto"`` whose rule never fired ran exactly the loop ``stop="observe"``
-    runs (same preset, seed and image; the rule only watches), so its PSNR history, variance curve
+    runs (same preset, seed and image; the rule only watches), so its PSNR history, the rule's curve
     and result are this benchmark's. Only such rows are taken: the rule must not have fired, the
     fit must have reached the cap ``cfg.iterations`` with its last history entry there, and its
     recorded fit options must equal ``cfg`` (the Bayesian-only fields aside). Anything else raises
@@ -254,7 +254,7 @@ def tables(data: dict) -> list[Table]:
     per_image.notes = [
         "PSNR: RGB over the whole image, on the float result (the fit history's measure), for every suite.",
         "peak: the best PSNR of the running result in the history (every 10 iterations) up to the cap; auto: the "
-        "result stop='auto' returns: the variance-minimum iterate ('result from iter') held when the rule fired, "
+        "result stop='auto' returns: the iterate at the rule's minimum ('result from iter') held when the rule fired, "
         "or the last output when it never fired.",
         "ratio: the iteration the rule fired at (the cap when it never fired) / the peak's iteration; auto s: wall "
         "time until the rule fired.",
