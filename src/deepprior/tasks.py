@@ -56,6 +56,7 @@ class Problem:
         of the classical estimate; :meth:`held_out_loss` then measures the fit on them alone."""
         self.held = torch.from_numpy(np.asarray(held, dtype=np.float32))[None, None].to(self.target.device)
         self._keep = 1 - self.held
+        self._held_values = float(np.count_nonzero(held)) * self.channels  # held.sum() x C, once
         if self.estimate is not None:
             self.estimate = partial(self.estimate, exclude=np.asarray(held, dtype=bool))
 
@@ -69,7 +70,7 @@ class Problem:
     def held_out_loss(self, x: torch.Tensor) -> torch.Tensor:
         """Mean squared error between A(x) and y over the held-out pixels."""
         d2 = (self.operator(x) - self.target) ** 2
-        return (d2 * self.held).sum() / (self.held.sum() * d2.shape[1])
+        return (d2 * self.held).sum() / self._held_values
 
 
 def _tensor(pixels: np.ndarray) -> torch.Tensor:
