@@ -163,6 +163,8 @@ def fit(
 
     ``reference`` (the ground truth, (H, W, C) in [0, 1]) is only measured against, every
     ``cfg.history_every`` iterations; it never steers the fit.
+    ``problem`` is changed in place: moved to ``device`` and, with ``stop_rule="holdout"``, given its
+    held-out pixels (:meth:`~deepprior.tasks.Problem.hold_out`); build a fresh one per fit.
     """
     device = resolve_device(device)
     h, w = problem.out_size
