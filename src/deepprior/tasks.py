@@ -36,6 +36,7 @@ class Problem:
     estimate: Callable[..., np.ndarray] | None = field(default=None, repr=False)
     held: torch.Tensor | None = None  # (1, 1, h, w) 1 = pixel of y held out of the data term
     _keep: torch.Tensor | None = field(default=None, repr=False)  # 1 - held, the data term's weight
+    _held_values: float = field(default=0.0, repr=False)  # held pixels x channels, counted once
 
     def to(self, device) -> "Problem":
         self.target = self.target.to(device)
@@ -56,7 +57,7 @@ class Problem:
         of the classical estimate; :meth:`held_out_loss` then measures the fit on them alone."""
         self.held = torch.from_numpy(np.asarray(held, dtype=np.float32))[None, None].to(self.target.device)
         self._keep = 1 - self.held
-        self._held_values = float(np.count_nonzero(held)) * self.channels  # held.sum() x C, once
+        self._held_values = float(np.count_nonzero(held)) * self.channels
         if self.estimate is not None:
             self.estimate = partial(self.estimate, exclude=np.asarray(held, dtype=bool))
 
