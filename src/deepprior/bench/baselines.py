@@ -7,8 +7,9 @@ known degradation (the noise sigma, the mask), never tuned on a benchmark image'
 * super-resolution: Pillow's bicubic and Lanczos upscaling of the 8-bit low-resolution image,
   and Real-ESRGAN x4plus (pretrained; see :mod:`.realesrgan`).
 * denoising: BM3D (the ``bm3d`` package, an optional extra because of its licence; run with
-  the true sigma), non-local means (``h = 0.55 sigma``, 5x5 patches, 13x13 search window; h chosen
-  on Set14 and Set5, which no denoising suite uses, see :func:`deepprior.estimates.nlm_denoise`) and total variation (Chambolle), whose weight per sigma
+  the true sigma), non-local means (in an opponent colour space, ``h = 0.6 sigma`` on
+  luminance and 0.7 on the colour differences, 5x5 patches, 13x13 search window; chosen on Set14
+  and Set5, which no denoising suite uses, see :func:`deepprior.estimates.nlm_denoise`) and total variation (Chambolle), whose weight per sigma
   was tuned once on two images that are in no suite (see :data:`TV_WEIGHTS`).
 * inpainting: OpenCV's Telea and Navier-Stokes (radius 3) and scikit-image's biharmonic.
 """

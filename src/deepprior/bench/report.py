@@ -321,8 +321,9 @@ def _notes(suite: suites.Suite, data: dict) -> list[str]:
         notes.append(f"TV (Chambolle) weights per sigma were tuned once on scikit-image's chelsea and coffee images, "
                      f"never on benchmark images ({w}).")
     if "nlm" in methods:
-        notes.append(f"NLM: scikit-image denoise_nl_means with the true sigma, h = {estimates.NLM_H} sigma "
-                     "(chosen on Set14 and Set5), 5x5 patches, patch distance 6, fast mode.")
+        notes.append(f"NLM: scikit-image denoise_nl_means with the true sigma on each channel of an opponent colour "
+                     f"space, h = {estimates.NLM_H} sigma on luminance and grey, {estimates.NLM_H_CHROMA} on the colour "
+                     "differences (chosen on Set14 and Set5), 5x5 patches, patch distance 6, fast mode.")
     if "bm3d" in methods:
         notes.append("BM3D: the bm3d package (CBM3D for colour) with the true sigma; its licence allows "
                      "non-commercial use only, so it is an optional extra.")
