@@ -179,8 +179,7 @@ def fit(
             # Before the input is made: the estimate it may hold must not see the held-out pixels.
             held = holdout_mask(observed, cfg.holdout, torch.Generator().manual_seed(seed + 2))
             problem.hold_out(held)
-            stopper = HeldOutLoss(problem.held_out_errors, cfg.stop_patience, start=cfg.stop_start,
-                                  margin=cfg.holdout_margin)
+            stopper = HeldOutLoss(problem.held_out_loss, cfg.stop_patience, start=cfg.stop_start)
         else:  # the variance rule, also for images too small to spare pixels for a hold-out
             stopper = WindowedVariance(cfg.stop_window, cfg.stop_patience,
                                        generator=torch.Generator().manual_seed(seed + 2), start=cfg.stop_start)

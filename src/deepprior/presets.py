@@ -37,7 +37,6 @@ class FitConfig:
     stop: str = "auto"  # "auto" (the stop_rule), "off", or "observe" (evaluate the rule, run on)
     stop_rule: str = "variance"  # "variance" (windowed moving variance) or "holdout" (self-validation)
     holdout: float = 0.05  # with stop_rule="holdout": fraction of the observed pixels left out of the fit
-    holdout_margin: float = 0.0  # standard errors by which a held-out minimum must beat the last (stopping.HeldOutLoss)
     stop_window: int = 100
     stop_patience: int = 400
     stop_start: int = 0  # the rule's minima before this iteration are not taken (see stopping.py)

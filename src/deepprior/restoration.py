@@ -161,8 +161,6 @@ def configure(task: Task, preset: str = "fast", **overrides) -> FitConfig:
         raise DeepPriorError(f"stop rule must be 'variance' or 'holdout', got {overrides['stop_rule']!r}")
     if "holdout" in overrides and not 0 < float(overrides["holdout"]) < 1:
         raise DeepPriorError(f"holdout fraction must be between 0 and 1, got {overrides['holdout']}")
-    if "holdout_margin" in overrides and not float(overrides["holdout_margin"]) >= 0:
-        raise DeepPriorError(f"holdout margin must be >= 0, got {overrides['holdout_margin']}")
     if "lr" in overrides and not float(overrides["lr"]) > 0:
         raise DeepPriorError(f"learning rate must be positive, got {overrides['lr']}")
     return replace(cfg, **overrides)

@@ -146,55 +146,19 @@ class HeldOutLoss(MinimumRule):
     peak when the fit starts from a classical estimate (its variance only rises after the first
     few hundred iterations; BENCHMARKS.md section 8).
 
-    ``errors(result)`` gives the squared errors of the fit's current result (its average when it
-    averages) on the held-out values, one per pixel and channel; :meth:`update` feeds them to
-    the rule, and the curve is their mean.
-
-    ``margin``: near its peak a fit changes little, and the held-out error then moves with
-    the particular noise on those few pixels as much as with the fit's quality; a new lowest
-    value on such a plateau may be chance, and taking it would hold the rule off well past the
-    peak. A value is a new minimum only when it is lower than the one held by ``margin``
-    standard errors of a paired test: over the held-out values, the mean of the differences in
-    squared error, against their standard deviation / sqrt(n). The noise on the held-out pixels
-    is the same in both, so the test asks whether the fit itself got better there. ``margin=0``
-    takes every lower value (the plain minimum).
+    ``loss(result)`` computes the held-out error of the fit's current result (its average when
+    it averages); :meth:`update` feeds it to the rule.
     """
 
     watches = "result"
 
-    def __init__(self, errors: Callable[[torch.Tensor], torch.Tensor], patience: int = 400, start: int = 0,
-                 margin: float = 0.0):
-        if margin < 0:
-            raise ValueError("margin must be >= 0")
+    def __init__(self, loss: Callable[[torch.Tensor], torch.Tensor], patience: int = 400, start: int = 0):
         super().__init__(patience, start)
-        self.errors = errors
-        self.margin = margin
-        self._bar: torch.Tensor | None = None  # the held-out errors of the lowest value so far
+        self.loss = loss
 
     def update(self, iteration: int, result: torch.Tensor) -> bool:
         """Add the result of ``iteration``; True when its held-out error is a new minimum."""
-        return self.observe_errors(iteration, self.errors(result).detach().double().reshape(-1))
-
-    def observe_errors(self, iteration: int, errors: torch.Tensor) -> bool:
-        """The decision on the held-out ``errors`` (1-D) of ``iteration``'s result."""
-        value = float(errors.mean())
-        self.last_iteration = iteration
-        self.curve.append((iteration, value))
-        if self._bar is not None and not self._lower(errors):
-            return False
-        self._bar = errors.clone()
-        self.lowest_value = value
-        if iteration >= self.start:
-            self.best_iteration = iteration
-            return True
-        return False
-
-    def _lower(self, errors: torch.Tensor) -> bool:
-        d = errors - self._bar
-        mean = float(d.mean())
-        if self.margin == 0 or d.numel() < 2:
-            return mean < 0
-        return mean < -self.margin * float(d.std()) / math.sqrt(d.numel())
+        return self.observe(iteration, float(self.loss(result)))
 
 
 def holdout_mask(observed: np.ndarray, fraction: float, generator: torch.Generator) -> np.ndarray:
@@ -213,8 +177,7 @@ def holdout_mask(observed: np.ndarray, fraction: float, generator: torch.Generat
 
 
 def replay(curve, patience: int, start: int = 0) -> tuple[int | None, int | None]:
-    """Replay the rule on a recorded ``curve`` of (iteration, value) pairs (either rule's; for
-    :class:`HeldOutLoss` only with ``margin=0``, since its test needs the errors, not their mean).
+    """Replay the rule on a recorded ``curve`` of (iteration, value) pairs (either rule's).
 
     Returns (the iteration at which it fires, the iteration of the minimum it then returns);
     when it never fires, (None, the last minimum it held or None), and the fit returns its last

@@ -36,14 +36,13 @@ class Problem:
     estimate: Callable[..., np.ndarray] | None = field(default=None, repr=False)
     held: torch.Tensor | None = None  # (1, 1, h, w) 1 = pixel of y held out of the data term
     _keep: torch.Tensor | None = field(default=None, repr=False)  # 1 - held, the data term's weight
-    _held_index: torch.Tensor | None = field(default=None, repr=False)  # flat positions of the held pixels
+    _held_values: float = field(default=0.0, repr=False)  # held pixels x channels, counted once
 
     def to(self, device) -> "Problem":
         self.target = self.target.to(device)
         self.operator = self.operator.to(device)
         if self.held is not None:
             self.held, self._keep = self.held.to(device), self._keep.to(device)
-            self._held_index = self._held_index.to(device)
         return self
 
     @property
@@ -55,10 +54,10 @@ class Problem:
 
     def hold_out(self, held: np.ndarray) -> None:
         """Leave the pixels of y where ``held`` ((h, w) boolean) is True out of the data term and
-        of the classical estimate; :meth:`held_out_errors` then measures the fit on them alone."""
+        of the classical estimate; :meth:`held_out_loss` then measures the fit on them alone."""
         self.held = torch.from_numpy(np.asarray(held, dtype=np.float32))[None, None].to(self.target.device)
         self._keep = 1 - self.held
-        self._held_index = torch.from_numpy(np.flatnonzero(held)).to(self.target.device)
+        self._held_values = float(np.count_nonzero(held)) * self.channels
         if self.estimate is not None:
             self.estimate = partial(self.estimate, exclude=np.asarray(held, dtype=bool))
 
@@ -69,14 +68,10 @@ class Problem:
             d2 = d2 * self._keep
         return torch.mean(d2)
 
-    def held_out_errors(self, x: torch.Tensor) -> torch.Tensor:
-        """Squared errors between A(x) and y on the held-out pixels, one per pixel and channel (1-D)."""
-        d2 = (self.operator(x) - self.target) ** 2
-        return d2.flatten(2)[:, :, self._held_index].reshape(-1)
-
     def held_out_loss(self, x: torch.Tensor) -> torch.Tensor:
         """Mean squared error between A(x) and y over the held-out pixels."""
-        return self.held_out_errors(x).mean()
+        d2 = (self.operator(x) - self.target) ** 2
+        return (d2 * self.held).sum() / self._held_values
 
 
 def _tensor(pixels: np.ndarray) -> torch.Tensor:
