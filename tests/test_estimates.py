@@ -104,3 +104,21 @@ def test_fill_from_neighbours_replaces_only_excluded_pixels_by_their_neighbours_
     far = estimates.fill_from_neighbours(img, block)
     assert np.isfinite(far).all() and (far[block] != img[block]).any()
     assert estimates.fill_from_neighbours(img, None) is img
+
+
+def test_colour_non_local_means_works_in_an_opponent_space(house):
+    # The opponent basis is orthonormal (white noise stays white, the round trip is exact), so a grey
+    # picture stored as RGB has zero colour differences and comes back grey, equal to the grey filter's
+    # answer on its one channel. Its noise is the same in R, G and B, so on luminance (sqrt(3) x grey) it
+    # is sqrt(3) x sigma, against the sigma the filter assumes: the grey filter at sigma / sqrt(3).
+    from deepprior.degrade import add_noise
+
+    basis = estimates._OPPONENT
+    np.testing.assert_allclose(basis @ basis.T, np.eye(3), atol=1e-12)
+    grey = np.ascontiguousarray(house[80:144, 80:144].mean(axis=2, keepdims=True))
+    noisy = add_noise(Image(grey), 25, seed=0).pixels
+    as_rgb = estimates.nlm_denoise(np.repeat(noisy, 3, axis=2), 25)
+    alone = estimates.nlm_denoise(noisy, 25 / np.sqrt(3))
+    np.testing.assert_allclose(as_rgb[:, :, 0], as_rgb[:, :, 2], atol=1e-5)
+    np.testing.assert_allclose(as_rgb[:, :, 1], as_rgb[:, :, 0], atol=1e-5)
+    np.testing.assert_allclose(as_rgb[:, :, :1], alone, atol=1e-4)

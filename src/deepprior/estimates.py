@@ -101,7 +101,7 @@ def nlm_denoise(pixels: np.ndarray, sigma: float | None = None) -> np.ndarray:
     differences, :data:`_OPPONENT`) and each channel is filtered on its own, with ``h = 0.6
     sigma`` on luminance and ``0.7 sigma`` on the colour differences, as CBM3D does; a grey
     image is filtered with ``h = 0.6 sigma``. scikit-image's fast mode, 5x5 patches, search
-    distance 6: about a second at 512x512.
+    distance 6: about 2 s at 512x512 here.
 
     Chosen on images outside every denoising benchmark (Set14 without its Lena, Baboon and
     Peppers, and Set5; AWGN seed 0; BENCHMARKS.md section 11): on the 15 colour ones, sigma 25,
