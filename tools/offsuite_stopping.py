@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from deepprior import degrade
+from deepprior.bench.stopping import stop_stats
 from deepprior.bench.suites import image_seed
 from deepprior.images import load_image
 from deepprior.presets import get_preset
@@ -61,8 +62,9 @@ def replay_files(files: list[Path], patience: int, start: int) -> None:
         fired, held = replay(row["curve"], patience, start)
         returned = held if fired else cap
         got = min(hist, key=lambda e: abs(e["iter"] - returned))["psnr"]  # history every 10 iterations
-        gaps.append(peak["psnr"] - got)
-        ratios.append((fired or cap) / peak["iter"])
+        st = stop_stats(peak["psnr"], peak["iter"], got, fired, cap)
+        gaps.append(st["gap_db"])
+        ratios.append(st["stop_ratio"])
         print(f"| {name} | {peak['psnr']:.2f} @ {peak['iter']} | {fired or 'never'} | {returned} | {got:.2f} | "
               f"{gaps[-1]:.2f} dB | {ratios[-1]:.2f}x |")
     print(f"mean gap {np.mean(gaps):.3f} dB, worst {max(gaps):.2f} dB, worst ratio {max(ratios):.2f}x "
