@@ -26,6 +26,50 @@ def test_biharmonic_fill_keeps_known_pixels_and_fills_holes_from_them(rgb32, cha
     assert psnr(out, img) > psnr(damaged, img) + 10
 
 
+def _stripes(size: int = 48) -> np.ndarray:
+    """A texture of oblique stripes: what a smooth fill blurs and a sparse model keeps."""
+    yy, xx = np.mgrid[:size, :size]
+    return (0.5 + 0.35 * np.cos(2 * np.pi * (xx + 2 * yy) / 7.0))[:, :, None].astype(np.float32)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_sparse_fill_keeps_known_pixels_and_beats_the_smooth_fill_on_texture(channels):
+    img = np.repeat(_stripes(), channels, axis=2)
+    fill = random_mask(img.shape[:2], 0.5, seed=1)
+    damaged = img * ~fill[:, :, None]
+    out = estimates.sparse_fill(damaged, fill)
+    assert out.shape == img.shape and out.dtype == np.float32
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    np.testing.assert_allclose(out[~fill], img[~fill], atol=1e-6)
+    assert psnr(out, img) > psnr(biharmonic_fill(damaged, fill), img) + 3
+
+
+def test_sparse_fill_with_nothing_missing_is_the_image(rgb32):
+    fill = np.zeros(rgb32.shape[:2], dtype=bool)
+    np.testing.assert_allclose(estimates.sparse_fill(rgb32, fill), rgb32, atol=1e-6)
+
+
+def test_window_averaging_without_a_threshold_is_the_identity_whatever_the_chunks(monkeypatch):
+    # Every pixel of the interior is covered by all b*b windows: with nothing thresholded the
+    # average of their reconstructions is the image, and cutting the windows into bands of rows
+    # (to bound memory) changes nothing.
+    x = torch.rand(40, 29)
+    d = estimates._dct_matrix(8)
+    np.testing.assert_allclose((d @ d.T).numpy(), np.eye(8), atol=1e-6)
+    whole = [estimates._threshold_windows(x, t, d) for t in (0.0, 0.3)]
+    np.testing.assert_allclose(whole[0][7:-7, 7:-7].numpy(), x[7:-7, 7:-7].numpy(), atol=1e-5)
+    monkeypatch.setattr(estimates, "_SPARSE_CHUNK", 5)
+    for t, w in zip((0.0, 0.3), whole):
+        np.testing.assert_allclose(estimates._threshold_windows(x, t, d).numpy(), w.numpy(), atol=1e-5)
+
+
+def test_reconstruction_starts_from_the_sparse_fill(rgb32):
+    fill = random_mask(rgb32.shape[:2], 0.5, seed=0)
+    damaged = rgb32 * ~fill[:, :, None]
+    problem = tasks.Reconstruct(mask=fill).problem(Image(damaged))
+    np.testing.assert_allclose(problem.estimate(), estimates.sparse_fill(damaged, fill), atol=1e-6)
+
+
 def test_upscale_has_the_size_and_keeps_a_flat_image_flat():
     flat = np.full((5, 7, 3), 0.25, np.float32)
     out = upscale(flat, 4)

@@ -28,6 +28,86 @@ def biharmonic_fill(pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
     return _per_image(inpaint_biharmonic, pixels, np.asarray(fill, dtype=bool))
 
 
+# Sparse-DCT refinement of a fill (Guleryuz, "Nonlinear approximation based image recovery using
+# adaptive sparse reconstructions", IEEE TIP 2006): natural images are sparse in the 8x8 DCT, so
+# the missing pixels are re-estimated by hard-thresholding the DCT of every 8x8 window, averaging
+# the windows back and putting the known pixels back, with the threshold falling geometrically.
+# Chosen on 15 grey images outside Heide11 (Set14 less barbara, lenna, man and pepper, and Set5;
+# 50 % dropped): mean 33.36 dB against the biharmonic fill's 31.87; every 2nd window offset
+# instead of all 64 gave 33.04, 20 passes 32.88 (BENCHMARKS.md section 13).
+SPARSE_BLOCK = 8
+SPARSE_PASSES = 40
+SPARSE_THRESHOLDS = (0.2, 0.005)  # first and last threshold, on DCT coefficients of [0, 1] pixels
+_SPARSE_CHUNK = 64  # window rows transformed at once: bounds memory at ~64 x 64 floats per column
+
+
+def _dct_matrix(n: int) -> torch.Tensor:
+    """The orthonormal DCT-II matrix (rows are the basis vectors)."""
+    k = np.arange(n)[:, None]
+    d = np.cos(np.pi * (2 * np.arange(n)[None, :] + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    d[0] /= np.sqrt(2.0)
+    return torch.from_numpy(d).float()
+
+
+def _overlap_add(g: torch.Tensor, dim: int, n: int) -> torch.Tensor:
+    """Sum windows back onto a line of ``n`` samples: ``g``'s last axis is the position inside the
+    window, axis ``dim`` the window's start."""
+    shape = list(g.shape[:-1])
+    shape[dim] = n
+    out = g.new_zeros(shape)
+    for j in range(g.shape[-1]):
+        out.narrow(dim, j, g.shape[dim]).add_(g[..., j])
+    return out
+
+
+def _threshold_windows(x: torch.Tensor, t: float, d: torch.Tensor) -> torch.Tensor:
+    """Hard-threshold the DCT of every b x b window of the 2-D ``x`` (DC kept) and average the
+    windows back: the mean of all b*b reconstructions, valid where every window covers a pixel."""
+    b = d.shape[0]
+    hp, wp = x.shape
+    out = torch.zeros_like(x)
+    for r0 in range(0, hp - b + 1, _SPARSE_CHUNK):
+        r1 = min(r0 + _SPARSE_CHUNK, hp - b + 1)
+        band = x[r0 : r1 + b - 1]
+        c = band.unfold(0, b, 1) @ d.T  # (rows, wp, i): the columns' DCT
+        c = c.transpose(1, 2).unfold(2, b, 1) @ d.T  # (rows, i, cols, k): 2-D coefficients
+        keep = c.abs() >= t
+        keep[:, 0, :, 0] = True
+        c.mul_(keep)
+        g = _overlap_add(c @ d, 2, wp)  # (rows, i, wp)
+        out[r0 : r1 + b - 1] += _overlap_add(g.transpose(1, 2) @ d, 0, r1 - r0 + b - 1)
+    return out / (b * b)
+
+
+def sparse_fill(pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """Fill the pixels where ``fill`` is True: the biharmonic fill, refined by iterated hard
+    thresholding in the 8x8 DCT (see above). Exact on the known pixels; each channel on its own.
+
+    It recovers texture that the biharmonic fill smooths away (50 % dropped: Set14 foreman 36.62 dB
+    against 33.72, zebra 34.48 against 32.48) at ~7 s per 512x512 channel here.
+    """
+    fill = np.asarray(fill, dtype=bool)
+    start = biharmonic_fill(pixels, fill)
+    if not fill.any():
+        return start
+    b, p = SPARSE_BLOCK, SPARSE_BLOCK - 1
+    h, w = fill.shape
+    d = _dct_matrix(b)
+    known = torch.from_numpy(~fill)
+    ts = np.geomspace(*SPARSE_THRESHOLDS, SPARSE_PASSES)
+    out = np.empty_like(start)
+    with torch.no_grad():
+        for ch in range(pixels.shape[2]):
+            y = torch.from_numpy(np.ascontiguousarray(pixels[:, :, ch], dtype=np.float32))
+            x = torch.from_numpy(np.ascontiguousarray(start[:, :, ch]))
+            for t in ts:
+                mode = "reflect" if p < min(h, w) else "replicate"
+                xp = torch.nn.functional.pad(x[None, None], (p, p, p, p), mode=mode)[0, 0]
+                x = torch.where(known, y, _threshold_windows(xp, float(t), d)[p : p + h, p : p + w])
+            out[:, :, ch] = x.numpy()
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
 def upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
     """Bicubic upscaling by ``scale``: the classical answer to super-resolution."""
     x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(pixels, -1, 0)))[None].float()

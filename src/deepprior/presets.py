@@ -186,7 +186,8 @@ PRESETS: dict[str, dict[str, FitConfig]] = {
         "paper": FitConfig(net=_PAPER_SKIP, lr=0.001, iterations=11000, reg_noise_std=0.03, ema=0.0),
         # From a noise input the fast network was still rising after 3000 iterations at 512x512,
         # 2-6 dB under biharmonic inpainting. Starting from the biharmonic fill it is near its
-        # plateau by iteration 400 (BENCHMARKS.md section 8), so 500 iterations, a light input
+        # plateau by iteration 400 (BENCHMARKS.md section 8); the start is now that fill refined in
+        # the 8x8 DCT (estimates.sparse_fill, section 13). 500 iterations, a light input
         # perturbation (0.01 against 0.03: +0.4 dB on house, +0.6 on hill, -0.1 on peppers256;
         # the fill is an image, not a code) and a short average (0.9: less lag at this cap).
         "fast": FitConfig(net=_FAST_SKIP, input="estimate", lr=0.01, iterations=500, reg_noise_std=0.01, ema=0.9,

@@ -91,6 +91,10 @@ def _fill_estimate(pixels, fill, exclude=None):
     return estimates.biharmonic_fill(pixels, fill if exclude is None else fill | exclude)
 
 
+def _sparse_estimate(pixels, fill, exclude=None):
+    return estimates.sparse_fill(pixels, fill if exclude is None else fill | exclude)
+
+
 class Task:
     """Base class: identity operator, output the size of the input."""
 
@@ -257,6 +261,13 @@ class Reconstruct(Inpaint):
     @property
     def preset_key(self):
         return "reconstruct"
+
+    def problem(self, image: Image) -> Problem:
+        # Scattered missing pixels: the sparse-DCT fill keeps texture the biharmonic one smooths
+        # (estimates.sparse_fill; BENCHMARKS.md section 13).
+        p = super().problem(image)
+        p.estimate = partial(_sparse_estimate, image.pixels, np.asarray(self.mask, dtype=bool))
+        return p
 
 
 @dataclass(frozen=True)
