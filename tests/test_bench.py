@@ -203,7 +203,7 @@ def test_baselines_restore_better_than_the_degraded_input():
         assert metrics.psnr(f(dn), clean.pixels) > noisy + 3
     ip = suites.get_suite("inpaint-50").degrade(_image(48, 48, 1), "x", 0)
     holes = metrics.psnr(ip.degraded.pixels, ip.clean.pixels)
-    for f in (baselines.telea, baselines.navier_stokes, baselines.biharmonic):
+    for f in (baselines.telea, baselines.navier_stokes, baselines.biharmonic, baselines.sparse_dct):
         out = f(ip)
         assert out.shape == (48, 48, 1) and metrics.psnr(out, ip.clean.pixels) > holes + 10
 
