@@ -193,8 +193,9 @@ PRESETS: dict[str, dict[str, FitConfig]] = {
         # From a noise input the fast network was still rising after 3000 iterations at 512x512,
         # 2-6 dB under biharmonic inpainting. Starting from the biharmonic fill it is near its
         # plateau by iteration 400 (BENCHMARKS.md section 8); the start is now that fill refined in
-        # the 8x8 DCT (estimates.sparse_fill), and the fit ends close to it (section 13). 400
-        # iterations: from 400 to 500 the network's output rose 0.00-0.42 dB off-suite (grey Set5 /
+        # the 8x8 DCT (estimates.sparse_fill); the fit ends 0.02-0.47 dB under that start on
+        # Heide11, scored on every pixel (section 13). 400 iterations: from 400 to 500 the
+        # network's output rose 0.00-0.42 dB off-suite (grey Set5 /
         # Set14, 50 % dropped: butterfly 0.00, zebra 0.08, foreman 0.14, bird 0.42; the results with
         # the known pixels put back, butterfly 29.94 / 29.92, bird 40.25 / 40.49) for a quarter more
         # time, and 500 took 244-288 s at 512x512 on session 10's machine. A light input
