@@ -21,7 +21,8 @@ import torch
 
 from deepprior import estimates, operators, tasks
 from deepprior.bench import suites
-from deepprior.estimates import _dct_matrix, _threshold_windows
+from deepprior.bench.runner import _quantise
+from deepprior.estimates import _dct_matrix, dct_hard_threshold
 from deepprior.restoration import restore
 
 SCALE = 4
@@ -46,16 +47,14 @@ def sparse_upscale(lr: np.ndarray, scale: int, passes: int = 30, thresholds=(0.1
         lipschitz = (g.norm() / v.norm()).item()
         v = g / g.norm()
     step = 1.0 / lipschitz
-    d, p = _dct_matrix(8), 7
-    h, w = x.shape[2:]
+    d = _dct_matrix(estimates.SPARSE_BLOCK)
     for t in np.geomspace(*thresholds, passes):
         for _ in range(inner):
             x = x - step * grad(x)
         if back_project_only:
             continue
         with torch.no_grad():
-            xp = torch.nn.functional.pad(x, (p, p, p, p), mode="reflect")[0]
-            x = torch.stack([_threshold_windows(c, float(t), d)[p : p + h, p : p + w] for c in xp])[None]
+            x = torch.stack([dct_hard_threshold(c, float(t), d) for c in x[0]])[None]
     for _ in range(inner):
         x = x - step * grad(x)
     return np.clip(np.moveaxis(x[0].detach().numpy(), 0, -1), 0, 1).astype(np.float32)
@@ -92,8 +91,7 @@ def main() -> None:
             outs = {"fit": r.image.pixels}
         line = []
         for k, out in outs.items():
-            q = (np.rint(np.clip(out, 0, 1) * 255) / 255).astype(np.float32)
-            scores.setdefault(k, []).append(suite.score(q, case.clean.pixels)["psnr_y"])
+            scores.setdefault(k, []).append(suite.score(_quantise(out), case.clean.pixels)["psnr_y"])
             line.append(f"{k} {scores[k][-1]:.2f}")
         print(suites.image_name(rel), " ".join(line), f"{time.perf_counter() - t:.0f} s", flush=True)
     print("mean", " ".join(f"{k} {np.mean(v):.2f}" for k, v in scores.items()))
