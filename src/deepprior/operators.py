@@ -25,21 +25,24 @@ class Identity(nn.Module):
 
 
 def lanczos2_kernel(factor: int) -> np.ndarray:
-    """The Deep Image Prior paper's Lanczos-2 downsampling kernel (phase 0.5).
+    """The Deep Image Prior paper's Lanczos-2 downsampling kernel, centred on each block.
 
-    A separable kernel of width ``4 * factor``, normalised to sum to one, sampled between
-    pixel centres so that each low-resolution pixel sits at the centre of its block.
+    Separable, normalised to sum to one, two low-resolution pixels of support on each side. For
+    even factors it is the paper's kernel (width ``4 * factor``, phase 0.5): sampled between pixel
+    centres, as the centre of an even block lies between pixels. For odd factors the centre of a
+    block is a pixel, so the taps sit on pixel centres (width ``4 * factor - 1``); the paper's
+    even-width kernel there would sample half a pixel off the block's centre, and off the
+    low-resolution image of any standard downscaler (Pillow's, say).
     """
-    width = 4 * factor
     support = 2
-    centre = (width + 2) / 2.0  # the paper's (kernel_width + 1) / 2 with kernel_width = 4 * factor + 1
-    taps = np.zeros(width)
-    for i in range(1, width + 1):
-        d = abs(i + 0.5 - centre) / factor
-        v = 1.0
-        if d != 0:
-            v = support * math.sin(math.pi * d) * math.sin(math.pi * d / support) / (math.pi**2 * d * d)
-        taps[i - 1] = v
+    if factor % 2 == 0:
+        offsets = np.arange(4 * factor) - (4 * factor - 1) / 2.0  # +-0.5, +-1.5, ...
+    else:
+        offsets = np.arange(4 * factor - 1) - (2 * factor - 1)  # 0, +-1, ..., +-(2 factor - 1)
+    d = np.abs(offsets) / factor
+    taps = np.ones_like(d)
+    nz = d != 0
+    taps[nz] = support * np.sin(np.pi * d[nz]) * np.sin(np.pi * d[nz] / support) / (np.pi**2 * d[nz] ** 2)
     kernel = np.outer(taps, taps)
     return kernel / kernel.sum()
 
@@ -48,8 +51,8 @@ class LanczosDownsampler(nn.Module):
     """A(x): blur with the Lanczos-2 kernel and keep every ``factor``-th pixel.
 
     Replicate padding makes an (H, W) input give exactly (H / factor, W / factor) output, as
-    the paper's ``Downsampler(..., preserve_size=True)`` did for factors 2, 4 and 8; the padding
-    is split so that factor 3 also lines up.
+    the paper's ``Downsampler(..., preserve_size=True)`` did for factors 2, 4 and 8, each output
+    pixel weighing its block's neighbourhood symmetrically about the block's centre.
     """
 
     def __init__(self, factor: int, channels: int):
