@@ -168,6 +168,30 @@ def test_run_speed_equal_time_is_optional_and_added_on_resume(data, tmp_path):
     assert "paper_eq_psnr" in row and set(row["steps"]) == {"paper_rate", "fast", "paper_equal"}
 
 
+def test_fast_run_is_scored_at_its_time_limit_too(data, tmp_path, monkeypatch):
+    assert speed.wall_limit(speed.CASES["set5"], 256, 256) == 120.0
+    assert speed.wall_limit(speed.CASES["cbm3d"], 256, 256) == pytest.approx(60.0)  # 240 s at 512x512
+    # A limit of zero seconds: the first progress report (iteration 5 of 5) is past it, so the result held
+    # there is the run's own result and scores the same.
+    monkeypatch.setattr(speed, "wall_limit", lambda spec, w, h: 0.0)
+    speed.run_speed(data, tmp_path / "cut", cases="house", paper_iters=2, iters=5, paper_equal_time=False)
+    saved = json.loads((tmp_path / "cut" / speed.RESULTS).read_text())
+    (row,) = saved["rows"]
+    assert row["fast_limit_s"] == 0.0 and row["fast_at_limit_iteration"] == 5 and row["fast_at_limit_s"] >= 0
+    assert row["fast_at_limit"] == pytest.approx(row["fast_psnr"], abs=1e-6)
+    assert len(row["fast_curve"]) == len(speed.LIMIT_MARKS)  # every mark is zero too: all from that one report
+    assert all(c[1:] == [5, row["fast_at_limit"]] for c in row["fast_curve"])
+    assert saved["summary"]["house"]["mean_within_limit"] == pytest.approx(row["fast_at_limit"])
+    # A limit the run keeps: nothing is cut, and its own result counts.
+    monkeypatch.setattr(speed, "wall_limit", lambda spec, w, h: 1e6)
+    speed.run_speed(data, tmp_path / "kept", cases="house", paper_iters=2, iters=5, paper_equal_time=False)
+    saved = json.loads((tmp_path / "kept" / speed.RESULTS).read_text())
+    (row,) = saved["rows"]
+    assert row["fast_at_limit"] is None and row["fast_at_limit_iteration"] is None and row["fast_curve"] == []
+    assert saved["summary"]["house"]["mean_within_limit"] == pytest.approx(row["fast_psnr"])
+    assert "finished within" in (tmp_path / "kept" / speed.MARKDOWN).read_text()
+
+
 def test_memory_case_records_peak_rss(data, tmp_path, monkeypatch):
     # One real probe in a fresh process...
     probe = speed.memory_probe("reconstruct", size=32, iters=2)

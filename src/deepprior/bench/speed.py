@@ -123,6 +123,21 @@ def derive(row: dict) -> dict:
     return out
 
 
+def wall_limit(spec: SpeedCase, width: int, height: int) -> float:
+    """The case's time limit for one image in wall seconds (a 512x512 limit scaled by pixel count)."""
+    if spec.time_basis == "seconds_at_512":
+        return spec.limit_s * width * height / REFERENCE_PIXELS
+    return spec.limit_s
+
+
+def cut_at_limit(row: dict) -> float | None:
+    """The headline metric the fast run gives within its time limit: its result, or, when it ran
+    past the limit, what it held at the limit (None for rows measured before this was recorded)."""
+    if "fast_limit_s" not in row or row.get("fast_psnr") is None:
+        return None
+    return row["fast_psnr"] if row.get("fast_at_limit") is None else row["fast_at_limit"]
+
+
 def _mean(values):
     vals = [v for v in values if v is not None]
     return sum(vals) / len(vals) if vals else None
@@ -154,6 +169,8 @@ def summarise_case(spec: SpeedCase, rows: list[dict], n_total: int | None = None
         "time_basis": spec.time_basis, "mean_time_s": mean_time, "max_time_s": max(times) if times else None,
         "limit_s": spec.limit_s, "time_met": None if mean_time is None else bool(mean_time <= spec.limit_s),
         "mean_paper_eq_psnr": _mean([r.get("paper_eq_psnr") for r in done]),
+        "mean_within_limit": _mean([cut_at_limit(r) for r in done]) if all(cut_at_limit(r) is not None for r in done)
+        else None,
         "published": published, "published_name": spec.published,
         **claim,
     }
@@ -199,18 +216,43 @@ def step_paper_rate(case: suites.Case, *, paper_iters: int, seed: int, device: s
             "paper_full_iters": get_preset(case.task.preset_key, "paper").iterations}
 
 
+# Fractions of a case's time limit at which the fast run's result is also scored: a curve of the
+# headline metric against wall time, to show what the limit costs and how far past it the quality lies.
+LIMIT_MARKS = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
 def step_fast(suite: suites.Suite, case: suites.Case, *, iters: int | None, seed: int, device: str,
-              fit_callback=None) -> dict:
-    """The fast preset to completion (default stopping): wall time and the suite's metrics."""
+              fit_callback=None, limit_s: float | None = None) -> dict:
+    """The fast preset to completion (default stopping): wall time and the suite's metrics.
+
+    With ``limit_s`` (the case's time limit for this image, in wall seconds) the result the fit
+    holds is also scored at the first progress report (every 5 iterations) past each of
+    ``LIMIT_MARKS`` x the limit (``fast_curve``: [seconds, iteration, metric]); the one at the limit
+    itself is ``fast_at_limit``, None when the fit finished within the limit.
+    """
     start = time.perf_counter()
+    marks = [m * limit_s for m in LIMIT_MARKS] if limit_s is not None else []
+    curve: list[list] = []
+
+    def watch(p):
+        now = time.perf_counter() - start
+        if len(curve) < len(marks) and now >= marks[len(curve)]:
+            cut = case.task.finish(case.degraded, np.clip(p.preview(), 0.0, 1.0))
+            metric = suite.score(runner._quantise(cut), case.clean.pixels)[suite.metric]
+            while len(curve) < len(marks) and now >= marks[len(curve)]:  # a slow report may pass two marks
+                curve.append([round(now, 2), p.iteration, metric])
+
     result = restore(case.degraded, case.task, "fast", seed=seed, device=device, reference=case.clean,
-                     callback=fit_callback, callback_every=5, iterations=iters)
+                     callback=_chain(watch, fit_callback), callback_every=5, iterations=iters)
     seconds = time.perf_counter() - start
     _check(result)
     scores = _score(suite, case, result)
+    at_limit = curve[LIMIT_MARKS.index(1.0)] if len(curve) > LIMIT_MARKS.index(1.0) else [None] * 3
     return {"fast_seconds": seconds, "fast_fit_seconds": result.elapsed_s, "fast_iterations": result.iterations,
             "fast_stopped_at": result.stopped_at, "fast_stop_reason": result.outcome.stop_reason,
-            "fast_psnr": scores[suite.metric], "fast_metrics": scores,
+            "fast_psnr": scores[suite.metric], "fast_metrics": scores, "fast_limit_s": limit_s,
+            "fast_at_limit_s": at_limit[0], "fast_at_limit_iteration": at_limit[1], "fast_at_limit": at_limit[2],
+            "fast_curve": curve,
             "fast_history": [[h["iter"], round(h["psnr"], 4)] for h in result.history if "psnr" in h]}
 
 
@@ -328,8 +370,11 @@ def memory_row(probe: dict, limit_gb: float = MEMORY_LIMIT_GB) -> dict:
 # --------------------------------------------------------------------------- the run
 
 
-def _work(chosen: list[str], manifest: dict, limit: int | None) -> list[tuple[str, str, str]]:
-    """(row key, suite name, image path) for each distinct image of the chosen cases, in order."""
+def _work(chosen: list[str], manifest: dict, limit: int | None) -> list[tuple[str, str, str, SpeedCase]]:
+    """(row key, suite name, image path, case) for each distinct image of the chosen cases, in order.
+
+    An image in two cases (House: ``house`` and ``cbm3d``) is run once, under the first.
+    """
     items, seen = [], set()
     for name in chosen:
         if name == "memory":
@@ -341,7 +386,7 @@ def _work(chosen: list[str], manifest: dict, limit: int | None) -> list[tuple[st
             key = f"{spec.suite}/{suites.image_name(rel)}"
             if key not in seen:
                 seen.add(key)
-                items.append((key, spec.suite, rel))
+                items.append((key, spec.suite, rel, spec))
     return items
 
 
@@ -378,20 +423,27 @@ def tables(data: dict) -> list[Table]:
     """The per-image, per-case (targets) and memory tables of a speed results dict."""
     rows = [derive(r) for r in data["rows"] if r.get("kind") == "image"]
     per_image = Table("Per image", ["suite", "image", "size", "metric", "fast s", "fast iters", "fast PSNR",
+                                    "fast @ limit s (iter)",
                                     "paper PSNR @ equal time (iters)", "paper s/iter", "paper full cost s",
                                     "published", "speed-up", "at equal PSNR vs"])
     for r in rows:
         eq = (f"{fmt(r.get('paper_eq_psnr'))} ({r.get('paper_eq_iterations')})"
               if r.get("paper_eq_psnr") is not None else "-")
+        if r.get("fast_at_limit") is not None:
+            cut = f"{fmt(r['fast_at_limit'])} @ {r['fast_limit_s']:.0f} s ({r['fast_at_limit_iteration']})"
+        else:
+            cut = "finished within" if "fast_limit_s" in r else "-"
         per_image.rows.append([
             r["suite"], r["image"], f"{r['width']}x{r['height']}", r["metric"], fmt(r.get("fast_seconds"), 1),
-            str(r.get("fast_iterations", "-")), fmt(r.get("fast_psnr")), eq, fmt(r.get("paper_s_per_iter"), 3),
+            str(r.get("fast_iterations", "-")), fmt(r.get("fast_psnr")), cut, eq, fmt(r.get("paper_s_per_iter"), 3),
             fmt(r.get("paper_full_s"), 0), fmt(r.get("published")),
             f"{fmt(r.get('speedup'), 1)}x" if r.get("speedup") is not None else "-", r.get("basis") or "not reached",
         ])
     per_image.notes = [
         "fast s: wall time of the fast preset to completion (default stopping); PSNR: the suite's headline metric "
         "of the 8-bit result (Y-PSNR for super-resolution).",
+        "fast @ limit: when the fast run took longer than its case's time limit for the image, the metric of the "
+        "result it held at the limit (the iteration in brackets): what keeping to the limit would cost.",
         "paper full cost: the paper preset's seconds per iteration (measured over the first "
         f"{data.get('config', {}).get('paper_iters')} iterations, the first left out) x its published iteration "
         "count.",
@@ -401,7 +453,8 @@ def tables(data: dict) -> list[Table]:
         "paper's published number for that image, the paper preset's at equal time, or neither.",
     ]
     summary = data.get("summary") or {}
-    targets = Table("Targets (issue 4)", ["case", "images", "mean metric", "target", "quality", "time per image s",
+    targets = Table("Targets (issue 4)", ["case", "images", "mean metric", "target", "quality", "within limit",
+                                           "time per image s",
                                            "limit s", "time", "paper @ equal time", "published", "speed-up",
                                            "at equal PSNR vs"])
     for name in CASE_NAMES:
@@ -412,6 +465,7 @@ def tables(data: dict) -> list[Table]:
         basis = "at 512x512" if s["time_basis"] == "seconds_at_512" else "mean"
         targets.rows.append([
             f"{name}: {s['label']}", n, fmt(s["mean_psnr"]), f">= {s['target_psnr']:.1f}", fmt(s["psnr_met"]),
+            fmt(s.get("mean_within_limit")),
             f"{fmt(s['mean_time_s'], 1)} ({basis}; max {fmt(s['max_time_s'], 1)})", f"<= {s['limit_s']:.0f}",
             fmt(s["time_met"]), fmt(s["mean_paper_eq_psnr"]),
             f"{fmt(s['published'])} ({s['published_name']})" if s.get("published") is not None else "-",
@@ -419,6 +473,8 @@ def tables(data: dict) -> list[Table]:
         ])
     targets.notes = [
         "Quality: the mean headline metric over the case's images (n/total when a run covered fewer).",
+        "Within limit: the mean metric with every image cut at its time limit (its result when it finished "
+        "within).",
         "Time: mean wall seconds per image; 'at 512x512' scales each image's time by 512x512 / its pixel count.",
         "Speed-up: the paper's summed full cost / the summed fast time over the images where both were measured, "
         "claimed against the paper's published mean (cbm3d: 'dip (averaged)', the single-run number with "
@@ -512,7 +568,7 @@ def run_speed(
 
     # The list of (row key, step) still to do.
     todo = []
-    for key, suite_name, rel in work:
+    for key, suite_name, rel, _ in work:
         row = resumable.get_row(data, key)
         todo += [(key, step) for step in _steps_missing(row or {}, paper_equal_time)]
     if "memory" in chosen:
@@ -522,7 +578,7 @@ def run_speed(
         log(f"resuming: {n_all - len(todo)} of {n_all} steps already done")
     save()
 
-    rels = {key: (suite_name, rel) for key, suite_name, rel in work}
+    rels = {key: (suite_name, rel, spec) for key, suite_name, rel, spec in work}
     case = None
     for i, (key, step) in enumerate(todo):
         if progress:
@@ -533,7 +589,7 @@ def run_speed(
                                                               cpu=data["machine"]["cpu"])
             save()
             continue
-        suite_name, rel = rels[key]
+        suite_name, rel, spec = rels[key]
         suite = suites.get_suite(suite_name)
         if case is None or case[0] != key:
             case = (key, suites.load_case(suite, data_dir, rel, manifest, seed))
@@ -545,7 +601,8 @@ def run_speed(
         if step == "paper_rate":
             row.update(step_paper_rate(c, paper_iters=paper_iters, seed=seed, device=dev, fit_callback=fit_callback))
         elif step == "fast":
-            row.update(step_fast(suite, c, iters=iters, seed=seed, device=dev, fit_callback=fit_callback))
+            row.update(step_fast(suite, c, iters=iters, seed=seed, device=dev, fit_callback=fit_callback,
+                                 limit_s=wall_limit(spec, c.clean.width, c.clean.height)))
         else:
             if "fast" not in row["steps"]:  # pragma: no cover - the order of the steps guarantees it
                 raise DeepPriorError("the equal-time run needs the fast run's time")
