@@ -298,3 +298,31 @@ def test_holdout_on_a_tiny_image_falls_back_to_the_variance_rule():
     r = restore(tiny, tasks.Denoise(), iterations=30, stop_rule="holdout", stop_window=5, stop_patience=100)
     assert r.image.pixels.shape == (8, 8, 3)
     assert r.outcome.stop_curve[0][0] == 5  # the variance rule's curve: it starts once its window fills
+
+
+def test_averaging_warm_up_lets_the_first_outputs_go():
+    from deepprior.fitting import ema_decay
+
+    assert ema_decay(0.99, 0, 3) == 0.99 and ema_decay(0.99, 10, 5000) == 0.99
+    assert ema_decay(0.99, 10, 1) == pytest.approx(2 / 11)
+    plain = warm = 1.0  # the weight left on iteration 1's output after 100 iterations
+    for t in range(2, 101):
+        plain *= ema_decay(0.99, 0, t)
+        warm *= ema_decay(0.99, 10, t)
+    assert plain > 0.3 and warm < 1e-6
+
+
+def test_with_the_warm_up_the_result_leaves_the_random_first_output(rgb32):
+    def run(warmup):
+        first = []
+
+        def keep_first(p):
+            if p.iteration == 1:
+                first.append(p.preview())
+
+        r = restore(rgb32, tasks.Denoise(), input="noise", ema=0.99, ema_warmup=warmup, iterations=30, stop="off",
+                    callback=keep_first, callback_every=1)
+        return np.abs(r.image.pixels - np.clip(first[0], 0, 1)).mean()
+
+    # At a plain 0.99 the first output still weighs 0.99 ** 29 = 75 % of the average after 30 iterations.
+    assert run(10) > 2 * run(0)

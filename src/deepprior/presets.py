@@ -31,6 +31,7 @@ class FitConfig:
     iterations: int = 3000  # the cap: automatic stopping may end earlier
     reg_noise_std: float = 1.0 / 30.0  # input perturbation each iteration
     ema: float = 0.99  # exponential averaging of outputs; 0 disables it
+    ema_warmup: int = 0  # > 0: the decay at iteration t is min(ema, (1 + t) / (ema_warmup + t)) (fitting.ema_decay)
     backtrack: bool = True  # reload the last good weights when the data-term PSNR drops > 5 dB
     backtrack_every: int = 50
     backtrack_drop_db: float = 5.0
