@@ -84,7 +84,7 @@ def _nlm_estimate(pixels, sigma, exclude=None):
 
 
 def _upscale_estimate(pixels, scale, exclude=None):
-    return estimates.upscale(estimates.fill_from_neighbours(pixels, exclude), scale)
+    return estimates.regularised_upscale(estimates.fill_from_neighbours(pixels, exclude), scale)
 
 
 def _fill_estimate(pixels, fill, exclude=None):
