@@ -140,14 +140,19 @@ TV_LR = 0.003
 TV_EPS = 0.01  # smooths |grad x| at 0 so that the total variation has a gradient everywhere
 
 
+def _observation(pixels: np.ndarray, scale: int):
+    """The low-resolution image as a (1, C, h, w) tensor y, and the fit's operator A for it."""
+    from .operators import LanczosDownsampler
+
+    y = torch.from_numpy(np.ascontiguousarray(np.moveaxis(pixels, -1, 0), dtype=np.float32))[None]
+    return y, LanczosDownsampler(scale, y.shape[1])
+
+
 def back_project(pixels: np.ndarray, scale: int, *, sparse: bool = True) -> np.ndarray:
     """An upscale by ``scale`` that the Lanczos-2 downsampler maps back onto ``pixels``:
     gradient steps on ||A x - y||^2 from the bicubic upscale, with (``sparse``) every 8x8
     window's DCT hard-thresholded between them, the threshold falling geometrically."""
-    from .operators import LanczosDownsampler
-
-    y = torch.from_numpy(np.ascontiguousarray(np.moveaxis(pixels, -1, 0), dtype=np.float32))[None]
-    a = LanczosDownsampler(scale, y.shape[1])
+    y, a = _observation(pixels, scale)
     x = torch.from_numpy(np.moveaxis(upscale(pixels, scale), -1, 0).copy())[None]
 
     def grad(v: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
@@ -178,10 +183,7 @@ def tv_refine(start: np.ndarray, pixels: np.ndarray, scale: int, weight: float =
               steps: int = TV_STEPS) -> np.ndarray:
     """Minimise mean (A x - y)^2 + ``weight`` * mean |grad x| (isotropic, per channel) from ``start``:
     the total variation sharpens edges that the data leaves open and flattens ringing."""
-    from .operators import LanczosDownsampler
-
-    y = torch.from_numpy(np.ascontiguousarray(np.moveaxis(pixels, -1, 0), dtype=np.float32))[None]
-    a = LanczosDownsampler(scale, y.shape[1])
+    y, a = _observation(pixels, scale)
     x = torch.from_numpy(np.moveaxis(start, -1, 0).astype(np.float32))[None].requires_grad_(True)  # a copy
     opt = torch.optim.Adam([x], lr=TV_LR)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)

@@ -140,7 +140,7 @@ PRESETS: dict[str, dict[str, FitConfig]] = {
         # refinement; Set5 x4 30.10 dB Y alone) the fit adds 0.06-0.50 dB in 500 iterations: Set5 x4
         # 30.33 dB, 54-70 s per 228-288 px image and 255 s for the 512x512 baby, where the noise
         # start took 2000 iterations (198-971 s) for 29.87 (BENCHMARKS.md section 15). The noise start
-        # still draws the sharpest edges (butterfly 26.09 against 25.38) but loses more on smooth
+        # still draws the sharpest edges (butterfly 26.09 against 25.34) but loses more on smooth
         # images (baby 31.11 against 33.04).
         # The raw outputs jitter with the input perturbation; their running average was 0.8-1.65 dB
         # better at every point of the noise-started fit (section 9), and is kept, with a warm-up:
