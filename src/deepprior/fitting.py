@@ -158,6 +158,189 @@ def _pad_to(pixels: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     return nn.functional.pad(img, pad, mode=mode)
 
 
+class InputPerturbation:
+    """The network's input for one iteration: z plus fresh Gaussian noise of std ``reg_noise_std``.
+
+    The noise is drawn into one reused buffer, in place, so an iteration allocates nothing; when z
+    itself is optimised it needs its gradient, and the sum is built out of place instead.
+    """
+
+    def __init__(self, z: torch.Tensor, cfg: FitConfig, generator: torch.Generator):
+        self.z = z
+        self.std = cfg.reg_noise_std
+        self.out_of_place = cfg.optimize_input
+        self.generator = generator
+        self.noise = torch.empty_like(z) if self.std > 0 else None
+
+    def __call__(self) -> torch.Tensor:
+        if self.noise is None:
+            return self.z
+        if self.out_of_place:
+            return self.z + self.noise.normal_(generator=self.generator) * self.std
+        return self.noise.normal_(generator=self.generator).mul_(self.std).add_(self.z)
+
+
+class Backtracking:
+    """Go back to the last good weights, at half the learning rate, when the fit collapses.
+
+    Every ``backtrack_every`` iterations (and at any non-finite loss) the data term's PSNR is
+    compared with the last good one; a drop of more than ``backtrack_drop_db`` restores the
+    snapshot, otherwise the current weights become the snapshot.
+    """
+
+    def __init__(self, cfg: FitConfig, net: nn.Module, z: torch.Tensor, opt: torch.optim.Optimizer):
+        self.every = cfg.backtrack_every
+        self.drop_db = cfg.backtrack_drop_db
+        self.net, self.opt = net, opt
+        self.z = z if cfg.optimize_input else None
+        self.snapshot = None
+        self.last_good_psnr = None
+        self.count = 0
+
+    def check(self, iteration: int, loss_value: float) -> bool:
+        """True when the weights were just rolled back (the iteration's output is to be dropped)."""
+        finite = math.isfinite(loss_value)
+        if finite and iteration % self.every:
+            return False
+        data_psnr = -10 * math.log10(loss_value) if loss_value > 0 else math.inf
+        collapsed = not finite or (self.last_good_psnr is not None and data_psnr < self.last_good_psnr - self.drop_db)
+        if collapsed and self.snapshot is not None:
+            weights, z = self.snapshot
+            self.net.load_state_dict(weights)
+            if self.z is not None:
+                self.z.data.copy_(z)
+            for group in self.opt.param_groups:
+                group["lr"] *= 0.5
+            self.count += 1
+            return True
+        if not collapsed:
+            self.snapshot = ({k: v.detach().clone() for k, v in self.net.state_dict().items()},
+                             self.z.detach().clone() if self.z is not None else None)
+            self.last_good_psnr = data_psnr
+        return False
+
+
+class RunningResult:
+    """What the fit would return now: the exponential average of its outputs (``cfg.ema``), or
+    without averaging the output of lowest loss so far. Both live in buffers updated in place."""
+
+    def __init__(self, cfg: FitConfig):
+        self.decay, self.warmup = cfg.ema, cfg.ema_warmup
+        self.average: torch.Tensor | None = None
+        self.best_loss = math.inf
+        self.best_output: torch.Tensor | None = None
+
+    def update(self, iteration: int, out: torch.Tensor, loss_value: float) -> None:
+        if self.decay:
+            if self.average is None:
+                self.average = out.clone()
+            else:
+                decay = ema_decay(self.decay, self.warmup, iteration)
+                self.average.mul_(decay).add_(out, alpha=1 - decay)
+        if loss_value < self.best_loss:
+            self.best_loss = loss_value
+            if self.average is None:
+                self.best_output = out.clone() if self.best_output is None else self.best_output.copy_(out)
+
+    @property
+    def current(self) -> torch.Tensor | None:
+        return self.average if self.average is not None else self.best_output
+
+
+class PosteriorSampler:
+    """Bayesian mode (Cheng et al., CVPR 2019): Langevin noise on the convolution weights after each
+    Adam step, and the running mean and spread of the outputs sampled after the burn-in."""
+
+    def __init__(self, cfg: FitConfig, net: nn.Module, generator: torch.Generator):
+        self.params = [p for p in net.parameters() if p.dim() == 4]
+        self.noise = [torch.empty_like(p) for p in self.params]  # reused buffers: no allocation per step
+        self.scale = cfg.sgld_noise
+        self.generator = generator
+        self.burn_in = int(cfg.burn_in * cfg.iterations)
+        # At least ~10 samples after the burn-in, even for short runs.
+        self.every = max(1, min(cfg.sample_every, (cfg.iterations - self.burn_in) // 10))
+        self.samples = 0
+        self._sum = self._sq = self.mean = None
+
+    def perturb_weights(self, lr: float) -> None:
+        with torch.no_grad():
+            for p, buf in zip(self.params, self.noise):
+                p.add_(buf.normal_(generator=self.generator), alpha=self.scale * lr)
+
+    def add(self, iteration: int, out: torch.Tensor) -> None:
+        """Take ``out`` as a posterior sample when ``iteration`` is a sampling one."""
+        if iteration <= self.burn_in or (iteration - self.burn_in) % self.every:
+            return
+        if self._sum is None:
+            self._sum, self._sq, self.mean = (torch.zeros_like(out) for _ in range(3))
+        self._sum.add_(out)
+        self._sq.addcmul_(out, out)
+        self.samples += 1
+        torch.div(self._sum, self.samples, out=self.mean)  # only when a sample arrives
+
+    def std(self) -> torch.Tensor:
+        mean = self._sum / self.samples
+        return (self._sq / self.samples - mean * mean).clamp_min_(0).sqrt_()
+
+
+class EarlyStopping:
+    """Runs a stopping rule (:mod:`deepprior.stopping`) beside the fit and holds its answer.
+
+    At each new minimum of the rule's curve the candidate result is copied aside. Only once the
+    rule has fired is the held one the result (and final: ``stop="observe"`` runs on but keeps
+    it); until then a minimum is unconfirmed and the fit's running result is the better guess
+    (as good or better at the cap on every recorded image; BENCHMARKS.md, stopping).
+    """
+
+    def __init__(self, rule):
+        self.rule = rule
+        self.held: torch.Tensor | None = None
+        self.held_at: int | None = None
+        self.fired_at: int | None = None
+
+    def update(self, iteration: int, candidate: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Feed the rule this iteration's result (or raw output); returns the candidate result."""
+        watched = candidate if self.rule.watches == "result" else out
+        if self.fired_at is not None:
+            self.rule.update(iteration, watched)  # stop="observe": the curve goes on being recorded
+            return self.held
+        if self.rule.update(iteration, watched):
+            self.held = candidate.clone() if self.held is None else self.held.copy_(candidate)
+            self.held_at = iteration
+        if self.rule.should_stop:
+            self.fired_at = iteration
+            return self.held
+        return candidate
+
+
+def stopping_rule(problem: Problem, cfg: FitConfig, seed: int):
+    """The stopping rule ``cfg`` asks for, or None. With the held-out rule the problem is given its
+    held-out pixels here, before the input is made: the estimate it may hold must not see them."""
+    if cfg.stop not in ("auto", "observe") or cfg.bayes:
+        return None
+    generator = torch.Generator().manual_seed(seed + 2)
+    observed = problem.observed if cfg.stop_rule == "holdout" else None
+    if observed is not None and observed.sum() >= MIN_HOLDOUT_OBSERVED:
+        problem.hold_out(holdout_mask(observed, cfg.holdout, generator))
+        return HeldOutLoss(problem.held_out_loss, cfg.stop_patience, start=cfg.stop_start)
+    # The variance rule, also for images too small to spare pixels for a hold-out.
+    return WindowedVariance(cfg.stop_window, cfg.stop_patience, generator=generator, start=cfg.stop_start)
+
+
+def build_optimizer(cfg: FitConfig, net: nn.Module, z: torch.Tensor) -> torch.optim.Adam:
+    """Adam over the trainable weights (all but the convolutions in the Deep Random Projector),
+    and over z when the input is optimised."""
+    if cfg.freeze_convolutions:
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                m.requires_grad_(False)
+    groups = [{"params": [p for p in net.parameters() if p.requires_grad]}]
+    if cfg.optimize_input:
+        z.requires_grad_(True)
+        groups.append({"params": [z], "lr": cfg.input_lr or cfg.lr})
+    return torch.optim.Adam(groups, lr=cfg.lr)
+
+
 def fit(
     problem: Problem,
     cfg: FitConfig,
@@ -181,192 +364,107 @@ def fit(
     top, left = (hp - h) // 2, (wp - w) // 2
 
     gen = torch.Generator().manual_seed(seed)
-    stopper = None
-    if cfg.stop in ("auto", "observe") and not cfg.bayes:
-        observed = problem.observed if cfg.stop_rule == "holdout" else None
-        if observed is not None and observed.sum() >= MIN_HOLDOUT_OBSERVED:
-            # Before the input is made: the estimate it may hold must not see the held-out pixels.
-            held = holdout_mask(observed, cfg.holdout, torch.Generator().manual_seed(seed + 2))
-            problem.hold_out(held)
-            stopper = HeldOutLoss(problem.held_out_loss, cfg.stop_patience, start=cfg.stop_start)
-        else:  # the variance rule, also for images too small to spare pixels for a hold-out
-            stopper = WindowedVariance(cfg.stop_window, cfg.stop_patience,
-                                       generator=torch.Generator().manual_seed(seed + 2), start=cfg.stop_start)
+    rule = stopping_rule(problem, cfg, seed)
     z = make_input(cfg, problem, (hp, wp), gen).to(device)
     net = build_network(cfg.net, z.shape[1], problem.channels)
     init_weights(net, gen)
     net.to(device).train()
     problem.to(device)
-    if cfg.freeze_convolutions:
-        for m in net.modules():
-            if isinstance(m, nn.Conv2d):
-                m.requires_grad_(False)
-    groups = [{"params": [p for p in net.parameters() if p.requires_grad]}]
-    if cfg.optimize_input:
-        z.requires_grad_(True)
-        groups.append({"params": [z], "lr": cfg.input_lr or cfg.lr})
-    opt = torch.optim.Adam(groups, lr=cfg.lr)
-    noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
-    noise = torch.empty_like(z) if cfg.reg_noise_std > 0 else None
-    # Bayesian mode: Langevin noise on the convolution weights, and running moments of the samples.
-    sgld_params = [p for p in net.parameters() if p.dim() == 4] if cfg.bayes else []
-    sgld_noise = [torch.empty_like(p) for p in sgld_params]  # reused buffers: no allocation per step
-    burn_in = int(cfg.burn_in * cfg.iterations)
-    # At least ~10 samples after the burn-in, even for short runs.
-    sample_every = max(1, min(cfg.sample_every, (cfg.iterations - burn_in) // 10))
-    sample_sum = sample_sq = sample_mean = None
-    samples = 0
-    would_stop_at = None  # when the stopping rule fired (with stop="observe" the fit runs on)
+    opt = build_optimizer(cfg, net, z)
+    noise_gen = torch.Generator(device=device).manual_seed(seed + 1)  # input perturbation and Langevin noise
 
-    ema = None
-    best_loss = math.inf
-    best_out = None  # lowest-loss raw output (the result when there is no averaging)
-    stop_out = None  # the candidate at the rule's minimum (returned once the rule has fired)
-    stop_iter = None
-    snapshot = None
-    last_good_psnr = None
-    backtracks = 0
+    perturbed = InputPerturbation(z, cfg, noise_gen)
+    backtracking = Backtracking(cfg, net, z, opt) if cfg.backtrack else None
+    running = RunningResult(cfg)
+    sampler = PosteriorSampler(cfg, net, noise_gen) if cfg.bayes else None
+    stopping = EarlyStopping(rule) if rule is not None else None
     history: list[dict] = []
     reason = "completed"
     it = 0
-    loss_value = math.nan
     candidate = None
     start = time.perf_counter()
 
     try:
         for it in range(1, cfg.iterations + 1):
-            if noise is None:
-                inp = z
-            elif cfg.optimize_input:  # z needs its gradient: build the perturbed input out of place
-                inp = z + noise.normal_(generator=noise_gen) * cfg.reg_noise_std
-            else:  # in place, into one buffer: no allocation per iteration
-                inp = noise.normal_(generator=noise_gen).mul_(cfg.reg_noise_std).add_(z)
-            out = net(inp)[:, :, top : top + h, left : left + w]
+            # One step of Adam on the data term (and total variation, if asked for).
+            out = net(perturbed())[:, :, top : top + h, left : left + w]
             loss = problem.loss(out)
             if cfg.tv_weight:
                 loss = loss + cfg.tv_weight * total_variation(out)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if sgld_params:
-                with torch.no_grad():
-                    std = cfg.sgld_noise * opt.param_groups[0]["lr"]
-                    for p, buf in zip(sgld_params, sgld_noise):
-                        p.add_(buf.normal_(generator=noise_gen), alpha=std)
+            if sampler is not None:
+                sampler.perturb_weights(opt.param_groups[0]["lr"])
             loss_value = loss.item()
             out = out.detach()
 
-            if cfg.backtrack and (not math.isfinite(loss_value) or it % cfg.backtrack_every == 0):
-                data_psnr = -10 * math.log10(loss_value) if loss_value > 0 else math.inf
-                collapsed = not math.isfinite(loss_value) or (
-                    last_good_psnr is not None and data_psnr < last_good_psnr - cfg.backtrack_drop_db
-                )
-                if collapsed and snapshot is not None:
-                    net.load_state_dict(snapshot[0])
-                    if cfg.optimize_input:
-                        z.data.copy_(snapshot[1])
-                    for group in opt.param_groups:
-                        group["lr"] *= 0.5
-                    backtracks += 1
-                    continue
-                if not collapsed:
-                    snapshot = (
-                        {k: v.detach().clone() for k, v in net.state_dict().items()},
-                        z.detach().clone() if cfg.optimize_input else None,
-                    )
-                    last_good_psnr = data_psnr
+            if backtracking is not None and backtracking.check(it, loss_value):
+                continue
             if not math.isfinite(loss_value):
                 continue
 
-            if cfg.ema:
-                if ema is None:
-                    ema = out.clone()
-                else:
-                    decay = ema_decay(cfg.ema, cfg.ema_warmup, it)
-                    ema.mul_(decay).add_(out, alpha=1 - decay)
-            if loss_value < best_loss:
-                best_loss = loss_value
-                if ema is None:
-                    best_out = out.clone() if best_out is None else best_out.copy_(out)
-            candidate = ema if ema is not None else (best_out if best_out is not None else out)
-            if cfg.bayes and it > burn_in and (it - burn_in) % sample_every == 0:
-                if sample_sum is None:
-                    sample_sum, sample_sq, sample_mean = (torch.zeros_like(out) for _ in range(3))
-                sample_sum.add_(out)
-                sample_sq.addcmul_(out, out)
-                samples += 1
-                torch.div(sample_sum, samples, out=sample_mean)  # only when a sample arrives
-            if samples:
-                candidate = sample_mean
-
-            watched = None if stopper is None else (candidate if stopper.watches == "result" else out)
-            if stopper is not None and would_stop_at is None:
-                # Hold the candidate at each new minimum of the rule's curve. Only once the rule has fired is
-                # the held one the result (and final: stop="observe" runs on but keeps it); until
-                # then a minimum is unconfirmed and the fit's running result (averaged, else the
-                # lowest-loss output) is the better guess (measured: as good or better at the cap on
-                # every image recorded; BENCHMARKS.md section 6).
-                if stopper.update(it, watched):
-                    stop_out = candidate.clone() if stop_out is None else stop_out.copy_(candidate)
-                    stop_iter = it
-                if stopper.should_stop:
-                    would_stop_at = it
-            elif stopper is not None:
-                stopper.update(it, watched)  # stop="observe": the curve goes on being recorded
-            if would_stop_at is not None:
-                candidate = stop_out
+            # Average, sample, check the stopping rule: each refines what the fit would return now.
+            running.update(it, out, loss_value)
+            candidate = running.current
+            if sampler is not None:
+                sampler.add(it, out)
+                if sampler.samples:
+                    candidate = sampler.mean
+            if stopping is not None:
+                candidate = stopping.update(it, candidate, out)
 
             if it % cfg.history_every == 0 or it == 1:
-                entry = {"iter": it, "loss": loss_value}
-                if reference is not None:
-                    current = candidate if samples else (ema if ema is not None else out)
-                    entry["psnr"] = _psnr(to_numpy(current), reference)
-                history.append(entry)
-
-            if would_stop_at is not None and cfg.stop == "auto":
+                history.append(_history_entry(it, loss_value, reference, running, sampler, out))
+            if stopping is not None and stopping.fired_at is not None and cfg.stop == "auto":
                 reason = "auto"
                 break
-
             if callback is not None and (it % callback_every == 0 or it == cfg.iterations):
                 elapsed = time.perf_counter() - start
                 eta = elapsed / it * (cfg.iterations - it)
                 last_psnr = history[-1].get("psnr") if history else None
                 if callback(Progress(it, cfg.iterations, loss_value, last_psnr, elapsed, eta, candidate,
-                                     auto_stop_at=would_stop_at)):
+                                     auto_stop_at=stopping.fired_at if stopping else None)):
                     reason = "callback"
                     break
     except KeyboardInterrupt:
         reason = "interrupted"
 
-    elapsed = time.perf_counter() - start
-    uncertainty = None
-    if samples:
-        mean = sample_sum / samples
-        var = (sample_sq / samples - mean * mean).clamp_min_(0)
-        uncertainty = to_numpy(var.sqrt_())
-        result, stopped_at = mean, it
-    elif would_stop_at is not None:
-        result, stopped_at = stop_out, stop_iter
-    elif ema is not None:
-        result, stopped_at = ema, it
-    elif best_out is not None:
-        result, stopped_at = best_out, it
-    elif candidate is not None:
-        result, stopped_at = candidate, it
-    else:
-        # Interrupted before the first iteration finished: there is no result.
+    if candidate is None:  # interrupted before the first iteration finished: there is no result
         raise KeyboardInterrupt
+    fired_at = stopping.fired_at if stopping is not None else None
+    uncertainty = None
+    if sampler is not None and sampler.samples:
+        result, stopped_at = sampler.mean, it
+        uncertainty = to_numpy(sampler.std())
+    elif fired_at is not None:
+        result, stopped_at = stopping.held, stopping.held_at
+    else:
+        result, stopped_at = running.current, it
     return FitOutcome(
         output=np.clip(to_numpy(result), 0.0, 1.0),
         iterations=it,
         stopped_at=stopped_at,
         stop_reason=reason,
-        elapsed_s=elapsed,
+        elapsed_s=time.perf_counter() - start,
         history=history,
-        backtracks=backtracks,
-        stop_curve=stopper.curve if stopper is not None else [],
+        backtracks=backtracking.count if backtracking is not None else 0,
+        stop_curve=rule.curve if rule is not None else [],
         parameters=sum(p.numel() for p in net.parameters()),
-        auto_stop_at=would_stop_at,
+        auto_stop_at=fired_at,
         uncertainty=uncertainty,
-        samples=samples,
+        samples=sampler.samples if sampler is not None else 0,
     )
+
+
+def _history_entry(it: int, loss_value: float, reference, running: RunningResult, sampler, out) -> dict:
+    """The loss, and with a reference the PSNR of the averaged output (the posterior mean once
+    there are samples; the raw output when nothing is averaged)."""
+    entry = {"iter": it, "loss": loss_value}
+    if reference is not None:
+        if sampler is not None and sampler.samples:
+            current = sampler.mean
+        else:
+            current = running.average if running.average is not None else out
+        entry["psnr"] = _psnr(to_numpy(current), reference)
+    return entry
