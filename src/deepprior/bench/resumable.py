@@ -136,6 +136,7 @@ def to_markdown(title: str, preamble: list[str], tables: list[Table]) -> str:
 def to_rich(tables: list[Table]) -> list:
     """rich Table objects for the terminal (cells that say NOT met are shown in red)."""
     from rich.table import Table as RichTable
+    from rich.text import Text
 
     out = []
     for t in tables:
@@ -143,6 +144,6 @@ def to_rich(tables: list[Table]) -> list:
         for h in t.header:
             rt.add_column(h, overflow="fold")
         for r in t.rows:
-            rt.add_row(*[f"[red]{c}[/red]" if "NOT met" in c else c.replace("**", "") for c in r])
+            rt.add_row(*[Text(c, style="red") if "NOT met" in c else Text(c.replace("**", "")) for c in r])
         out.append(rt)
     return out
