@@ -766,17 +766,7 @@ def run_batch(
 
     Returns a :class:`Summary`; its ``exit_code`` is 1 when any job failed.
     """
-    if executor not in EXECUTORS:
-        raise DeepPriorError(f"unknown executor {executor!r}; choose local or ray")
-    if cpus_per_job is not None and cpus_per_job < 1:
-        raise DeepPriorError(f"--cpus-per-job must be at least 1, got {cpus_per_job}")
-    if workers is not None and (workers < 1 or executor != "local"):
-        raise DeepPriorError(f"--workers must be at least 1, got {workers}" if workers < 1
-                             else "--workers goes with --executor local (Ray places the jobs itself)")
-    if retries < 0:
-        raise DeepPriorError(f"--retries must be 0 or more, got {retries}")
-    if ray_address and executor != "ray":
-        raise DeepPriorError("--ray-address goes with --executor ray")
+    _check_options(executor, cpus_per_job, workers, retries, ray_address)
     start = time.perf_counter()
     jobs = plan(inputs, out_dir, settings, masks_dir=masks_dir)
     summary = Summary(executor=executor)
@@ -790,91 +780,24 @@ def run_batch(
     view = None
     pool = None
     try:
-        todo = []
-        for job in jobs:
-            if manifest.is_done(job):
-                summary.skipped += 1
-            else:
-                todo.append(job)
+        todo = [job for job in jobs if not manifest.is_done(job)]
+        summary.skipped = len(jobs) - len(todo)
         _remove_stale_parts(todo)
         runnable = [j for j in todo if j.problem is None]
-
+        threads = cpus_per_job
         if runnable:
-            if executor == "ray":
-                pool = RayCluster(ray_address, cpus_per_job, len(runnable), device)
-                summary.cpus_per_job, summary.workers = pool.cpus_per_job, pool.slots
-            else:
-                cores = available_cores()
-                per = cpus_per_job or max(1, cores // max(1, min(len(runnable), cores)))
-                n = max(1, min(cores // per, len(runnable), workers or len(runnable)))
-                pool = InProcess() if n == 1 else ProcessPool(n, per)
-                summary.cpus_per_job, summary.workers = per, n
+            pool = _make_pool(executor, len(runnable), cpus_per_job, workers, ray_address, device, summary)
             threads = summary.cpus_per_job
-        else:
-            threads = cpus_per_job
 
         view = _View(console, len(todo), quiet)
         if summary.skipped:
             view.line(f"skipping {summary.skipped} image(s) already done (see {manifest.path})")
-
-        def finish(job: Job, status: str, error=None, result=None, elapsed=None):
-            manifest.append(_record(job, status, error=error, result=result, elapsed=elapsed))
-            if status == "done":
-                summary.done += 1
-                took = result.get("fit_s", elapsed) if result else elapsed
-                view.line(f"done    {job.relpath} -> {job.output_rel} ({took:.1f} s)")
-            else:
-                summary.failed += 1
-                summary.failures.append((job.relpath, error))
-                view.line(f"failed  {job.relpath}: {error}", always=True)
-            view.advance(job.relpath)
-
+        record = _Record(manifest, summary, view)
         for job in todo:
             if job.problem is not None:
-                finish(job, "failed", error=job.problem)
-
-        queue = deque(runnable)
-        started: dict[int, float] = {}
-        inflight = 0
-        while queue or inflight:
-            while queue and inflight < pool.capacity:
-                job = queue.popleft()
-                job.attempts += 1
-                try:
-                    payload = make_payload(job, settings, threads, device)
-                except OSError as e:
-                    finish(job, "failed", error=f"cannot read file ({e.strerror or e})")
-                    continue
-                started[id(job)] = time.perf_counter()
-                pool.submit(job, payload)
-                inflight += 1
-            if not inflight:
-                continue
-            job, res = pool.next_result()
-            inflight -= 1
-            if isinstance(pool, ProcessPool):
-                for orphan in pool.take_orphans():  # lost with a dead worker pool: queue them again
-                    inflight -= 1
-                    orphan.attempts -= 1  # not their fault
-                    queue.appendleft(orphan)
-            elapsed = time.perf_counter() - started.pop(id(job))
-            if not res["ok"]:
-                if res.get("retry") and job.attempts <= retries:
-                    view.line(f"retry   {job.relpath}: {res['error']}")
-                    queue.append(job)
-                    continue
-                finish(job, "failed", error=res["error"], result=res, elapsed=elapsed)
-                continue
-            data = res.pop("data")
-            job.input_sha256 = res.get("input_sha256", job.input_sha256)  # the bytes actually restored
-            res["output_sha256"] = _sha256(data)
-            try:
-                job.output.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(job.output, data)
-            except (DeepPriorError, OSError) as e:
-                finish(job, "failed", error=str(e), result=res, elapsed=elapsed)
-                continue
-            finish(job, "done", result=res, elapsed=elapsed)
+                record(job, "failed", error=job.problem)
+        if runnable:
+            _run_jobs(runnable, pool, settings, threads, device, retries, record)
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
@@ -887,3 +810,101 @@ def run_batch(
             signal.signal(signal.SIGTERM, old_term)
     summary.elapsed_s = time.perf_counter() - start
     return summary
+
+
+def _check_options(executor, cpus_per_job, workers, retries, ray_address) -> None:
+    if executor not in EXECUTORS:
+        raise DeepPriorError(f"unknown executor {executor!r}; choose local or ray")
+    if cpus_per_job is not None and cpus_per_job < 1:
+        raise DeepPriorError(f"--cpus-per-job must be at least 1, got {cpus_per_job}")
+    if workers is not None and (workers < 1 or executor != "local"):
+        raise DeepPriorError(f"--workers must be at least 1, got {workers}" if workers < 1
+                             else "--workers goes with --executor local (Ray places the jobs itself)")
+    if retries < 0:
+        raise DeepPriorError(f"--retries must be 0 or more, got {retries}")
+    if ray_address and executor != "ray":
+        raise DeepPriorError("--ray-address goes with --executor ray")
+
+
+def _make_pool(executor, n_jobs, cpus_per_job, workers, ray_address, device, summary: Summary):
+    """The executor for ``n_jobs`` fits; records its threads per job and parallel slots in ``summary``."""
+    if executor == "ray":
+        pool = RayCluster(ray_address, cpus_per_job, n_jobs, device)
+        summary.cpus_per_job, summary.workers = pool.cpus_per_job, pool.slots
+        return pool
+    cores = available_cores()
+    per = cpus_per_job or max(1, cores // max(1, min(n_jobs, cores)))
+    n = max(1, min(cores // per, n_jobs, workers or n_jobs))
+    summary.cpus_per_job, summary.workers = per, n
+    return InProcess() if n == 1 else ProcessPool(n, per)
+
+
+class _Record:
+    """Ends a job: one manifest line, the summary's counts, a line on the console."""
+
+    def __init__(self, manifest: Manifest, summary: Summary, view: _View):
+        self.manifest, self.summary, self.view = manifest, summary, view
+
+    def __call__(self, job: Job, status: str, error=None, result=None, elapsed=None) -> None:
+        self.manifest.append(_record(job, status, error=error, result=result, elapsed=elapsed))
+        if status == "done":
+            self.summary.done += 1
+            took = result.get("fit_s", elapsed) if result else elapsed
+            self.view.line(f"done    {job.relpath} -> {job.output_rel} ({took:.1f} s)")
+        else:
+            self.summary.failed += 1
+            self.summary.failures.append((job.relpath, error))
+            self.view.line(f"failed  {job.relpath}: {error}", always=True)
+        self.view.advance(job.relpath)
+
+
+def _run_jobs(runnable: list[Job], pool, settings: Settings, threads, device, retries: int, record: _Record) -> None:
+    """Keep ``pool`` full until every job has ended: submit, collect, retry what may be retried,
+    and write each result (atomically) as it arrives, so an interruption loses no finished image."""
+    queue = deque(runnable)
+    started: dict[int, float] = {}
+    inflight = 0
+    while queue or inflight:
+        while queue and inflight < pool.capacity:
+            job = queue.popleft()
+            job.attempts += 1
+            try:
+                payload = make_payload(job, settings, threads, device)
+            except OSError as e:
+                record(job, "failed", error=f"cannot read file ({e.strerror or e})")
+                continue
+            started[id(job)] = time.perf_counter()
+            pool.submit(job, payload)
+            inflight += 1
+        if not inflight:
+            continue
+        job, res = pool.next_result()
+        inflight -= 1
+        if isinstance(pool, ProcessPool):
+            for orphan in pool.take_orphans():  # lost with a dead worker pool: queue them again
+                inflight -= 1
+                orphan.attempts -= 1  # not their fault
+                queue.appendleft(orphan)
+        elapsed = time.perf_counter() - started.pop(id(job))
+        if not res["ok"]:
+            if res.get("retry") and job.attempts <= retries:
+                record.view.line(f"retry   {job.relpath}: {res['error']}")
+                queue.append(job)
+                continue
+            record(job, "failed", error=res["error"], result=res, elapsed=elapsed)
+            continue
+        _store(job, res, record, elapsed)
+
+
+def _store(job: Job, res: dict, record: _Record, elapsed: float) -> None:
+    """Write a finished job's image where it belongs and record it as done (or failed to write)."""
+    data = res.pop("data")
+    job.input_sha256 = res.get("input_sha256", job.input_sha256)  # the bytes actually restored
+    res["output_sha256"] = _sha256(data)
+    try:
+        job.output.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(job.output, data)
+    except (DeepPriorError, OSError) as e:
+        record(job, "failed", error=str(e), result=res, elapsed=elapsed)
+        return
+    record(job, "done", result=res, elapsed=elapsed)

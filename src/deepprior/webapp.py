@@ -39,6 +39,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home, before gradio loads
 
@@ -393,6 +394,201 @@ def _user_error(e: BaseException) -> gr.Error:
 
 
 # ---------------------------------------------------------------------------------------------
+# What the page's controls do.
+
+
+class StopEvents:
+    """The Stop button: one :class:`threading.Event` per browser session with a fit running."""
+
+    def __init__(self):
+        self._events: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def open(self, request: gr.Request | None) -> tuple[str, threading.Event]:
+        key = getattr(request, "session_hash", None) or f"anon-{threading.get_ident()}"
+        with self._lock:
+            event = self._events[key] = threading.Event()
+        return key, event
+
+    def close(self, key: str, event: threading.Event) -> None:
+        with self._lock:
+            if self._events.get(key) is event:
+                del self._events[key]
+
+    def stop(self, request: gr.Request | None) -> bool:
+        """Set the event of the requesting session's fit; False when it has none running."""
+        with self._lock:
+            event = self._events.get(getattr(request, "session_hash", None))
+        if event is None:
+            return False
+        event.set()
+        return True
+
+
+class Handlers:
+    """The event handlers of one app: each method answers one control (or ``/restore``)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.stops = StopEvents()
+
+    def editor_value(self, path):
+        """An upright 8-bit PNG copy of the upload as the editor's background, with no paint."""
+        image = read_upload(path, self.settings)
+        display = _fresh_dir(self.settings) / "paint-on.png"
+        display.write_bytes(encode_image(Image(image.pixels), "PNG"))
+        value = {"background": str(display), "layers": [], "composite": None}
+        return image, gr.update(value=value, brush=_brush(image))
+
+    def on_task(self, task_name, image_path):
+        """Show the controls the chosen task needs."""
+        editor = gr.update()
+        if task_name == "inpaint" and image_path is not None:
+            try:  # a hidden editor does not draw what it was given: hand it the photo again
+                _, editor = self.editor_value(image_path)
+            except DeepPriorError:
+                pass  # already reported when the photo was uploaded
+        return (
+            gr.update(visible=task_name == "upscale"),
+            gr.update(visible=task_name == "inpaint"),
+            gr.update(visible=task_name in ("inpaint", "reconstruct")),
+            gr.update(visible=task_name == "deblur"),
+            gr.update(visible=task_name == "flash"),
+            editor,
+        )
+
+    @staticmethod
+    def on_kernel(kind):
+        return (
+            gr.update(visible=kind == "gaussian"),
+            gr.update(visible=kind == "motion"),
+            gr.update(visible=kind == "motion"),
+            gr.update(visible=kind == "image"),
+        )
+
+    def on_image(self, path):
+        """Check an upload as soon as it arrives, and give the editor a copy to paint on."""
+        if path is None:
+            return gr.update(), None, ""
+        try:
+            image, editor = self.editor_value(path)
+        except DeepPriorError as e:
+            raise _user_error(e) from None
+        shown = gr.update()
+        try:
+            with PILImage.open(path) as im:
+                web = im.format in _WEB_FORMATS
+        except Exception:
+            web = False
+        if not web:  # e.g. TIFF: browsers cannot show it, so the input becomes a lossless PNG
+            copy = _fresh_dir(self.settings) / "input.png"
+            copy.write_bytes(encode_image(image, "PNG"))
+            shown = str(copy)
+        info = f"{image.width}x{image.height} {image.mode}, {image.bit_depth}-bit"
+        return shown, editor, info
+
+    def run(self, image_path, task_name, scale, editor, mask_file, mask_known, mode, kernel_kind, sigma, length,
+            angle, kernel_file, flash_file, preset, iterations, seed, stop_mode, bayes, request: gr.Request):
+        """Generator behind the Restore button: validates, fits, streams progress, shows the result."""
+        settings = self.settings
+        try:
+            image = read_upload(image_path, settings)
+            painted = painted_mask(editor, (image.height, image.width)) if task_name == "inpaint" else None
+            spec = kernel_spec(kernel_kind, sigma, length, angle, kernel_file) if task_name == "deblur" else None
+            task = build_task(task_name, image, settings, scale=scale, mask_file=mask_file, mask_known=mask_known,
+                              painted=painted, mode=mode, kernel=spec, flash_file=flash_file)
+            fit_kw = fit_options(preset, iterations, seed, stop_mode, settings, bayes=bool(bayes))
+        except DeepPriorError as e:
+            raise _user_error(e) from None
+
+        key, stop = self.stops.open(request)
+        fit = FitRun(image, task, preset, fit_kw, settings.threads, settings.preview_every, stop).start()
+        curve: list[tuple[int, float]] = []
+        last_yield = 0.0
+        try:
+            hide = gr.update(visible=False)
+            yield (status_html("Starting the fit..."), gr.update(value=None, label="Live preview"),
+                   None, hide, hide, "", None, hide)
+            while fit.alive() or not fit.updates.empty():
+                try:
+                    snap = fit.updates.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                # A large image is fitted tile by tile: the curve runs on across tiles.
+                curve.append(((snap["tile"] - 1) * snap["max"] + snap["it"], snap["loss"]))
+                now = time.monotonic()
+                if "preview" not in snap and now - last_yield < 1.0:
+                    continue
+                last_yield = now
+                yield _progress_frame(snap, curve, stop.is_set())
+            fit.join()
+            if fit.error is not None:
+                if isinstance(fit.error, KeyboardInterrupt):
+                    raise _user_error(DeepPriorError("the fit was interrupted before its first iteration"))
+                raise _user_error(fit.error)
+            yield _result_frame(fit.result, image, task, curve, settings)
+        finally:
+            stop.set()  # the page went away or the run ended: make sure the fit thread ends too
+            self.stops.close(key, stop)
+
+    def on_stop(self, request: gr.Request):
+        if self.stops.stop(request):
+            gr.Info("Stopping: the best result so far will be kept.")
+
+    def api_restore(self, image, task="denoise", scale=4, mask=None, preset="fast", max_iterations=0, seed=0,
+                    kernel="gaussian:1.5", flash=None):
+        """Restore ``image`` for ``task``; returns the result as a PNG file."""
+        settings = self.settings
+        try:
+            img = read_upload(image, settings)
+            kind, _, args = (kernel or "").partition(":")
+            if task == "deblur" and kernel and not (kind in ("gaussian", "motion") and args):
+                # Anything else would be read as a path on this server.
+                raise DeepPriorError(f"the kernel must be gaussian:SIGMA or motion:LENGTH,ANGLE, got {kernel!r}")
+            t = build_task(task, img, settings, scale=scale, mask_file=mask, kernel=kernel or None, flash_file=flash)
+            fit_kw = fit_options(preset or "fast", max_iterations, seed, "preset", settings)
+            result = restore(img, t, preset or "fast", threads=settings.threads, **fit_kw)
+        except Exception as e:
+            raise _user_error(e) from None
+        return str(write_result(result, t.name, settings))
+
+
+def _progress_frame(snap: dict, curve, stopping: bool) -> tuple:
+    """The page's outputs while a fit runs: the status line, and the preview and curve when due."""
+    no_change = gr.update()
+    tile = f"Tile {snap['tile']} / {snap['tiles']} · " if snap["tiles"] > 1 else ""
+    text = (f"{tile}Iteration {snap['it']} / {snap['max']} · loss {snap['loss']:.5f} · "
+            f"{_fmt_time(snap['elapsed'])} elapsed · at most {_fmt_time(snap['eta'])} left")
+    if stopping:
+        text = "Stopping: keeping the best result so far..."
+    preview, plot = no_change, no_change
+    if "preview" in snap:
+        preview = gr.update(value=_to_uint8(snap["preview"]), label=f"Live preview (iteration {snap['it']})")
+        plot = loss_figure(curve)
+    return (status_html(text, snap["it"], snap["max"]), preview, plot, no_change, no_change, no_change,
+            no_change, no_change)
+
+
+def _result_frame(result, image: Image, task, curve, settings: Settings) -> tuple:
+    """The page's outputs once a fit has ended: the result, before/after, download and report."""
+    path = write_result(result, task.name, settings)
+    fill = getattr(task, "mask", None) if task.name in ("inpaint", "reconstruct") else None
+    before = before_image(image, (result.image.height, result.image.width), fill)
+    o = result.outcome
+    spread = uncertainty_image(result)
+    return (
+        status_html(f"Finished: {o.iterations} iterations in {_fmt_time(o.elapsed_s)}", o.iterations, o.iterations),
+        gr.update(value=str(path), label="Result"),
+        loss_figure(curve),
+        gr.update(value=(before, _to_uint8(result.image.pixels)), visible=True),
+        gr.update(value=str(path), visible=True),
+        summary(result),
+        _report_json(result),
+        gr.update(value=spread, visible=True) if spread is not None else gr.update(visible=False),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # The page.
 
 
@@ -423,287 +619,124 @@ def build_app(
     """
     settings = Settings(concurrency, max_pixels, max_iterations, preview_every, threads)
     atexit.register(shutil.rmtree, settings.workdir, True)
-    stops: dict[str, threading.Event] = {}
-    stops_lock = threading.Lock()
-
-    def session_event(request: gr.Request | None) -> tuple[str, threading.Event]:
-        key = getattr(request, "session_hash", None) or f"anon-{threading.get_ident()}"
-        with stops_lock:
-            event = stops[key] = threading.Event()
-        return key, event
-
-    def drop_event(key: str, event: threading.Event) -> None:
-        with stops_lock:
-            if stops.get(key) is event:
-                del stops[key]
-
-    # -- event handlers -------------------------------------------------------------------------
-
-    def editor_value(path):
-        """An upright 8-bit PNG copy of the upload as the editor's background, with no paint."""
-        image = read_upload(path, settings)
-        display = _fresh_dir(settings) / "paint-on.png"
-        display.write_bytes(encode_image(Image(image.pixels), "PNG"))
-        value = {"background": str(display), "layers": [], "composite": None}
-        return image, gr.update(value=value, brush=_brush(image))
-
-    def on_task(task_name, image_path):
-        editor = gr.update()
-        if task_name == "inpaint" and image_path is not None:
-            try:  # a hidden editor does not draw what it was given: hand it the photo again
-                _, editor = editor_value(image_path)
-            except DeepPriorError:
-                pass  # already reported when the photo was uploaded
-        return (
-            gr.update(visible=task_name == "upscale"),
-            gr.update(visible=task_name == "inpaint"),
-            gr.update(visible=task_name in ("inpaint", "reconstruct")),
-            gr.update(visible=task_name == "deblur"),
-            gr.update(visible=task_name == "flash"),
-            editor,
-        )
-
-    def on_kernel(kind):
-        return (
-            gr.update(visible=kind == "gaussian"),
-            gr.update(visible=kind == "motion"),
-            gr.update(visible=kind == "motion"),
-            gr.update(visible=kind == "image"),
-        )
-
-    def on_image(path):
-        """Check an upload as soon as it arrives, and give the editor a copy to paint on."""
-        if path is None:
-            return gr.update(), None, ""
-        try:
-            image, editor = editor_value(path)
-        except DeepPriorError as e:
-            raise _user_error(e) from None
-        shown = gr.update()
-        try:
-            with PILImage.open(path) as im:
-                web = im.format in _WEB_FORMATS
-        except Exception:
-            web = False
-        if not web:  # e.g. TIFF: browsers cannot show it, so the input becomes a lossless PNG
-            copy = _fresh_dir(settings) / "input.png"
-            copy.write_bytes(encode_image(image, "PNG"))
-            shown = str(copy)
-        info = f"{image.width}x{image.height} {image.mode}, {image.bit_depth}-bit"
-        return shown, editor, info
-
-    def run(image_path, task_name, scale, editor, mask_file, mask_known, mode, kernel_kind, sigma, length, angle,
-            kernel_file, flash_file, preset, iterations, seed, stop_mode, bayes, request: gr.Request):
-        """Generator behind the Restore button: validates, fits, streams progress, shows the result."""
-        no_change = gr.update()
-        hide = gr.update(visible=False)
-        try:
-            image = read_upload(image_path, settings)
-            painted = painted_mask(editor, (image.height, image.width)) if task_name == "inpaint" else None
-            spec = kernel_spec(kernel_kind, sigma, length, angle, kernel_file) if task_name == "deblur" else None
-            task = build_task(task_name, image, settings, scale=scale, mask_file=mask_file, mask_known=mask_known,
-                              painted=painted, mode=mode, kernel=spec, flash_file=flash_file)
-            fit_kw = fit_options(preset, iterations, seed, stop_mode, settings, bayes=bool(bayes))
-        except DeepPriorError as e:
-            raise _user_error(e) from None
-
-        key, stop = session_event(request)
-        fit = FitRun(image, task, preset, fit_kw, settings.threads, settings.preview_every, stop).start()
-        curve: list[tuple[int, float]] = []
-        last_yield = 0.0
-        try:
-            yield (status_html("Starting the fit..."), gr.update(value=None, label="Live preview"),
-                   None, hide, hide, "", None, hide)
-            while fit.alive() or not fit.updates.empty():
-                try:
-                    snap = fit.updates.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                # A large image is fitted tile by tile: the curve runs on across tiles.
-                curve.append(((snap["tile"] - 1) * snap["max"] + snap["it"], snap["loss"]))
-                now = time.monotonic()
-                if "preview" not in snap and now - last_yield < 1.0:
-                    continue
-                last_yield = now
-                tile = f"Tile {snap['tile']} / {snap['tiles']} · " if snap["tiles"] > 1 else ""
-                text = (f"{tile}Iteration {snap['it']} / {snap['max']} · loss {snap['loss']:.5f} · "
-                        f"{_fmt_time(snap['elapsed'])} elapsed · at most {_fmt_time(snap['eta'])} left")
-                if stop.is_set():
-                    text = "Stopping: keeping the best result so far..."
-                preview = (gr.update(value=_to_uint8(snap["preview"]), label=f"Live preview (iteration {snap['it']})")
-                           if "preview" in snap else no_change)
-                plot = loss_figure(curve) if "preview" in snap else no_change
-                yield (status_html(text, snap["it"], snap["max"]), preview, plot, no_change, no_change, no_change,
-                       no_change, no_change)
-            fit.join()
-            if fit.error is not None:
-                if isinstance(fit.error, KeyboardInterrupt):
-                    raise _user_error(DeepPriorError("the fit was interrupted before its first iteration"))
-                raise _user_error(fit.error)
-            result = fit.result
-            path = write_result(result, task.name, settings)
-            fill = getattr(task, "mask", None) if task.name in ("inpaint", "reconstruct") else None
-            before = before_image(image, (result.image.height, result.image.width), fill)
-            o = result.outcome
-            spread = uncertainty_image(result)
-            yield (
-                status_html(f"Finished: {o.iterations} iterations in {_fmt_time(o.elapsed_s)}", o.iterations, o.iterations),
-                gr.update(value=str(path), label="Result"),
-                loss_figure(curve),
-                gr.update(value=(before, _to_uint8(result.image.pixels)), visible=True),
-                gr.update(value=str(path), visible=True),
-                summary(result),
-                _report_json(result),
-                gr.update(value=spread, visible=True) if spread is not None else hide,
-            )
-        finally:
-            stop.set()  # the page went away or the run ended: make sure the fit thread ends too
-            drop_event(key, stop)
-
-    def on_stop(request: gr.Request):
-        key = getattr(request, "session_hash", None)
-        with stops_lock:
-            event = stops.get(key)
-        if event is not None:
-            event.set()
-            gr.Info("Stopping: the best result so far will be kept.")
-
-    def api_restore(image, task="denoise", scale=4, mask=None, preset="fast", max_iterations=0, seed=0,
-                    kernel="gaussian:1.5", flash=None):
-        """Restore ``image`` for ``task``; returns the result as a PNG file."""
-        try:
-            img = read_upload(image, settings)
-            kind, _, args = (kernel or "").partition(":")
-            if task == "deblur" and kernel and not (kind in ("gaussian", "motion") and args):
-                # Anything else would be read as a path on this server.
-                raise DeepPriorError(f"the kernel must be gaussian:SIGMA or motion:LENGTH,ANGLE, got {kernel!r}")
-            t = build_task(task, img, settings, scale=scale, mask_file=mask, kernel=kernel or None, flash_file=flash)
-            fit_kw = fit_options(preset or "fast", max_iterations, seed, "preset", settings)
-            result = restore(img, t, preset or "fast", threads=settings.threads, **fit_kw)
-        except Exception as e:
-            raise _user_error(e) from None
-        return str(write_result(result, t.name, settings))
-
-    # -- layout ---------------------------------------------------------------------------------
-
+    handlers = Handlers(settings)
     with gr.Blocks(title="deepprior: restore a photo", analytics_enabled=False, delete_cache=(3600, 6 * 3600)) as demo:
-        gr.Markdown(
-            "# deepprior\n"
-            "Restore a damaged photo with the **Deep Image Prior**: a small network is fitted to your one "
-            "image, with no training data and no pretrained weights. Fits take a while on a CPU "
-            "(a minute or more for a small photo); you can watch the result form and stop when you like it."
-        )
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=320):
-                image_in = ImageFile(
-                    label="Photo to restore (drop, pick or paste)",
-                    sources=["upload", "clipboard"],
-                    format="png",
-                    height=300,
-                    elem_id="input-image",
-                )
-                image_info = gr.Markdown("", elem_id="image-info")
-                task = gr.Radio(TASK_CHOICES, value="denoise", label="What to do", elem_id="task")
-                with gr.Group(visible=False) as scale_box:
-                    scale = gr.Radio([(f"x{s}", s) for s in SCALES], value=2, label="Upscale by", elem_id="scale")
-                with gr.Group(visible=False) as paint_box:
-                    editor = gr.ImageEditor(
-                        label="Paint over what should be filled in",
-                        type="numpy",
-                        sources=(),
-                        transforms=(),
-                        layers=False,
-                        brush=_brush(),
-                        format="png",
-                        elem_id="mask-editor",
-                    )
-                    mode = gr.Radio([("Text, scratches, small marks", "text"), ("Large hole", "hole")],
-                                    value="text", label="Kind of damage", elem_id="inpaint-mode")
-                with gr.Group(visible=False) as mask_box:
-                    mask_in = ImageFile(label="...or upload a mask (white = fill in)",
-                                        sources=["upload", "clipboard"], format="png", elem_id="mask-upload")
-                    mask_known = gr.Checkbox(False, label="My mask is white where pixels are known (the paper's masks)")
-                with gr.Group(visible=False) as deblur_box:
-                    kernel_kind = gr.Radio(KERNEL_CHOICES, value="gaussian", label="Blur", elem_id="kernel-kind")
-                    sigma = gr.Slider(0.3, 6.0, value=1.5, step=0.1, label="Gaussian blur radius (sigma, px)")
-                    length = gr.Slider(3, 41, value=9, step=1, label="Motion length (px)", visible=False)
-                    angle = gr.Slider(0, 180, value=0, step=5, label="Motion angle (degrees)", visible=False)
-                    kernel_file = ImageFile(label="Kernel image (grayscale, at most 101x101)",
-                                            sources=["upload"], format="png", visible=False)
-                with gr.Group(visible=False) as flash_box:
-                    flash_in = ImageFile(label="Flash photo of the same scene (the one above is without flash)",
-                                         sources=["upload", "clipboard"], format="png")
-                preset = gr.Radio([("Fast (CPU-friendly)", "fast"), ("Paper (published settings, slower)", "paper")],
-                                  value="fast", label="Preset", elem_id="preset")
-                with gr.Accordion("Advanced", open=False):
-                    iterations = gr.Number(None, label="Iteration cap (empty: the preset's)", precision=0, minimum=0,
-                                           elem_id="iterations")
-                    seed = gr.Number(0, label="Seed (the same seed repeats a run)", precision=0, elem_id="seed")
-                    stop_mode = gr.Radio(STOP_CHOICES, value="preset", label="Stopping", elem_id="stop-mode")
-                    bayes = gr.Checkbox(False, label="Bayesian mode: average posterior samples (Langevin dynamics) and "
-                                        "map where the result is unsure; runs to the cap", elem_id="bayes")
-                with gr.Row():
-                    run_btn = gr.Button("Restore", variant="primary", elem_id="run")
-                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
-            with gr.Column(scale=1, min_width=320):
-                status = gr.HTML(status_html("Upload a photo, choose what to do, press Restore."), elem_id="status")
-                result_img = gr.Image(label="Result", format="png", interactive=False, height=360, elem_id="result-image")
-                download = gr.DownloadButton("Download PNG", visible=False, elem_id="download")
-                compare = gr.ImageSlider(label="Before / after", format="png", visible=False, interactive=False,
-                                         elem_id="compare")
-                uncertainty = gr.Image(label="Uncertainty: the samples' spread (dark: sure, bright: unsure)",
-                                       format="png", interactive=False, visible=False, height=240,
-                                       elem_id="uncertainty-image")
-                loss_plot = gr.Plot(label="Loss curve", show_label=False, format="png", elem_id="loss-plot")
-                report_md = gr.Markdown("", elem_id="report")
-                with gr.Accordion("Full report", open=False):
-                    report_json = gr.JSON(label="Report", elem_id="report-json")
-
-        if examples:
-            _examples(image_in, task, scale, mask_in)
-
-        # The /restore endpoint for programs: its own (never shown) inputs and output.
-        with gr.Group(visible=False):
-            api_image = ImageFile(label="image")
-            api_task = gr.Dropdown(list(TASK_NAMES), value="denoise", label="task")
-            api_scale = gr.Number(4, precision=0, label="scale")
-            api_mask = ImageFile(label="mask")
-            api_preset = gr.Dropdown(list(PRESET_NAMES), value="fast", label="preset")
-            api_iters = gr.Number(0, precision=0, label="max_iterations")
-            api_seed = gr.Number(0, precision=0, label="seed")
-            api_kernel = gr.Textbox("gaussian:1.5", label="kernel")
-            api_flash = ImageFile(label="flash")
-            api_out = gr.File(label="restored PNG")
-            api_btn = gr.Button(visible=False)
-
-        # -- wiring -------------------------------------------------------------------------------
-        cheap = dict(concurrency_limit=None, api_visibility="private", show_progress="hidden")
-        task.change(on_task, [task, image_in], [scale_box, paint_box, mask_box, deblur_box, flash_box, editor], **cheap)
-        kernel_kind.change(on_kernel, kernel_kind, [sigma, length, angle, kernel_file], **cheap)
-        image_in.change(on_image, image_in, [image_in, editor, image_info], **cheap)
-        run_btn.click(
-            run,
-            [image_in, task, scale, editor, mask_in, mask_known, mode, kernel_kind, sigma, length, angle, kernel_file,
-             flash_in, preset, iterations, seed, stop_mode, bayes],
-            [status, result_img, loss_plot, compare, download, report_md, report_json, uncertainty],
-            concurrency_limit=concurrency,
-            concurrency_id="fit",
-            show_progress="full",
-            show_progress_on=[status],
-            api_visibility="private",
-            trigger_mode="once",
-        )
-        stop_btn.click(on_stop, None, None, **cheap)
-        api_btn.click(
-            api_restore,
-            [api_image, api_task, api_scale, api_mask, api_preset, api_iters, api_seed, api_kernel, api_flash],
-            api_out,
-            api_name="restore",
-            concurrency_limit=concurrency,
-            concurrency_id="fit",
-        )
+        page = _page(examples)
+        _wire(page, _api_endpoint(), handlers, concurrency)
     demo.deepprior_settings = settings
     return demo
+
+
+def _page(examples: bool) -> SimpleNamespace:
+    """Lay out the page's controls (inside an open ``gr.Blocks``) and return them by name."""
+    gr.Markdown(
+        "# deepprior\n"
+        "Restore a damaged photo with the **Deep Image Prior**: a small network is fitted to your one "
+        "image, with no training data and no pretrained weights. Fits take a while on a CPU "
+        "(a minute or more for a small photo); you can watch the result form and stop when you like it."
+    )
+    p = SimpleNamespace()
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=320):
+            p.image_in = ImageFile(label="Photo to restore (drop, pick or paste)", sources=["upload", "clipboard"],
+                                   format="png", height=300, elem_id="input-image")
+            p.image_info = gr.Markdown("", elem_id="image-info")
+            p.task = gr.Radio(TASK_CHOICES, value="denoise", label="What to do", elem_id="task")
+            with gr.Group(visible=False) as p.scale_box:
+                p.scale = gr.Radio([(f"x{s}", s) for s in SCALES], value=2, label="Upscale by", elem_id="scale")
+            with gr.Group(visible=False) as p.paint_box:
+                p.editor = gr.ImageEditor(label="Paint over what should be filled in", type="numpy", sources=(),
+                                          transforms=(), layers=False, brush=_brush(), format="png",
+                                          elem_id="mask-editor")
+                p.mode = gr.Radio([("Text, scratches, small marks", "text"), ("Large hole", "hole")],
+                                  value="text", label="Kind of damage", elem_id="inpaint-mode")
+            with gr.Group(visible=False) as p.mask_box:
+                p.mask_in = ImageFile(label="...or upload a mask (white = fill in)", sources=["upload", "clipboard"],
+                                      format="png", elem_id="mask-upload")
+                p.mask_known = gr.Checkbox(False, label="My mask is white where pixels are known (the paper's masks)")
+            with gr.Group(visible=False) as p.deblur_box:
+                p.kernel_kind = gr.Radio(KERNEL_CHOICES, value="gaussian", label="Blur", elem_id="kernel-kind")
+                p.sigma = gr.Slider(0.3, 6.0, value=1.5, step=0.1, label="Gaussian blur radius (sigma, px)")
+                p.length = gr.Slider(3, 41, value=9, step=1, label="Motion length (px)", visible=False)
+                p.angle = gr.Slider(0, 180, value=0, step=5, label="Motion angle (degrees)", visible=False)
+                p.kernel_file = ImageFile(label="Kernel image (grayscale, at most 101x101)", sources=["upload"],
+                                          format="png", visible=False)
+            with gr.Group(visible=False) as p.flash_box:
+                p.flash_in = ImageFile(label="Flash photo of the same scene (the one above is without flash)",
+                                       sources=["upload", "clipboard"], format="png")
+            p.preset = gr.Radio([("Fast (CPU-friendly)", "fast"), ("Paper (published settings, slower)", "paper")],
+                                value="fast", label="Preset", elem_id="preset")
+            with gr.Accordion("Advanced", open=False):
+                p.iterations = gr.Number(None, label="Iteration cap (empty: the preset's)", precision=0, minimum=0,
+                                         elem_id="iterations")
+                p.seed = gr.Number(0, label="Seed (the same seed repeats a run)", precision=0, elem_id="seed")
+                p.stop_mode = gr.Radio(STOP_CHOICES, value="preset", label="Stopping", elem_id="stop-mode")
+                p.bayes = gr.Checkbox(False, label="Bayesian mode: average posterior samples (Langevin dynamics) and "
+                                      "map where the result is unsure; runs to the cap", elem_id="bayes")
+            with gr.Row():
+                p.run_btn = gr.Button("Restore", variant="primary", elem_id="run")
+                p.stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+        with gr.Column(scale=1, min_width=320):
+            p.status = gr.HTML(status_html("Upload a photo, choose what to do, press Restore."), elem_id="status")
+            p.result_img = gr.Image(label="Result", format="png", interactive=False, height=360, elem_id="result-image")
+            p.download = gr.DownloadButton("Download PNG", visible=False, elem_id="download")
+            p.compare = gr.ImageSlider(label="Before / after", format="png", visible=False, interactive=False,
+                                       elem_id="compare")
+            p.uncertainty = gr.Image(label="Uncertainty: the samples' spread (dark: sure, bright: unsure)",
+                                     format="png", interactive=False, visible=False, height=240,
+                                     elem_id="uncertainty-image")
+            p.loss_plot = gr.Plot(label="Loss curve", show_label=False, format="png", elem_id="loss-plot")
+            p.report_md = gr.Markdown("", elem_id="report")
+            with gr.Accordion("Full report", open=False):
+                p.report_json = gr.JSON(label="Report", elem_id="report-json")
+    if examples:
+        _examples(p.image_in, p.task, p.scale, p.mask_in)
+    return p
+
+
+def _api_endpoint() -> tuple[list, gr.File, gr.Button]:
+    """The never-shown inputs, output and trigger of the ``/restore`` endpoint for programs."""
+    with gr.Group(visible=False):
+        inputs = [
+            ImageFile(label="image"),
+            gr.Dropdown(list(TASK_NAMES), value="denoise", label="task"),
+            gr.Number(4, precision=0, label="scale"),
+            ImageFile(label="mask"),
+            gr.Dropdown(list(PRESET_NAMES), value="fast", label="preset"),
+            gr.Number(0, precision=0, label="max_iterations"),
+            gr.Number(0, precision=0, label="seed"),
+            gr.Textbox("gaussian:1.5", label="kernel"),
+            ImageFile(label="flash"),
+        ]
+        output = gr.File(label="restored PNG")
+        button = gr.Button(visible=False)
+    return inputs, output, button
+
+
+def _wire(p: SimpleNamespace, api: tuple, handlers: Handlers, concurrency: int) -> None:
+    """Connect the controls to their handlers. Fits (the page's and the endpoint's) share one
+    queue of ``concurrency`` workers; showing and hiding controls skips the queue."""
+    cheap = dict(concurrency_limit=None, api_visibility="private", show_progress="hidden")
+    p.task.change(handlers.on_task, [p.task, p.image_in],
+                  [p.scale_box, p.paint_box, p.mask_box, p.deblur_box, p.flash_box, p.editor], **cheap)
+    p.kernel_kind.change(handlers.on_kernel, p.kernel_kind, [p.sigma, p.length, p.angle, p.kernel_file], **cheap)
+    p.image_in.change(handlers.on_image, p.image_in, [p.image_in, p.editor, p.image_info], **cheap)
+    p.run_btn.click(
+        handlers.run,
+        [p.image_in, p.task, p.scale, p.editor, p.mask_in, p.mask_known, p.mode, p.kernel_kind, p.sigma, p.length,
+         p.angle, p.kernel_file, p.flash_in, p.preset, p.iterations, p.seed, p.stop_mode, p.bayes],
+        [p.status, p.result_img, p.loss_plot, p.compare, p.download, p.report_md, p.report_json, p.uncertainty],
+        concurrency_limit=concurrency,
+        concurrency_id="fit",
+        show_progress="full",
+        show_progress_on=[p.status],
+        api_visibility="private",
+        trigger_mode="once",
+    )
+    p.stop_btn.click(handlers.on_stop, None, None, **cheap)
+    inputs, output, button = api
+    button.click(handlers.api_restore, inputs, output, api_name="restore", concurrency_limit=concurrency,
+                 concurrency_id="fit")
 
 
 def _brush(image: Image | None = None) -> gr.Brush:
