@@ -356,3 +356,32 @@ def test_thinned_stop_curve_keeps_every_tenth_iteration_to_six_digits():
 
     outcome = SimpleNamespace(stop_curve=[(i, 1 / i) for i in range(100, 131)])
     assert runner.thinned_stop_curve(outcome) == [[100, 0.01], [110, 0.00909091], [120, 0.00833333], [130, 0.00769231]]
+
+
+def test_bench_report_writes_the_marked_block_of_a_run(tmp_path, capsys, monkeypatch):
+    data = make_data(tmp_path / "data", "Set5", ["a", "b"], size=(32, 32))
+    out = tmp_path / "out"
+    runner.run_bench(suites.get_suite("sr-x2"), data, out, methods=["bicubic", "lanczos"], threads=1)
+    # DIP rows are made up here (a fit is not what this test is about): DIP wins on "a" only.
+    res = json.loads((out / "results.json").read_text())
+    for r in [r for r in res["rows"] if r["method"] == "lanczos"]:
+        res["rows"].append(dict(r, method="dip", preset="fast", iters=None, seconds=12.0,
+                                psnr_y=r["psnr_y"] + (1.0 if r["image"] == "a" else -1.0)))
+    runner.write_results(out, res)
+    assert main(["bench", "report", str(out)]) == 0
+    block = capsys.readouterr().out
+    assert block.startswith("<!-- bench: sr-x2/Set5 -->") and block.rstrip().endswith("<!-- /bench -->")
+    assert "DIP beats every other method on 1 of 2 images" in block
+    assert "`deepprior bench sr-x2 --set Set5 --methods dip,bicubic,lanczos --threads 1`" in block
+    assert "| seconds per image (mean) | 12.0 |" in block
+
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text("# Benchmarks\n\n<!-- bench: sr-x2/Set5 -->\nold table\n<!-- /bench -->\n\nwhat limits it\n")
+    assert main(["bench", "report", str(out), "--into", str(doc)]) == 0
+    text = doc.read_text()
+    assert "old table" not in text and "DIP beats every other method" in text and text.endswith("what limits it\n")
+    assert text.count("<!-- /bench -->") == 1
+    doc.write_text("# Benchmarks\n")
+    assert main(["bench", "report", str(out), "--into", str(doc)]) == 2
+    assert "has no block <!-- bench: sr-x2/Set5 -->" in capsys.readouterr().err
+    assert doc.read_text() == "# Benchmarks\n"

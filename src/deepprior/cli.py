@@ -544,7 +544,8 @@ def batch(
 
 @app.command()
 def bench(
-    suite: Annotated[str, typer.Argument(help="sr-x2, sr-x3, sr-x4, sr-x8, denoise-15, denoise-25, denoise-50, inpaint-50 or inpaint-text; or speed (fast against paper preset: time, PSNR at equal time, memory) or stopping (auto-stop against the true PSNR peak).", show_default=False)],
+    suite: Annotated[str, typer.Argument(help="sr-x2, sr-x3, sr-x4, sr-x8, denoise-15, denoise-25, denoise-50, inpaint-50 or inpaint-text; or speed (fast against paper preset: time, PSNR at equal time, memory), stopping (auto-stop against the true PSNR peak), or report (markdown tables of finished suite runs).", show_default=False)],
+    folders: Annotated[Optional[list[Path]], typer.Argument(help="report: the --out folders of suite runs.", show_default=False)] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Benchmark data folder (default: ../shared/data, else $DEEPPRIOR_DATA).")] = None,
     set_name: Annotated[Optional[str], typer.Option("--set", help="Super-resolution image set: Set5 (default) or Set14.")] = None,
     methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods (default: every method of the suite).")] = None,
@@ -564,13 +565,22 @@ def bench(
     bayes: Annotated[Optional[bool], typer.Option("--bayes/--no-bayes", help="stopping: also run the Bayesian (SGLD) mode, for its PSNR and time (default: off).", show_default=False)] = None,
     stop_rule: Annotated[Optional[StopRule], typer.Option("--stop-rule", help="stopping: the rule to measure (variance or holdout; default: each preset's).", show_default=False)] = None,
     observe_from: Annotated[Optional[list[Path]], typer.Option("--observe-from", help="stopping: a suite run's folder (deepprior bench SUITE --out) whose DIP fits, where they ran exactly the observed fit (fast preset, rule never fired, cap reached), stand in for it. Repeatable.")] = None,
+    into: Annotated[Optional[Path], typer.Option("--into", help="report: replace each run's marked block in this markdown file (e.g. BENCHMARKS.md) instead of printing.")] = None,
 ):
     """Benchmark DIP and classical baselines on a standard suite; writes results.csv/json and report.md.
 
-    "bench speed" and "bench stopping" measure the presets instead (issues 4 and 5): they print
-    tables and write JSON and markdown to --out (default bench-out/speed, bench-out/stopping).
+    "bench speed" and "bench stopping" measure the presets instead: they print tables and write
+    JSON and markdown to --out (default bench-out/speed, bench-out/stopping). "bench report
+    FOLDER..." prints each finished suite run as the markdown block BENCHMARKS.md holds, or with
+    --into rewrites those blocks in place.
     """
     from . import bench as bench_mod
+
+    if suite == "report":
+        _bench_report(folders or [], into)
+        return
+    if folders:
+        raise DeepPriorError(f"bench {suite} takes no folders (only bench report does)")
 
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
     measure = suite in bench_mod.MEASURES
@@ -640,6 +650,34 @@ def bench(
         for table in bench_mod.measure_tables(suite, results):
             out_console.print(table)
     err.print(f"wrote {path} ({len(results['rows'])} results)", highlight=False, soft_wrap=True)
+
+
+def _bench_report(folders: list[Path], into: Path | None) -> None:
+    from .bench import report, runner
+    from .images import atomic_write_bytes
+
+    if not folders:
+        raise DeepPriorError("bench report needs the --out folder of at least one suite run")
+    sections = []
+    for folder in folders:
+        data = runner.read_results(folder)
+        if data is None:
+            raise DeepPriorError(f"{folder}: no results.json of a suite run there")
+        if not data["rows"]:
+            raise DeepPriorError(f"{folder}: the run has no results yet")
+        sections.append(report.suite_section(data))
+    if into is None:
+        print("\n\n".join(sections))
+        return
+    try:
+        text = into.read_text(encoding="utf-8")
+    except OSError as e:
+        raise DeepPriorError(f"{into}: cannot read ({e.strerror or e})") from None
+    text, missing = report.update_document(text, sections)
+    if missing:
+        raise DeepPriorError(f"{into} has no block {missing[0]} ... {report.SECTION_END} to replace")
+    atomic_write_bytes(into, text.encode())
+    err.print(f"updated {len(sections)} block(s) in {into}", highlight=False, soft_wrap=True)
 
 
 @app.command("app")

@@ -330,3 +330,97 @@ def _notes(suite: suites.Suite, data: dict) -> list[str]:
     if suite.kind == "sr":
         notes.append("Bicubic and Lanczos are Pillow's upscaling of the 8-bit low-resolution input.")
     return notes
+
+
+# --------------------------------------------------------------------------- BENCHMARKS.md sections
+
+SECTION_BEGIN = "<!-- bench: {key} -->"
+SECTION_END = "<!-- /bench -->"
+
+
+def section_key(data: dict) -> str:
+    """What names a suite run's block in a document: ``SUITE/SET`` (e.g. ``sr-x4/Set14``)."""
+    cfg = data.get("config", {})
+    return f"{cfg.get('suite')}/{cfg.get('set')}"
+
+
+def reproduce_command(data: dict) -> str:
+    """The ``deepprior bench`` command line that makes the rows of ``data`` again."""
+    cfg = data.get("config", {})
+    rows = data["rows"]
+    _, methods = _ordered(rows)
+    parts = ["deepprior bench", str(cfg.get("suite"))]
+    if str(cfg.get("suite", "")).startswith("sr-"):
+        parts.append(f"--set {cfg.get('set')}")
+    parts.append("--methods " + ",".join(methods))
+    dip = next((r for r in rows if r["method"] == "dip"), None)
+    if dip is not None and dip.get("preset") not in (None, "fast"):
+        parts.append(f"--preset {dip['preset']}")
+    if dip is not None and dip.get("iters"):
+        parts.append(f"--iters {dip['iters']}")
+    if cfg.get("seed"):
+        parts.append(f"--seed {cfg['seed']}")
+    threads = data.get("machine", {}).get("threads")
+    if threads:
+        parts.append(f"--threads {threads}")
+    return " ".join(parts)
+
+
+def dip_against_best(rows, metric: str) -> str | None:
+    """One sentence: on how many images DIP beats every other method of the run, and by how much
+    its mean differs from the best other method's mean."""
+    images, methods = _ordered(rows)
+    others = [m for m in methods if m != "dip"]
+    cell = {(r["image"], r["method"]): r.get(metric) for r in rows}
+    if "dip" not in methods or not others:
+        return None
+    complete = [im for im in images if all(cell.get((im, m)) is not None for m in methods)]
+    if not complete:
+        return None
+    wins = sum(cell[(im, "dip")] > max(cell[(im, m)] for m in others) for im in complete)
+    means = {m: _mean([cell[(im, m)] for im in complete]) for m in methods}
+    best = max(others, key=lambda m: means[m])
+    label = baselines.METHODS[best].label if best in baselines.METHODS else best
+    return (f"DIP beats every other method on {wins} of {len(complete)} images; its mean is "
+            f"{means['dip'] - means[best]:+.2f} against the best other mean ({label}, {_fmt(means[best])}).")
+
+
+def suite_section(data: dict) -> str:
+    """The markdown block for one suite run in BENCHMARKS.md: its headline table with a mean
+    time row, how DIP stands against the best other method, the machine and the command."""
+    rows = data["rows"]
+    cfg = data.get("config", {})
+    suite = suites.get_suite(cfg["suite"], cfg.get("set"))
+    metric = suite.metric
+    images, methods = _ordered(rows)
+    table = metric_table(rows, metric, suite.paper)
+    seconds = {m: _mean([r.get("seconds") for r in rows if r["method"] == m]) for m in methods}
+    table += "\n| seconds per image (mean) | " + " | ".join(_fmt(seconds[m], 1) for m in methods) + " |"
+    table += " |" * (table.splitlines()[0].count("|") - 2 - len(methods))  # paper / gap columns, if any
+    mach = data.get("machine", {})
+    dip = next((r for r in rows if r["method"] == "dip"), None)
+    lines = [SECTION_BEGIN.format(key=section_key(data)),
+             f"{_METRIC_TITLES[metric]}, {len(images)} images. " + suite.description(), "", table, ""]
+    verdict = dip_against_best(rows, metric)
+    if verdict:
+        lines += [verdict, ""]
+    if dip is not None:
+        lines += [f"DIP: preset `{dip.get('preset')}`, iteration cap {dip.get('iters') or 'the preset default'}.", ""]
+    lines += [f"Machine: {mach.get('cpu')}, {mach.get('threads')} PyTorch threads, torch {mach.get('torch')}. "
+              f"Reproduce: `{reproduce_command(data)}`", SECTION_END]
+    return "\n".join(lines)
+
+
+def update_document(text: str, sections: list[str]) -> tuple[str, list[str]]:
+    """Replace each section's block (between its begin marker and the next end marker) in
+    ``text``; returns the new text and the keys of sections that had no block there."""
+    missing = []
+    for section in sections:
+        begin = section.splitlines()[0]
+        start = text.find(begin)
+        end = text.find(SECTION_END, start)
+        if start < 0 or end < 0:
+            missing.append(begin)
+            continue
+        text = text[:start] + section + text[end + len(SECTION_END):]
+    return text, missing
