@@ -194,7 +194,7 @@ def test_data_dir_lookup(tmp_path, monkeypatch):
 def test_baselines_restore_better_than_the_degraded_input():
     clean = _image(48, 48)
     sr = suites.get_suite("sr-x2").degrade(clean, "x", 0)
-    for f in (baselines.bicubic, baselines.lanczos):
+    for f in (baselines.bicubic, baselines.lanczos, baselines.regularised):
         out = f(sr)
         assert out.shape == sr.clean.pixels.shape and metrics.psnr(out, sr.clean.pixels) > 25
     dn = suites.get_suite("denoise-25").degrade(clean, "x", 0)

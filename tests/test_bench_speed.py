@@ -137,7 +137,7 @@ def test_run_speed_tiny_writes_json_and_resumes(data, tmp_path, monkeypatch):
     assert saved["summary"]["house"]["images"] == 1 and saved["summary"]["cbm3d"]["images"] == 2
     assert saved["summary"]["cbm3d"]["images_total"] == 2
     md = (out / speed.MARKDOWN).read_text()
-    assert "image_House256rgb" in md and "Targets (issue 4)" in md
+    assert "image_House256rgb" in md and "Targets: quality and time per case" in md
     assert res["rows"][0]["key"] == saved["rows"][0]["key"]
 
     # Without --resume the folder is refused; with other settings too.
@@ -257,7 +257,7 @@ def test_run_stopping_tiny_matches_a_real_auto_stop(data, tmp_path):
     assert r["stop_ratio"] == pytest.approx(r["stop_iter"] / r["peak_iter"])
     assert r["bayes_iterations"] == 40 and r["bayes_samples"] > 0 and r["bayes_seconds"] > 0
     assert saved["summary"]["all"]["images"] == 1 and "mean_bayes_psnr" in saved["summary"]["all"]
-    assert "Targets (issue 5)" in (out / stopping.MARKDOWN).read_text()
+    assert "Targets: stopping against the peak" in (out / stopping.MARKDOWN).read_text()
 
     # The captured result is what stop="auto" returns with the same seed.
     suite = suites.get_suite("denoise-25")
@@ -339,13 +339,13 @@ def test_cli_speed_and_stopping(data, tmp_path, capsys):
     assert main(["bench", "speed", "--data", str(data), "--out", str(out), "--cases", "house", "--iters", "3",
                  "--paper-iters", "2", "--no-paper-equal-time", "-q", "--threads", "1"]) == 0
     printed = capsys.readouterr().out
-    assert "image_House256rgb" in printed and "Targets (issue 4)" in printed
+    assert "image_House256rgb" in printed and "Targets: quality and time per case" in printed
     assert (out / "speed.json").is_file() and (out / "speed.md").is_file()
     assert set(json.loads((out / "speed.json").read_text())["summary"]) == {"house"}  # not cbm3d, though House is in it
     out = tmp_path / "cli-stop"
     assert main(["bench", "stopping", "--data", str(data), "--out", str(out), "--cases", "set5", "--iters", "10",
                  "-q"]) == 0
-    assert "Targets (issue 5)" in capsys.readouterr().out
+    assert "Targets: stopping against the peak" in capsys.readouterr().out
     assert json.loads((out / "stopping.json").read_text())["rows"][0]["suite"] == "sr-x4"
     # options of one benchmark are refused by the others
     assert main(["bench", "stopping", "--data", str(data), "--out", str(out), "--paper-iters", "3"]) == 2

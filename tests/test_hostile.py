@@ -1,4 +1,4 @@
-"""Hostile and unusual input through the Python API and the command line (issue 8).
+"""Hostile and unusual input through the Python API and the command line.
 
 What people have must work and come back as they had it (gray stays gray, alpha is carried
 through, 16-bit stays 16-bit, EXIF-rotated photos are turned upright, 1x1 images get every task);

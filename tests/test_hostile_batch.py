@@ -1,4 +1,4 @@
-"""Hostile and unusual input through the batch runner (issue 8).
+"""Hostile and unusual input through the batch runner.
 
 The whole corpus of ``tests/corpus.py`` (good and bad files side by side, plus a few awkward
 file names) goes through ``deepprior batch FOLDER --task denoise`` in this process, once: every

@@ -1,4 +1,4 @@
-"""Hostile and unusual input through the web app's ``/restore`` endpoint (issue 8).
+"""Hostile and unusual input through the web app's ``/restore`` endpoint.
 
 A local server (127.0.0.1, a free port, ``max_iterations=2``, one thread) gets the whole corpus
 of ``tests/corpus.py`` through :mod:`gradio_client`: a bad file must come back as an exception

@@ -76,7 +76,6 @@ def lanczos(case: Case, **_) -> np.ndarray:
     return _pillow_upscale(case, PILImage.Resampling.LANCZOS)
 
 
-@functools.lru_cache(maxsize=2)
 def regularised(case: Case, **_) -> np.ndarray:
     """Back-projection through the Lanczos operator with 8x8 DCT thresholding, then a
     total-variation refinement: the classical estimate the ``fast`` preset starts from (x2-x4)."""
@@ -85,6 +84,7 @@ def regularised(case: Case, **_) -> np.ndarray:
     return regularised_upscale(case.degraded.pixels, case.scale)
 
 
+@functools.lru_cache(maxsize=2)
 def _realesrgan_net(weights: str | None):
     from .realesrgan import load_realesrgan
 

@@ -1,4 +1,4 @@
-"""``deepprior bench speed``: the fast preset's time and quality against the paper preset's (issue 4).
+"""``deepprior bench speed``: the fast preset's time and quality against the paper preset's.
 
 Per image of each case, in one process and on the suites' seeded degradations:
 
@@ -49,12 +49,12 @@ MEMORY_SIZE = 1024  # side of the square RGB image of the memory case
 MEMORY_ITERS = 5
 MEMORY_LIMIT_GB = 4.0
 MEMORY_TASKS = ("denoise", "sr-x4", "reconstruct")
-REFERENCE_PIXELS = 512 * 512  # the issue's time limits are stated at 512x512
+REFERENCE_PIXELS = 512 * 512  # the cases' time limits are stated at 512x512
 
 
 @dataclass(frozen=True)
 class SpeedCase:
-    """One line of issue 4's targets table: images, a quality target and a time limit."""
+    """One line of the targets table: images, a quality target and a time limit."""
 
     name: str
     suite: str  # the suite whose images, degradation and metric the case uses
@@ -453,7 +453,7 @@ def tables(data: dict) -> list[Table]:
         "paper's published number for that image, the paper preset's at equal time, or neither.",
     ]
     summary = data.get("summary") or {}
-    targets = Table("Targets (issue 4)", ["case", "images", "mean metric", "target", "quality", "within limit",
+    targets = Table("Targets: quality and time per case", ["case", "images", "mean metric", "target", "quality", "within limit",
                                            "time per image s",
                                            "limit s", "time", "paper @ equal time", "published", "speed-up",
                                            "at equal PSNR vs"])

@@ -1,4 +1,4 @@
-"""``deepprior bench stopping``: automatic stopping against the true quality peak (issue 5).
+"""``deepprior bench stopping``: automatic stopping against the true quality peak.
 
 For each image of CBM3D_color9 (sigma 25), Set5 (x4) and Heide11 (50 % dropped) the fast
 preset runs with ``stop="observe"`` and the ground truth as reference: the stopping rule is
@@ -272,7 +272,7 @@ def tables(data: dict) -> list[Table]:
               f"<= {MAX_GAP_DB}", "mean ratio", "worst ratio", f"<= {MAX_RATIO}x", "rule fired", "peak at cap"]
     if with_bayes:
         header += ["mean Bayes PSNR", "Bayes gap", "mean Bayes s"]
-    targets = Table("Targets (issue 5)", header)
+    targets = Table("Targets: stopping against the peak", header)
     for name in CASE_NAMES + ("all",):
         s = summary.get(name)
         if s is None:
