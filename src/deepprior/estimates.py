@@ -6,7 +6,7 @@ looks like at all: on 50 % reconstruction at 512x512 it was still rising after 3
 second on a grey 512x512 image. With ``input="estimate"`` (:func:`deepprior.fitting.make_input`) the first channels of
 the network input hold the task's classical answer from this module and the rest are noise, so
 the network starts from the content and spends its iterations on what the classical method got
-wrong (BENCHMARKS.md section 8 has the measurements).
+wrong (BENCHMARKS.md has the measurements).
 
 Each function takes and returns (H, W, C) arrays in [0, 1].
 """
@@ -21,7 +21,7 @@ def biharmonic_fill(pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
     """Fill the pixels where ``fill`` is True by solving a biharmonic equation over each hole.
 
     scikit-image's ``inpaint_biharmonic``: smooth, exact on the known pixels, and the best of the
-    classical inpainting baselines on 50 % reconstruction (BENCHMARKS.md section 7).
+    classical inpainting baselines on 50 % reconstruction (BENCHMARKS.md).
     """
     from skimage.restoration import inpaint_biharmonic
 
@@ -34,7 +34,7 @@ def biharmonic_fill(pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
 # the windows back and putting the known pixels back, with the threshold falling geometrically.
 # Chosen on 15 grey images outside Heide11 (Set14 less barbara, lenna, man and pepper, and Set5;
 # 50 % dropped): mean 33.36 dB against the biharmonic fill's 31.87; every 2nd window offset
-# instead of all 64 gave 33.04, 20 passes 32.88 (BENCHMARKS.md section 13).
+# instead of all 64 gave 33.04, 20 passes 32.88.
 SPARSE_BLOCK = 8
 SPARSE_PASSES = 40
 SPARSE_THRESHOLDS = (0.2, 0.005)  # first and last threshold, on DCT coefficients of [0, 1] pixels
@@ -95,9 +95,8 @@ def sparse_fill(pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
     """Fill the pixels where ``fill`` is True: the biharmonic fill, refined by iterated hard
     thresholding in the 8x8 DCT (see above). Exact on the known pixels; each channel on its own.
 
-    It recovers texture that the biharmonic fill smooths away (Heide11, 50 % dropped: mean 34.22 dB
-    against 31.81, barbara 33.95 against 26.75) in about 3 s per 512x512 channel here
-    (BENCHMARKS.md section 13).
+    It recovers texture that the biharmonic fill smooths away (Heide11, 50 % dropped: see
+    BENCHMARKS.md) in a few seconds per 512x512 channel.
     """
     fill = np.asarray(fill, dtype=bool)
     start = biharmonic_fill(pixels, fill)
@@ -124,7 +123,7 @@ def upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
     return np.moveaxis(up[0].clamp(0, 1).numpy(), 0, -1)
 
 
-# A super-resolution start that agrees with the data (BENCHMARKS.md section 15): gradient
+# A super-resolution start that agrees with the data: gradient
 # back-projection through the fit's own Lanczos-2 downsampler A from the bicubic upscale, the DCT
 # of every 8x8 window hard-thresholded between steps (as sparse_fill does for missing pixels), then
 # min ||A x - y||^2 + weight * TV(x) from there (Adam, cosine-decayed step). The known operator is
@@ -202,8 +201,8 @@ def tv_refine(start: np.ndarray, pixels: np.ndarray, scale: int, weight: float =
 def regularised_upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
     """The super-resolution start: :func:`back_project` with DCT thresholding, then :func:`tv_refine`.
 
-    Set5 x4: 30.10 dB Y against bicubic's 28.89 (the paper's DIP: 29.90), in 14 s for the
-    512x512 baby and 2.7 s for a 256x256 result here, 2 threads (BENCHMARKS.md section 15).
+    Seconds per image; its scores beside bicubic's and the fit's are in BENCHMARKS.md
+    (the "Regularised upscale" column).
     """
     return tv_refine(back_project(pixels, scale), pixels, scale)
 
@@ -277,7 +276,7 @@ def nlm_denoise(pixels: np.ndarray, sigma: float | None = None) -> np.ndarray:
     distance 6: about 2 s at 512x512 here.
 
     Chosen on images outside every denoising benchmark (Set14 without its Lena, Baboon and
-    Peppers, and Set5; AWGN seed 0; BENCHMARKS.md section 11): on the 15 colour ones, sigma 25,
+    Peppers, and Set5; AWGN seed 0): on the 15 colour ones, sigma 25,
     filtering R, G and B jointly at the best h (0.55 sigma) gave 28.69 dB and the opponent
     channels 29.36 (sigma 15: 31.18 against 32.14; sigma 50: 24.20 against 24.95); on 12 grey
     images, h = 0.55 / 0.6 / 0.7 sigma gave 28.56 / 28.60 / 28.54 dB at sigma 25.

@@ -144,7 +144,7 @@ class HeldOutLoss(MinimumRule):
     result is its true error on those pixels plus the noise variance, a constant: its minimum
     is the quality peak, wherever the fit started from. The windowed variance cannot see that
     peak when the fit starts from a classical estimate (its variance only rises after the first
-    few hundred iterations; BENCHMARKS.md section 8).
+    few hundred iterations; BENCHMARKS.md).
 
     ``loss(result)`` computes the held-out error of the fit's current result (its average when
     it averages); :meth:`update` feeds it to the rule.

@@ -264,7 +264,7 @@ class Reconstruct(Inpaint):
 
     def problem(self, image: Image) -> Problem:
         # Scattered missing pixels: the sparse-DCT fill keeps texture the biharmonic one smooths
-        # (estimates.sparse_fill; BENCHMARKS.md section 13).
+        # (estimates.sparse_fill; BENCHMARKS.md, reconstruction).
         p = super().problem(image)
         p.estimate = partial(_sparse_estimate, image.pixels, np.asarray(self.mask, dtype=bool))
         return p

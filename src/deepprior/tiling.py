@@ -19,7 +19,7 @@ import numpy as np
 from .errors import DeepPriorError
 
 #: Largest result, in pixels, fitted in one piece by default: with the fast preset a 4000x3000
-#: photo (9 tiles) peaked at 3.16 GB, under the 4 GB a laptop can spare (BENCHMARKS.md, section 3).
+#: photo (9 tiles) peaked at 3.16 GB, under the 4 GB a laptop can spare (BENCHMARKS.md, large images).
 DEFAULT_MAX_FIT_PIXELS = 2_000_000
 DEFAULT_OVERLAP = 32  # input pixels shared by neighbouring tiles
 
