@@ -286,3 +286,62 @@ def test_an_example_fills_in_the_form(page):
     expect(page.locator("#mask-editor")).to_be_visible()
     expect(page.locator("#mask-upload img")).to_be_visible()
     expect(page.locator("#scale")).to_be_hidden()
+
+
+def test_the_documentation_screenshot_shows_a_fit_in_progress(browser):
+    """The README's picture of the app: a bundled example being denoised with the default preset,
+    taken once its live preview and loss curve are on the page (then the fit is stopped).
+    It goes to ``test-output/browser/app.png``, and to ``docs/screenshot-app.png`` when
+    ``DEEPPRIOR_DOCS_SCREENSHOT=1`` is set."""
+    app, url = webapp.launch(port=_free_port(), block=False, threads=1, preview_every=1.0)
+    try:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.goto(url)
+        upload(page, webapp.EXAMPLES_DIR / "chelsea-noisy.png")
+        expect(page.locator("#image-info")).to_contain_text("240x160 RGB")
+        page.locator("#run").click()
+        expect(page.locator("#status")).to_contain_text(re.compile(r"Iteration ([4-9]\d|\d{3}) / 500"),
+                                                        timeout=FIT_TIMEOUT_MS)
+        expect(page.locator("#result-image label")).to_contain_text("Live preview (iteration", timeout=FIT_TIMEOUT_MS)
+        expect(page.locator("#loss-plot img")).to_be_visible(timeout=FIT_TIMEOUT_MS)
+        page.screenshot(path=str(SHOTS / "app.png"))
+        if os.environ.get("DEEPPRIOR_DOCS_SCREENSHOT") == "1":
+            page.screenshot(path=str(Path(__file__).resolve().parents[1] / "docs" / "screenshot-app.png"))
+        page.locator("#stop").click()
+        wait_for_result(page)
+        context.close()
+    finally:
+        app.close()
+
+
+def test_a_waiting_page_shows_its_place_in_the_queue(browser, photo):
+    """One fit at a time: while one page's long fit runs, a second page's request waits and says
+    where it stands; closing the first page ends its fit, and the second runs."""
+    app, url = webapp.launch(port=_free_port(), block=False, threads=1, concurrency=1, examples=False)
+    try:
+        pages = []
+        for _ in range(2):
+            context = browser.new_context(viewport={"width": 1280, "height": 1000})
+            pg = context.new_page()
+            pg.goto(url)
+            pg.wait_for_selector("#run")
+            upload(pg, photo)
+            pages.append((context, pg))
+        (first_context, first), (second_context, second) = pages
+        set_iterations(first, 5000, stop="Off: run to the cap")
+        first.locator("#run").click()
+        expect(first.locator("#status")).to_contain_text("/ 5000", timeout=FIT_TIMEOUT_MS)
+        set_iterations(second, 20, stop="Off: run to the cap")
+        second.locator("#run").click()
+        expect(second.locator("#queue")).to_contain_text("In the queue: 1st in line", timeout=20_000)
+        expect(second.locator("#queue")).to_contain_text("should start in about")
+        second.screenshot(path=str(SHOTS / "queue-waiting.png"), full_page=True)
+        first_context.close()  # the tab goes away: its fit is abandoned and the second one runs
+        wait_for_result(second)
+        expect(second.locator("#status")).to_contain_text("Finished: 20 iterations")
+        abandoned = [j for j in app.deepprior_queue.jobs if j.outcome == "abandoned"]
+        assert len(abandoned) == 1
+        second_context.close()
+    finally:
+        app.close()

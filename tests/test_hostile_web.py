@@ -151,6 +151,8 @@ def upload(url: str, name: str, data: bytes) -> str:
 def call(url: str, data: list) -> tuple[str, object]:
     """One ``/restore`` call over plain HTTP: (the event that ended it, its data)."""
     r = httpx.post(url + "gradio_api/call/restore", json={"data": data}, timeout=REQUEST_TIMEOUT)
+    if r.status_code in (400, 422):  # refused as it joined the queue (admission checks the inputs)
+        return "error", r.json()
     r.raise_for_status()
     event_id = r.json()["event_id"]
     event = payload = None
@@ -203,18 +205,26 @@ def test_an_upload_name_is_never_used_as_a_path(name, server):
 
 
 def test_a_server_path_sent_as_the_image_is_refused_unread(server):
-    """Only uploads can be inputs: naming a file of the server (or a URL) gets a bare error."""
+    """Only uploads can be inputs: naming a file of the server (or a URL) gets a bare error. The
+    refusal may repeat the path the client sent, but says nothing else of the server: not
+    whether the file exists (an existing and a missing file get the same answer), nor its
+    contents, nor any other server path."""
     app, url = server
     secret = Path(app.deepprior_settings.workdir) / "secret.png"
     secret.write_bytes(corpus.photo_png(4, 4))
+    missing = secret.with_name("missing.png")
     try:
         for fd in (file_data("/etc/passwd"), file_data(str(secret)), file_data("../../../../etc/passwd"),
                    {"path": "x", "url": "http://169.254.169.254/latest/meta-data", "meta": {"_type": "gradio.FileData"}}):
             event, payload = call(url, [fd, "denoise", 2, None, "fast", 2, 0, "gaussian:1.5", None])
             assert event == "error", (fd, payload)
-            assert "root:" not in json.dumps(payload)
+            text = json.dumps(payload).replace(json.dumps(fd.get("path"))[1:-1], "PATH")
+            assert "root:" not in text
             for path in server_paths(app):
-                assert path not in json.dumps(payload), payload
+                assert path not in text, payload
+        answers = [json.dumps(call(url, [file_data(str(p)), "denoise", 2, None, "fast", 2, 0, "gaussian:1.5", None]))
+                   .replace(str(p), "PATH") for p in (secret, missing)]
+        assert answers[0] == answers[1]
     finally:
         secret.unlink()
 

@@ -194,7 +194,7 @@ def client(server):
 
 def test_restore_endpoint_is_listed_with_its_parameters(client):
     info = client.view_api(print_info=False, return_format="dict")
-    assert list(info["named_endpoints"]) == ["/restore"]  # the page's own events are private
+    assert list(info["named_endpoints"]) == ["/restore", "/queue_status"]  # the page's own events are private
     names = [p["parameter_name"] for p in info["named_endpoints"]["/restore"]["parameters"]]
     assert names[:7] == ["image", "task", "scale", "mask", "preset", "max_iterations", "seed"]
 

@@ -544,7 +544,7 @@ def batch(
 
 @app.command()
 def bench(
-    suite: Annotated[str, typer.Argument(help="sr-x2, sr-x3, sr-x4, sr-x8, denoise-15, denoise-25, denoise-50, inpaint-50 or inpaint-text; or speed (fast against paper preset: time, PSNR at equal time, memory), stopping (auto-stop against the true PSNR peak), or report (markdown tables of finished suite runs).", show_default=False)],
+    suite: Annotated[str, typer.Argument(help="sr-x2, sr-x3, sr-x4, sr-x8, denoise-15, denoise-25, denoise-50, inpaint-50 or inpaint-text; or speed (fast against paper preset: time, PSNR at equal time, memory), stopping (auto-stop against the true PSNR peak), app (the web app under load from many clients), or report (markdown tables of finished suite runs).", show_default=False)],
     folders: Annotated[Optional[list[Path]], typer.Argument(help="report: the --out folders of suite runs.", show_default=False)] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Benchmark data folder (default: ../shared/data, else $DEEPPRIOR_DATA).")] = None,
     set_name: Annotated[Optional[str], typer.Option("--set", help="Super-resolution image set: Set5 (default) or Set14.")] = None,
@@ -566,6 +566,8 @@ def bench(
     stop_rule: Annotated[Optional[StopRule], typer.Option("--stop-rule", help="stopping: the rule to measure (variance or holdout; default: each preset's).", show_default=False)] = None,
     observe_from: Annotated[Optional[list[Path]], typer.Option("--observe-from", help="stopping: a suite run's folder (deepprior bench SUITE --out) whose DIP fits, where they ran exactly the observed fit (fast preset, rule never fired, cap reached), stand in for it. Repeatable.")] = None,
     into: Annotated[Optional[Path], typer.Option("--into", help="report: replace each run's marked block in this markdown file (e.g. BENCHMARKS.md) instead of printing.")] = None,
+    clients: Annotated[Optional[int], typer.Option("--clients", help="app: API clients sending one request each, all at once (default 10, at most 50).", show_default=False)] = None,
+    abandoned: Annotated[Optional[int], typer.Option("--abandoned", help="app: how many of them ask for a long fit and give up after 5 s (default 3).", show_default=False)] = None,
 ):
     """Benchmark DIP and classical baselines on a standard suite; writes results.csv/json and report.md.
 
@@ -584,9 +586,16 @@ def bench(
 
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
     measure = suite in bench_mod.MEASURES
-    if measure:
-        wrong = [n for n, v in (("--set", set_name), ("--methods", methods), ("--weights", weights))
+    app_only = [n for n, v in (("--clients", clients), ("--abandoned", abandoned)) if v is not None]
+    if suite == "app":
+        wrong = [n for n, v in (("--set", set_name), ("--methods", methods), ("--weights", weights), ("--cases", cases),
+                                ("--images", images), ("--limit", limit), ("--iters", iters), ("--resume", resume or None),
+                                ("--paper-iters", paper_iters), ("--paper-equal-time", paper_equal_time),
+                                ("--bayes", bayes), ("--observe-from", observe_from), ("--stop-rule", stop_rule))
                  if v is not None] + (["--preset"] if preset != PresetName.fast else [])
+    elif measure:
+        wrong = [n for n, v in (("--set", set_name), ("--methods", methods), ("--weights", weights))
+                 if v is not None] + (["--preset"] if preset != PresetName.fast else []) + app_only
         if suite == "speed":
             wrong += [n for n, v in (("--bayes", bayes), ("--images", images), ("--observe-from", observe_from),
                                      ("--stop-rule", stop_rule)) if v is not None]
@@ -595,7 +604,7 @@ def bench(
     else:
         wrong = [n for n, v in (("--cases", cases), ("--paper-iters", paper_iters), ("--paper-equal-time", paper_equal_time),
                                 ("--bayes", bayes), ("--observe-from", observe_from), ("--stop-rule", stop_rule))
-                 if v is not None]
+                 if v is not None] + app_only
     if wrong:
         raise DeepPriorError(f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to bench {suite}")
     progress = None
@@ -618,7 +627,11 @@ def bench(
     log = lambda s: err.print(s, highlight=False, soft_wrap=True)  # noqa: E731
     try:
         with _sigterm_as_interrupt():
-            if measure:
+            if suite == "app":
+                options = dict(threads=threads, log=log)
+                options.update({k: v for k, v in (("clients", clients), ("abandoned", abandoned)) if v is not None})
+                results, path = bench_mod.measure(suite, out=out, **options)
+            elif measure:
                 options = dict(cases=split(cases), limit=limit, iters=iters, seed=seed, resume=resume, threads=threads,
                                progress=on_pair, fit_callback=on_fit, log=log)
                 if suite == "speed":
@@ -649,7 +662,8 @@ def bench(
         out_console = Console() if sys.stdout.isatty() else Console(width=240)  # a file or pipe: don't fold the tables
         for table in bench_mod.measure_tables(suite, results):
             out_console.print(table)
-    err.print(f"wrote {path} ({len(results['rows'])} results)", highlight=False, soft_wrap=True)
+    err.print(f"wrote {path}" + (f" ({len(results['rows'])} results)" if "rows" in results else ""), highlight=False,
+              soft_wrap=True)
 
 
 def _bench_report(folders: list[Path], into: Path | None) -> None:
@@ -684,16 +698,21 @@ def _bench_report(folders: list[Path], into: Path | None) -> None:
 def app_command(
     host: Annotated[str, typer.Option("--host", help="Address to serve on: 127.0.0.1 is this computer only, 0.0.0.0 the whole network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to serve on.")] = 7860,
-    concurrency: Annotated[int, typer.Option("--concurrency", help="Fits that run at the same time; other requests wait in a queue.")] = 1,
+    concurrency: Annotated[Optional[int], typer.Option("--concurrency", help="Fits that run at the same time, each with its share of the CPU cores; other requests wait in a queue. Default: 2 (1 on a 1-core machine).", show_default=False)] = None,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest upload accepted, in megabytes.")] = 20.0,
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="Largest image, and largest upscaled result, in pixels.")] = 4_000_000,
     max_iterations: Annotated[int, typer.Option("--max-iterations", help="Cap on any fit's iterations, whatever a user asks for (the paper preset's longest is 11000).")] = 12_000,
+    max_work: Annotated[float, typer.Option("--max-work", help="Most work one request may ask for, in million pixel-iterations (result pixels x iterations); larger requests are refused with a message. 0: no limit.")] = 2000.0,
+    max_queued: Annotated[int, typer.Option("--max-queued", help="Requests one client (a browser tab or API client) may have waiting or running at once.")] = 2,
 ):
     """Serve the web app; open the address it prints in a browser. Ctrl-C stops it."""
     from . import webapp  # imported here: gradio takes seconds to load and only this command needs it
 
+    if max_work < 0:
+        raise DeepPriorError(f"--max-work must be 0 (no limit) or positive, got {max_work}")
     webapp.launch(host=host, port=port, concurrency=concurrency, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
-                  max_iterations=max_iterations)
+                  max_iterations=max_iterations, max_work=max_work * 1e6 if max_work else None,
+                  max_queued_per_client=max_queued)
 
 
 def main(argv=None) -> int:

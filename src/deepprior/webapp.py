@@ -24,6 +24,7 @@ The same fit is offered to programs as the ``/restore`` endpoint (see :func:`bui
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import base64
 import html
@@ -49,9 +50,10 @@ from PIL import Image as PILImage  # noqa: E402
 
 from .errors import DeepPriorError  # noqa: E402
 from .images import Image, colormap, encode_image, load_image  # noqa: E402
-from .presets import PRESET_NAMES  # noqa: E402
+from .presets import PRESET_NAMES, get_preset  # noqa: E402
 from .restoration import restore  # noqa: E402
 from .tasks import SCALES, TASK_NAMES, from_name, load_mask  # noqa: E402
+from .webqueue import FIT_QUEUE, ServerQueue  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,13 @@ EXAMPLES_DIR = Path(__file__).parent / "examples"
 #: The web app's default pixel limit, for the input and for an upscaled result (4 megapixels).
 DEFAULT_MAX_PIXELS = 4_000_000
 DEFAULT_MAX_UPLOAD_MB = 20
+#: Fits at once: two, so that small requests are not stuck behind one long fit (each gets half
+#: the cores; on a 2-core machine one thread per fit is as fast as two for small images).
+DEFAULT_CONCURRENCY = 2
+#: The most work (result pixels x iterations) one request may ask for: a 1-megapixel result at
+#: 2000 iterations, about an hour of the fast preset on two cores.
+DEFAULT_MAX_WORK = 2e9
+DEFAULT_MAX_QUEUED_PER_CLIENT = 2
 
 TASK_CHOICES = [
     ("Denoise", "denoise"),
@@ -75,6 +84,7 @@ KERNEL_CHOICES = [("Gaussian blur", "gaussian"), ("Motion blur", "motion"), ("Ke
 STOP_CHOICES = [("Preset's choice", "preset"), ("Automatic", "auto"), ("Off: run to the cap", "off")]
 _WEB_FORMATS = {"PNG", "JPEG", "WEBP", "GIF", "BMP"}  # what a browser shows as it is
 _RESULT_KEEP_S = 3600  # result files older than this are removed when a new run starts
+QUEUE_REFRESH_S = 2.0  # seconds between refreshes of the page's queue line
 
 _CSS = """
 #input-image img, #result-image img, #uncertainty-image img { width: 100%; height: 100%; object-fit: contain; }
@@ -117,14 +127,18 @@ def ImageFile(**kwargs) -> gr.Image:
 class Settings:
     """What the person running the server decides; users of the page cannot change it."""
 
-    concurrency: int = 1
+    concurrency: int | None = None  # fits at once; default: DEFAULT_CONCURRENCY, at most the CPU cores
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_iterations: int | None = None  # a cap on any requested iteration count
     preview_every: float = 2.0  # seconds between preview refreshes
     threads: int | None = None  # PyTorch threads per fit; default: CPU cores / concurrency
+    max_work: float | None = DEFAULT_MAX_WORK  # result pixels x iterations one request may ask for
+    max_queued_per_client: int = DEFAULT_MAX_QUEUED_PER_CLIENT
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="deepprior-web-")))
 
     def __post_init__(self):
+        if self.concurrency is None:
+            self.concurrency = max(1, min(DEFAULT_CONCURRENCY, os.cpu_count() or 1))
         if self.concurrency < 1:
             raise DeepPriorError(f"concurrency must be at least 1, got {self.concurrency}")
         if self.max_pixels < 1:
@@ -264,6 +278,26 @@ def fit_options(preset, iterations, seed, stop, settings: Settings, bayes: bool 
     return opts
 
 
+def request_work(image_path, task_name, scale, mode, preset, iterations, settings: Settings) -> float:
+    """The work a request asks for, result pixels x iterations (the preset's count unless a
+    cap is given), read from the upload's header alone; 0 when that cannot be told yet or the
+    image is over the pixel limit (a bad upload is then refused with its own message when the
+    request runs)."""
+    try:
+        with PILImage.open(image_path) as im:
+            w, h = im.size
+        if w * h > settings.max_pixels:
+            return 0.0
+        task_key = {"upscale": "sr8" if int(scale or 4) == 8 else "sr", "reconstruct": "reconstruct",
+                    "inpaint": "hole" if mode == "hole" else "inpaint"}.get(task_name, task_name)
+        its = fit_options(preset or "fast", iterations, 0, "preset", settings).get("iterations")
+        its = its or get_preset(task_key, preset or "fast").iterations
+    except Exception:
+        return 0.0
+    pixels = w * h * (int(scale or 4) ** 2 if task_name == "upscale" else 1)
+    return float(pixels) * its
+
+
 def _to_uint8(pixels: np.ndarray) -> np.ndarray:
     arr = np.rint(np.clip(pixels, 0.0, 1.0) * 255).astype(np.uint8)
     return arr[:, :, 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr
@@ -343,13 +377,15 @@ class FitRun:
     """One :func:`restore` call in a worker thread, reporting through a queue.
 
     ``updates`` receives a dict per callback (iteration, loss, ETA) and, every
-    ``preview_every`` seconds, the current result as ``preview``. Setting ``stop`` makes the
+    ``preview_every`` seconds (never when None), the current result as ``preview``; ``job``
+    (a :class:`~deepprior.webqueue.Job`) learns the fit's time left. Setting ``stop`` makes the
     callback return True, which ends the fit with the best result so far.
     """
 
-    def __init__(self, image, task, preset, fit_kw, threads, preview_every, stop: threading.Event):
+    def __init__(self, image, task, preset, fit_kw, threads, preview_every, stop: threading.Event, job=None):
         self.updates: queue.Queue = queue.Queue()
         self.stop = stop
+        self.job = job
         self.result = None
         self.error: BaseException | None = None
         self._last_preview = -math.inf
@@ -369,19 +405,22 @@ class FitRun:
         self._thread.join(timeout)
 
     def _callback(self, p) -> bool:
-        snap = {"it": p.iteration, "max": p.max_iterations, "loss": p.loss, "elapsed": p.elapsed_s, "eta": p.eta_s,
-                "tile": p.tile, "tiles": p.tiles}
-        now = time.monotonic()
-        if now - self._last_preview >= self._preview_every:
-            snap["preview"] = p.preview()
-            self._last_preview = now
-        self.updates.put(snap)
+        if self.job is not None:
+            self.job.eta_s = p.eta_s
+        if self._preview_every is not None:
+            snap = {"it": p.iteration, "max": p.max_iterations, "loss": p.loss, "elapsed": p.elapsed_s,
+                    "eta": p.eta_s, "tile": p.tile, "tiles": p.tiles}
+            now = time.monotonic()
+            if now - self._last_preview >= self._preview_every:
+                snap["preview"] = p.preview()
+                self._last_preview = now
+            self.updates.put(snap)
         return self.stop.is_set()
 
     def _run(self, image, task, preset, fit_kw, threads):
         try:
             self.result = restore(image, task, preset, threads=threads, callback=self._callback, callback_every=5, **fit_kw)
-        except BaseException as e:  # handed to the request thread, which reports it
+        except BaseException as e:  # handed to the request's coroutine, which reports it
             self.error = e
 
 
@@ -428,8 +467,9 @@ class StopEvents:
 class Handlers:
     """The event handlers of one app: each method answers one control (or ``/restore``)."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, server_queue: ServerQueue):
         self.settings = settings
+        self.queue = server_queue
         self.stops = StopEvents()
 
     def editor_value(self, path):
@@ -487,32 +527,47 @@ class Handlers:
         info = f"{image.width}x{image.height} {image.mode}, {image.bit_depth}-bit"
         return shown, editor, info
 
-    def run(self, image_path, task_name, scale, editor, mask_file, mask_known, mode, kernel_kind, sigma, length,
-            angle, kernel_file, flash_file, preset, iterations, seed, stop_mode, bayes, request: gr.Request):
-        """Generator behind the Restore button: validates, fits, streams progress, shows the result."""
+    def admit_run(self, image_path, task_name, scale, editor, mask_file, mask_known, mode, kernel_kind, sigma, length,
+                  angle, kernel_file, flash_file, preset, iterations, seed, stop_mode, bayes, request: gr.Request):
+        """Validator of the Restore button, run as the request joins the queue (see webqueue)."""
+        work = request_work(image_path, task_name, scale, mode, preset, iterations, self.settings)
+        why = self.queue.admit(getattr(request, "session_hash", None), work)
+        return [gr.validate(why is None, why or "")] + [gr.validate(True, "")] * 17
+
+    async def run(self, image_path, task_name, scale, editor, mask_file, mask_known, mode, kernel_kind, sigma, length,
+                  angle, kernel_file, flash_file, preset, iterations, seed, stop_mode, bayes, request: gr.Request):
+        """Behind the Restore button: validates, fits, streams progress, shows the result. The fit
+        stops with the best result so far on Stop, and for good when the page goes away."""
         settings = self.settings
-        try:
+
+        def prepare():
             image = read_upload(image_path, settings)
             painted = painted_mask(editor, (image.height, image.width)) if task_name == "inpaint" else None
             spec = kernel_spec(kernel_kind, sigma, length, angle, kernel_file) if task_name == "deblur" else None
             task = build_task(task_name, image, settings, scale=scale, mask_file=mask_file, mask_known=mask_known,
                               painted=painted, mode=mode, kernel=spec, flash_file=flash_file)
-            fit_kw = fit_options(preset, iterations, seed, stop_mode, settings, bayes=bool(bayes))
-        except DeepPriorError as e:
-            raise _user_error(e) from None
+            return image, task, fit_options(preset, iterations, seed, stop_mode, settings, bayes=bool(bayes))
 
+        job = self.queue.start(getattr(request, "session_hash", None))
+        try:
+            image, task, fit_kw = await asyncio.to_thread(prepare)
+        except DeepPriorError as e:
+            self.queue.finish(job, "failed")
+            raise _user_error(e) from None
         key, stop = self.stops.open(request)
-        fit = FitRun(image, task, preset, fit_kw, settings.threads, settings.preview_every, stop).start()
+        fit = FitRun(image, task, preset, fit_kw, settings.threads, settings.preview_every, stop, job).start()
+        watcher = asyncio.ensure_future(self.queue.watch(job, fit, stop))
         curve: list[tuple[int, float]] = []
         last_yield = 0.0
         try:
             hide = gr.update(visible=False)
             yield (status_html("Starting the fit..."), gr.update(value=None, label="Live preview"),
                    None, hide, hide, "", None, hide)
-            while fit.alive() or not fit.updates.empty():
+            while not watcher.done() or not fit.updates.empty():
                 try:
-                    snap = fit.updates.get(timeout=0.2)
+                    snap = fit.updates.get_nowait()
                 except queue.Empty:
+                    await asyncio.sleep(0.2)
                     continue
                 # A large image is fitted tile by tile: the curve runs on across tiles.
                 curve.append(((snap["tile"] - 1) * snap["max"] + snap["it"], snap["loss"]))
@@ -521,36 +576,83 @@ class Handlers:
                     continue
                 last_yield = now
                 yield _progress_frame(snap, curve, stop.is_set())
-            fit.join()
-            if fit.error is not None:
-                if isinstance(fit.error, KeyboardInterrupt):
-                    raise _user_error(DeepPriorError("the fit was interrupted before its first iteration"))
-                raise _user_error(fit.error)
-            yield _result_frame(fit.result, image, task, curve, settings)
+            await watcher
+            result = self._outcome(job, fit, stop)
+            yield await asyncio.to_thread(_result_frame, result, image, task, curve, settings)
+        except (GeneratorExit, asyncio.CancelledError):  # the page went away
+            job.outcome = "abandoned"
+            raise
         finally:
-            stop.set()  # the page went away or the run ended: make sure the fit thread ends too
+            stop.set()  # make sure the fit thread ends too
             self.stops.close(key, stop)
+            if job.outcome == "abandoned":
+                watcher.cancel()  # it waits for the fit's last iterations, then records the job
+            else:
+                self.queue.finish(job, "failed")  # a no-op when the job was recorded already
+
+    def _outcome(self, job, fit: "FitRun", stop: threading.Event):
+        """The finished fit's result, with the job recorded; its error as the page shows it."""
+        if fit.error is not None:
+            self.queue.finish(job, "abandoned" if job.outcome == "abandoned" else "failed")
+            if isinstance(fit.error, KeyboardInterrupt):
+                raise _user_error(DeepPriorError("the fit was interrupted before its first iteration"))
+            raise _user_error(fit.error)
+        o = fit.result.outcome
+        outcome = job.outcome if job.outcome == "abandoned" else ("stopped" if stop.is_set() else "served")
+        asked = fit.result.params["fit"]["iterations"] * (fit.result.tiling or {}).get("tiles", 1)
+        self.queue.finish(job, outcome, o.iterations, asked)
+        return fit.result
 
     def on_stop(self, request: gr.Request):
         if self.stops.stop(request):
             gr.Info("Stopping: the best result so far will be kept.")
 
-    def api_restore(self, image, task="denoise", scale=4, mask=None, preset="fast", max_iterations=0, seed=0,
-                    kernel="gaussian:1.5", flash=None):
-        """Restore ``image`` for ``task``; returns the result as a PNG file."""
+    def queue_line(self, request: gr.Request):
+        """The page's line on the queue, refreshed every few seconds."""
+        return self.queue.describe(getattr(request, "session_hash", None))
+
+    def queue_status(self, request: gr.Request) -> dict:
+        """Where the calling client's request stands: position (1 = next, None when it has none
+        waiting), waiting, running, wait_s (seconds before it starts, estimated)."""
+        return self.queue.status(getattr(request, "session_hash", None))
+
+    def admit_api(self, image, task="denoise", scale=4, mask=None, preset="fast", max_iterations=0, seed=0,
+                  kernel="gaussian:1.5", flash=None, request: gr.Request = None):
+        """Validator of ``/restore``, run as the request joins the queue (see webqueue)."""
+        work = request_work(image, task, scale, "text", preset, max_iterations, self.settings)
+        why = self.queue.admit(getattr(request, "session_hash", None), work)
+        return [gr.validate(why is None, why or "")] + [gr.validate(True, "")] * 8
+
+    async def api_restore(self, image, task="denoise", scale=4, mask=None, preset="fast", max_iterations=0, seed=0,
+                          kernel="gaussian:1.5", flash=None, request: gr.Request = None):
+        """Restore ``image`` for ``task``; returns the result as a PNG file. A client that goes
+        away, or cancels, stops its fit."""
         settings = self.settings
-        try:
+
+        def prepare():
             img = read_upload(image, settings)
             kind, _, args = (kernel or "").partition(":")
             if task == "deblur" and kernel and not (kind in ("gaussian", "motion") and args):
                 # Anything else would be read as a path on this server.
                 raise DeepPriorError(f"the kernel must be gaussian:SIGMA or motion:LENGTH,ANGLE, got {kernel!r}")
             t = build_task(task, img, settings, scale=scale, mask_file=mask, kernel=kernel or None, flash_file=flash)
-            fit_kw = fit_options(preset or "fast", max_iterations, seed, "preset", settings)
-            result = restore(img, t, preset or "fast", threads=settings.threads, **fit_kw)
-        except Exception as e:
-            raise _user_error(e) from None
-        return str(write_result(result, t.name, settings))
+            return img, t, fit_options(preset or "fast", max_iterations, seed, "preset", settings)
+
+        job = self.queue.start(getattr(request, "session_hash", None))
+        stop = threading.Event()
+        try:
+            try:
+                img, t, fit_kw = await asyncio.to_thread(prepare)
+            except Exception as e:
+                raise _user_error(e) from None
+            fit = FitRun(img, t, preset or "fast", fit_kw, settings.threads, None, stop, job).start()
+            await self.queue.watch(job, fit, stop)
+            result = self._outcome(job, fit, stop)
+            return str(await asyncio.to_thread(write_result, result, t.name, settings))
+        finally:
+            stop.set()
+            if job.ended is None:
+                self.queue.finish(job, "abandoned" if job.outcome == "abandoned" else "failed")
 
 
 def _progress_frame(snap: dict, curve, stopping: bool) -> tuple:
@@ -600,13 +702,19 @@ def build_app(
     preview_every: float = 2.0,
     threads: int | None = None,
     examples: bool = True,
+    max_work: float | None = DEFAULT_MAX_WORK,
+    max_queued_per_client: int = DEFAULT_MAX_QUEUED_PER_CLIENT,
 ) -> gr.Blocks:
     """The web app as a :class:`gradio.Blocks`; serve it with :func:`launch`.
 
     Parameters
     ----------
-    concurrency : fits run at the same time; further requests wait in the queue.
+    concurrency : fits run at the same time (default two, at most the CPU cores); further
+        requests wait in the queue.
     max_pixels : the largest image accepted, and the largest upscaled result made.
+    max_work : the most result pixels x iterations one request may ask for (None: no limit).
+    max_queued_per_client : requests one client (browser tab, API client) may have waiting or
+        running at once.
     max_iterations : a server-wide cap on iterations, whatever a user asks for.
     preview_every : seconds between refreshes of the live preview and loss curve.
     threads : PyTorch threads per fit (default: CPU cores divided by ``concurrency``).
@@ -615,15 +723,20 @@ def build_app(
     Besides the page, the app answers ``/restore`` (for :mod:`gradio_client`): arguments
     ``image, task, scale, mask, preset, max_iterations, seed`` (then optionally ``kernel`` and
     ``flash``); it returns the restored image as a PNG file. ``max_iterations`` 0 means the
-    preset's count.
+    preset's count. ``/queue_status`` tells the calling client where its request stands
+    (:meth:`~deepprior.webqueue.ServerQueue.status`).
     """
-    settings = Settings(concurrency, max_pixels, max_iterations, preview_every, threads)
+    settings = Settings(concurrency, max_pixels, max_iterations, preview_every, threads, max_work,
+                        max_queued_per_client)
     atexit.register(shutil.rmtree, settings.workdir, True)
-    handlers = Handlers(settings)
+    server_queue = ServerQueue(settings.concurrency, settings.threads, max_work, max_queued_per_client)
+    handlers = Handlers(settings, server_queue)
     with gr.Blocks(title="deepprior: restore a photo", analytics_enabled=False, delete_cache=(3600, 6 * 3600)) as demo:
         page = _page(examples)
-        _wire(page, _api_endpoint(), handlers, concurrency)
+        _wire(page, _api_endpoint(), handlers, settings.concurrency)
+    server_queue.blocks = demo
     demo.deepprior_settings = settings
+    demo.deepprior_queue = server_queue
     return demo
 
 
@@ -677,6 +790,7 @@ def _page(examples: bool) -> SimpleNamespace:
                 p.run_btn = gr.Button("Restore", variant="primary", elem_id="run")
                 p.stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
         with gr.Column(scale=1, min_width=320):
+            p.queue_line = gr.Markdown("", elem_id="queue")
             p.status = gr.HTML(status_html("Upload a photo, choose what to do, press Restore."), elem_id="status")
             p.result_img = gr.Image(label="Result", format="png", interactive=False, height=360, elem_id="result-image")
             p.download = gr.DownloadButton("Download PNG", visible=False, elem_id="download")
@@ -689,6 +803,7 @@ def _page(examples: bool) -> SimpleNamespace:
             p.report_md = gr.Markdown("", elem_id="report")
             with gr.Accordion("Full report", open=False):
                 p.report_json = gr.JSON(label="Report", elem_id="report-json")
+    p.queue_timer = gr.Timer(QUEUE_REFRESH_S)
     if examples:
         _examples(p.image_in, p.task, p.scale, p.mask_in)
     return p
@@ -710,7 +825,9 @@ def _api_endpoint() -> tuple[list, gr.File, gr.Button]:
         ]
         output = gr.File(label="restored PNG")
         button = gr.Button(visible=False)
-    return inputs, output, button
+        status = gr.JSON(label="queue status")
+        status_button = gr.Button(visible=False)
+    return inputs, output, button, status, status_button
 
 
 def _wire(p: SimpleNamespace, api: tuple, handlers: Handlers, concurrency: int) -> None:
@@ -727,16 +844,19 @@ def _wire(p: SimpleNamespace, api: tuple, handlers: Handlers, concurrency: int) 
          p.angle, p.kernel_file, p.flash_in, p.preset, p.iterations, p.seed, p.stop_mode, p.bayes],
         [p.status, p.result_img, p.loss_plot, p.compare, p.download, p.report_md, p.report_json, p.uncertainty],
         concurrency_limit=concurrency,
-        concurrency_id="fit",
+        concurrency_id=FIT_QUEUE,
         show_progress="full",
         show_progress_on=[p.status],
         api_visibility="private",
         trigger_mode="once",
+        validator=handlers.admit_run,
     )
     p.stop_btn.click(handlers.on_stop, None, None, **cheap)
-    inputs, output, button = api
+    p.queue_timer.tick(handlers.queue_line, None, p.queue_line, **cheap)
+    inputs, output, button, status, status_button = api
     button.click(handlers.api_restore, inputs, output, api_name="restore", concurrency_limit=concurrency,
-                 concurrency_id="fit")
+                 concurrency_id=FIT_QUEUE, validator=handlers.admit_api)
+    status_button.click(handlers.queue_status, None, status, api_name="queue_status", concurrency_limit=None)
 
 
 def _brush(image: Image | None = None) -> gr.Brush:
@@ -782,7 +902,7 @@ def launch(
     *,
     host: str = "127.0.0.1",
     port: int = 7860,
-    concurrency: int = 1,
+    concurrency: int | None = None,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     block: bool = True,
@@ -800,7 +920,7 @@ def launch(
         raise DeepPriorError(f"port must be between 0 and 65535, got {port}")
     if app is None:
         app = build_app(concurrency=concurrency, max_pixels=max_pixels, **build_options)
-    app.queue(default_concurrency_limit=concurrency)
+    app.queue(default_concurrency_limit=app.deepprior_settings.concurrency)
     theme = gr.themes.Default(
         font=["system-ui", "Segoe UI", "Helvetica", "Arial", "sans-serif"],  # no web-font downloads
         font_mono=["ui-monospace", "Menlo", "Consolas", "monospace"],

@@ -10,7 +10,8 @@
 * :mod:`.report`: report.md with tables against the paper's numbers, and figures;
 * :mod:`.speed` and :mod:`.stopping`: ``deepprior bench speed`` (fast against paper preset: time,
   quality at equal time, peak memory) and ``deepprior bench stopping`` (automatic stopping
-  against the true PSNR peak), over :mod:`.resumable` result files. :func:`measure` runs them.
+  against the true PSNR peak), over :mod:`.resumable` result files; :mod:`.app`: ``deepprior
+  bench app`` (the web app under load from many clients). :func:`measure` runs them.
 """
 
 from __future__ import annotations
@@ -39,32 +40,37 @@ def run(suite_name: str, *, data=None, set_name: str | None = None, out=None, **
 
 
 #: The measurement benchmarks, run by :func:`measure` rather than :func:`run`.
-MEASURES = ("speed", "stopping")
+MEASURES = ("speed", "stopping", "app")
 
 
 def measure(kind: str, *, data=None, out=None, **options) -> tuple[dict, Path]:
-    """Run ``bench speed`` or ``bench stopping``; returns (results, path of the markdown tables).
+    """Run ``bench speed``, ``bench stopping`` or ``bench app``; returns (results, path of the
+    markdown tables).
 
-    ``options`` go to :func:`.speed.run_speed` or :func:`.stopping.run_stopping`.
+    ``options`` go to :func:`.speed.run_speed`, :func:`.stopping.run_stopping` or
+    :func:`.app.run_app_load` (which needs no data folder).
     """
-    from . import speed, stopping
+    from . import app, speed, stopping
 
-    mod = {"speed": speed, "stopping": stopping}.get(kind)
+    mod = {"speed": speed, "stopping": stopping, "app": app}.get(kind)
     if mod is None:
         from ..errors import DeepPriorError
 
         raise DeepPriorError(f"unknown benchmark {kind!r}; choose one of {', '.join(MEASURES)}")
     out = Path(out) if out is not None else Path("bench-out") / kind
-    fn = speed.run_speed if kind == "speed" else stopping.run_stopping
-    results = fn(data, out, **options)
+    if kind == "app":
+        results = app.run_app_load(out, **options)
+    else:
+        fn = speed.run_speed if kind == "speed" else stopping.run_stopping
+        results = fn(data, out, **options)
     return results, out / mod.MARKDOWN
 
 
 def measure_tables(kind: str, results: dict) -> list:
     """The tables of a :func:`measure` result, as rich Tables for the terminal."""
-    from . import resumable, speed, stopping
+    from . import app, resumable, speed, stopping
 
-    return resumable.to_rich((speed if kind == "speed" else stopping).tables(results))
+    return resumable.to_rich({"speed": speed, "stopping": stopping, "app": app}[kind].tables(results))
 
 
 __all__ = ["run", "measure", "measure_tables", "MEASURES", "get_suite", "suite_names", "find_data_dir"]
