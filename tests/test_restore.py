@@ -326,3 +326,31 @@ def test_with_the_warm_up_the_result_leaves_the_random_first_output(rgb32):
 
     # At a plain 0.99 the first output still weighs 0.99 ** 29 = 75 % of the average after 30 iterations.
     assert run(10) > 2 * run(0)
+
+
+def test_a_failing_fit_returns_its_start_not_something_worse(rgb32):
+    """A learning rate that wrecks the fit: choosing by the held-out pixels returns the classical
+    start (the same image every run of the seed), and the report says so."""
+    img = np.ascontiguousarray(np.tile(rgb32, (2, 2, 1)))  # 64x64: pixels to spare for a hold-out
+    noisy = np.clip(img + np.random.default_rng(0).normal(0, 0.1, img.shape), 0, 1).astype(np.float32)
+    task = tasks.Denoise(sigma=25)
+    runs = [restore(noisy, task, iterations=40, lr=50.0, select_start=True, stop="off", seed=3, threads=1)
+            for _ in range(2)]
+    r = runs[0]
+    assert r.outcome.returned == "start" and r.outcome.fit_weight == 0.0
+    errors = r.outcome.held_out_errors
+    assert errors[0.0] == min(errors.values()) and errors[1.0] > errors[0.0]
+    assert r.report()["returned"]["result"] == "start"
+    assert np.array_equal(runs[0].image.pixels, runs[1].image.pixels)
+    plain = restore(noisy, task, iterations=40, lr=50.0, stop="off", seed=3, threads=1)
+    assert plain.outcome.returned == "fit" and plain.outcome.held_out_errors is None
+    assert psnr(r.image.pixels, img) > psnr(plain.image.pixels, img) + 3
+
+
+def test_a_good_fit_is_kept_or_blended_by_the_held_out_check(rgb32):
+    img = np.ascontiguousarray(np.tile(rgb32, (2, 2, 1)))
+    noisy = np.clip(img + np.random.default_rng(1).normal(0, 0.1, img.shape), 0, 1).astype(np.float32)
+    r = restore(noisy, tasks.Denoise(sigma=25), iterations=60, select_start=True, stop="off", seed=0, threads=1)
+    o = r.outcome
+    assert o.returned in ("fit", "blend", "start")
+    assert o.held_out_errors[o.fit_weight] == min(o.held_out_errors.values())

@@ -288,11 +288,20 @@ def _restore_and_write(task_factory, input_path: Path, c: Common, extra_inputs=(
     else:
         fit_line = f"{o.iterations} iterations, {how}, result from iteration {o.stopped_at}, {o.elapsed_s:.1f} s"
     line = f"wrote {c.output} ({result.image.width}x{result.image.height} {result.image.mode}); {fit_line}"
+    if o.held_out_errors:
+        line += f"; returned the {returned_phrase(o)} (least error on held-out pixels)"
     if result.metrics:
         line += "; " + ", ".join(f"{k.upper()} {v:.4g}" for k, v in result.metrics.items())
     err.print(line, highlight=False, soft_wrap=True)
     if o.stop_reason == "interrupted":
         raise typer.Exit(130)
+
+
+def returned_phrase(o) -> str:
+    """'fit', 'classical start' or 'blend of 75 % fit and 25 % classical start'."""
+    if o.returned == "blend":
+        return f"blend of {o.fit_weight:.0%} fit and {1 - o.fit_weight:.0%} classical start"
+    return {"start": "classical start"}.get(o.returned, o.returned)
 
 
 def _out_of_memory(e: BaseException) -> bool:

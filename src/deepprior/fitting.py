@@ -68,6 +68,9 @@ class FitOutcome:
     auto_stop_at: int | None = None  # iteration at which the stopping rule fired, if it did
     uncertainty: np.ndarray | None = None  # (H, W, C) posterior standard deviation (Bayesian mode)
     samples: int = 0  # posterior samples averaged (Bayesian mode)
+    returned: str = "fit"  # "fit", "start" or "blend" (see choose_result)
+    fit_weight: float = 1.0  # the fit's share of the returned image (the start has the rest)
+    held_out_errors: dict | None = None  # candidate -> its error on the held-out pixels, when compared
 
 
 def ema_decay(ema: float, warmup: int, iteration: int) -> float:
@@ -115,13 +118,15 @@ def init_weights(net: nn.Module, generator: torch.Generator) -> None:
                     nn.init.uniform_(m.bias, -bound, bound, generator=generator)
 
 
-def make_input(cfg: FitConfig, problem: Problem, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+def make_input(cfg: FitConfig, problem: Problem, size: tuple[int, int], generator: torch.Generator,
+               estimate: np.ndarray | None = None) -> torch.Tensor:
     """The network input z at the padded ``size``.
 
     ``noise``: ``input_depth`` channels of uniform noise times ``input_scale``. ``meshgrid``: the
     two coordinate planes. ``image``: the task's fixed input (the flash photograph). ``estimate``:
     the task's quick classical answer (:mod:`deepprior.estimates`) in the first channels and noise
-    in the remaining ``input_depth - C``, so the fit starts from the image's content.
+    in the remaining ``input_depth - C``, so the fit starts from the image's content (``estimate``,
+    when the caller has computed it already).
     """
     from .errors import DeepPriorError
 
@@ -141,7 +146,7 @@ def make_input(cfg: FitConfig, problem: Problem, size: tuple[int, int], generato
         if problem.estimate is None:
             raise DeepPriorError("input 'estimate' needs a task with a classical estimate "
                                  "(denoise, inpaint, reconstruct or upscale)")
-        est = _pad_to(problem.estimate(), size)
+        est = _pad_to(problem.estimate() if estimate is None else estimate, size)
         rest = max(cfg.input_depth - est.shape[1], 0)
         return torch.cat([est, torch.rand(1, rest, hp, wp, generator=generator) * cfg.input_scale], dim=1)
     raise ValueError(f"unknown input kind {cfg.input!r}")
@@ -313,18 +318,53 @@ class EarlyStopping:
         return candidate
 
 
-def stopping_rule(problem: Problem, cfg: FitConfig, seed: int):
-    """The stopping rule ``cfg`` asks for, or None. With the held-out rule the problem is given its
-    held-out pixels here, before the input is made: the estimate it may hold must not see them."""
+def hold_out_pixels(problem: Problem, cfg: FitConfig, seed: int) -> bool:
+    """Leave ``cfg.holdout`` of the observed pixels out of the data term when the held-out
+    stopping rule or the choice of result (``cfg.select_start``) will measure the fit on them.
+
+    Done before the input is made: the estimate it may hold must not see them either. False when
+    nothing is held out (not asked for, or an image too small to spare pixels).
+    """
+    rule = cfg.stop_rule == "holdout" and cfg.stop in ("auto", "observe") and not cfg.bayes
+    if not (rule or cfg.select_start):
+        return False
+    observed = problem.observed
+    if observed.sum() < MIN_HOLDOUT_OBSERVED:
+        return False
+    problem.hold_out(holdout_mask(observed, cfg.holdout, torch.Generator().manual_seed(seed + 2)))
+    return True
+
+
+def stopping_rule(problem: Problem, cfg: FitConfig, seed: int, held_out: bool):
+    """The stopping rule ``cfg`` asks for, or None; the held-out rule needs ``held_out`` pixels
+    and falls back to the variance rule without them."""
     if cfg.stop not in ("auto", "observe") or cfg.bayes:
         return None
-    generator = torch.Generator().manual_seed(seed + 2)
-    observed = problem.observed if cfg.stop_rule == "holdout" else None
-    if observed is not None and observed.sum() >= MIN_HOLDOUT_OBSERVED:
-        problem.hold_out(holdout_mask(observed, cfg.holdout, generator))
+    if cfg.stop_rule == "holdout" and held_out:
         return HeldOutLoss(problem.held_out_loss, cfg.stop_patience, start=cfg.stop_start)
-    # The variance rule, also for images too small to spare pixels for a hold-out.
-    return WindowedVariance(cfg.stop_window, cfg.stop_patience, generator=generator, start=cfg.stop_start)
+    return WindowedVariance(cfg.stop_window, cfg.stop_patience, generator=torch.Generator().manual_seed(seed + 2),
+                            start=cfg.stop_start)
+
+
+#: The fit's shares tried by :func:`choose_result` between the start (0) and the fit (1).
+BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def choose_result(problem: Problem, fitted: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, float, dict]:
+    """The candidate with the least error on the held-out pixels: the fit, its classical start,
+    or a blend w * fit + (1 - w) * start (:data:`BLEND_WEIGHTS`). The held-out pixels' noise is
+    independent of every candidate (neither the fit nor the start saw them), so this error ranks
+    the candidates as their true error would, without the ground truth. Returns the chosen
+    image, its fit weight and every candidate's error."""
+    errors = {}
+    best = None
+    with torch.no_grad():
+        for w in BLEND_WEIGHTS:
+            candidate = fitted if w == 1.0 else (start if w == 0.0 else w * fitted + (1 - w) * start)
+            errors[w] = float(problem.held_out_loss(candidate))
+            if best is None or errors[w] < errors[best[1]]:
+                best = (candidate, w)
+    return best[0], best[1], errors
 
 
 def build_optimizer(cfg: FitConfig, net: nn.Module, z: torch.Tensor) -> torch.optim.Adam:
@@ -364,8 +404,10 @@ def fit(
     top, left = (hp - h) // 2, (wp - w) // 2
 
     gen = torch.Generator().manual_seed(seed)
-    rule = stopping_rule(problem, cfg, seed)
-    z = make_input(cfg, problem, (hp, wp), gen).to(device)
+    held_out = hold_out_pixels(problem, cfg, seed)
+    rule = stopping_rule(problem, cfg, seed, held_out)
+    start_image = problem.estimate() if cfg.input == "estimate" and problem.estimate is not None else None
+    z = make_input(cfg, problem, (hp, wp), gen, estimate=start_image).to(device)
     net = build_network(cfg.net, z.shape[1], problem.channels)
     init_weights(net, gen)
     net.to(device).train()
@@ -441,12 +483,18 @@ def fit(
         result, stopped_at = stopping.held, stopping.held_at
     else:
         result, stopped_at = running.current, it
+    elapsed = time.perf_counter() - start
+    returned, weight, errors = "fit", 1.0, None
+    if cfg.select_start and held_out and start_image is not None and uncertainty is None:
+        candidate_start = torch.from_numpy(np.ascontiguousarray(np.moveaxis(start_image, -1, 0)))[None].float()
+        result, weight, errors = choose_result(problem, result, candidate_start.to(device))
+        returned = "fit" if weight == 1.0 else ("start" if weight == 0.0 else "blend")
     return FitOutcome(
         output=np.clip(to_numpy(result), 0.0, 1.0),
         iterations=it,
         stopped_at=stopped_at,
         stop_reason=reason,
-        elapsed_s=time.perf_counter() - start,
+        elapsed_s=elapsed,
         history=history,
         backtracks=backtracking.count if backtracking is not None else 0,
         stop_curve=rule.curve if rule is not None else [],
@@ -454,6 +502,9 @@ def fit(
         auto_stop_at=fired_at,
         uncertainty=uncertainty,
         samples=sampler.samples if sampler is not None else 0,
+        returned=returned,
+        fit_weight=weight,
+        held_out_errors=errors,
     )
 
 

@@ -37,7 +37,10 @@ class FitConfig:
     backtrack_drop_db: float = 5.0
     stop: str = "auto"  # "auto" (the stop_rule), "off", or "observe" (evaluate the rule, run on)
     stop_rule: str = "variance"  # "variance" (windowed moving variance) or "holdout" (self-validation)
-    holdout: float = 0.05  # with stop_rule="holdout": fraction of the observed pixels left out of the fit
+    holdout: float = 0.05  # fraction of the observed pixels left out of the fit, to measure it on
+    # Return whichever of the fit, its classical start (input="estimate") and their blends has the
+    # least error on the held-out pixels (fitting.choose_result): never worse than the start.
+    select_start: bool = False
     stop_window: int = 100
     stop_patience: int = 400
     stop_start: int = 0  # the rule's minima before this iteration are not taken (see stopping.py)

@@ -105,6 +105,7 @@ class Result:
             "threads": self.threads,
             "seed": self.seed,
             "tiling": self.tiling or {"tiles": 1},
+            "returned": _returned(o),
             "size": {"width": self.image.width, "height": self.image.height, "mode": self.image.mode,
                      "bit_depth": self.image.bit_depth},
             "machine": {"python": platform.python_version(), "torch": torch.__version__,
@@ -130,6 +131,15 @@ class Result:
 
     def save_report(self, path) -> None:
         atomic_write_bytes(path, json.dumps(self.report(), indent=2, default=_json_default).encode())
+
+
+def _returned(o: FitOutcome) -> dict:
+    """What the restoration returned: the fit, its classical start or a blend, and why."""
+    out = {"result": o.returned, "fit_weight": o.fit_weight}
+    if o.held_out_errors:
+        out["held_out_errors"] = {f"fit weight {w:g}": e for w, e in o.held_out_errors.items()}
+        out["why"] = "least error on the held-out pixels"
+    return out
 
 
 def _json_default(o):
@@ -287,7 +297,8 @@ def _fit_tiles(image: Image, task: Task, cfg: FitConfig, tiles: list[Tile], scal
         per_tile.append({"top": t.top, "left": t.left, "height": t.height, "width": t.width,
                          "iterations": outcome.iterations, "stopped_at": outcome.stopped_at,
                          "stop_reason": outcome.stop_reason, "elapsed_s": round(outcome.elapsed_s, 3),
-                         "backtracks": outcome.backtracks, "samples": outcome.samples})
+                         "backtracks": outcome.backtracks, "samples": outcome.samples,
+                         "returned": outcome.returned, "fit_weight": outcome.fit_weight})
         reasons.append(outcome.stop_reason)
         if outcome.stop_reason in ("callback", "interrupted"):
             break
@@ -308,11 +319,21 @@ def _fit_tiles(image: Image, task: Task, cfg: FitConfig, tiles: list[Tile], scal
         parameters=outcome.parameters,
         uncertainty=spread.result(np.zeros_like(fallback)) if spread is not None and samples else None,
         samples=samples,
+        returned=_tiles_returned(per_tile),
+        fit_weight=float(np.mean([r["fit_weight"] for r in per_tile])),
     )
     tiling = {"tiles": len(tiles), "tiles_done": len(per_tile),
               "tile_size": [tiles[0].height, tiles[0].width], "overlap_min": _min_overlap(tiles),
               "per_tile": per_tile}
     return combined, tiling
+
+
+def _tiles_returned(per_tile: list[dict]) -> str:
+    """One word when every tile returned the same kind of result, else the count of each."""
+    kinds = [r["returned"] for r in per_tile]
+    if len(set(kinds)) == 1:
+        return kinds[0]
+    return ", ".join(f"{k} on {kinds.count(k)} tiles" for k in dict.fromkeys(kinds))
 
 
 def _min_overlap(tiles: list[Tile]) -> int:

@@ -8,8 +8,10 @@ to the browser every few seconds. A per-session :class:`threading.Event` is the 
 the callback returns True once it is set, which ends the fit and keeps the best result so far.
 
 Several people can use one server. Fits go through Gradio's queue, ``concurrency`` at a time
-(one by default: PyTorch already uses every core for one fit), and each waiting user sees their
-place in the queue. Uploads are limited in bytes (``max_upload_mb``) and in pixels
+(two by default, each with its share of the cores, so small requests are not stuck behind a
+long one); :mod:`deepprior.webqueue` refuses requests over the work limit or over a client's
+share as they join, tells each waiting user their place and wait, and stops the fit of a
+client that has gone. Uploads are limited in bytes (``max_upload_mb``) and in pixels
 (``max_pixels``); a bad upload or option becomes a readable message on the page, never a
 traceback. Results are written as lossless PNG to a fresh temporary folder per run, under a name
 that owes nothing to the uploaded file's name.
@@ -334,6 +336,10 @@ def summary(result) -> str:
     }.get(o.stop_reason, "ran every iteration")
     source = (f"the mean of {o.samples} posterior samples taken after the burn-in" if o.samples
               else f"from iteration {o.stopped_at}")
+    if o.held_out_errors:
+        kind = {"start": "the classical start, which", "fit": "the fit, which"}.get(
+            o.returned, f"a blend of {o.fit_weight:.0%} fit and {1 - o.fit_weight:.0%} classical start, which")
+        source += f"; it is {kind} had the least error on pixels held out of the fit"
     return (
         f"**Done** in {o.elapsed_s:.1f} s: {o.iterations} iterations, {how}; the result is {source}. "
         f"{result.image.width}x{result.image.height} {result.image.mode}, "

@@ -119,10 +119,16 @@ def dip_table(rows) -> str | None:
         hist = [h for h in r.get("history") or [] if h.get("psnr") is not None]
         peak = max(hist, key=lambda h: h["psnr"]) if hist else None
         out.append([r["image"], str(r.get("preset", "-")), str(r.get("iterations", "-")), str(r.get("stopped_at", "-")),
-                    str(r.get("stop_reason", "-")), _fmt(r.get("psnr")),
+                    str(r.get("stop_reason", "-")), _returned(r), _fmt(r.get("psnr")),
                     f"{_fmt(peak['psnr'])} @ {peak['iter']}" if peak else "-", _fmt(r.get("seconds"), 1)])
-    return _table(["image", "preset", "iterations", "result from", "stop", "PSNR", "peak PSNR @ iter (history)",
-                   "seconds"], out)
+    return _table(["image", "preset", "iterations", "result from", "stop", "returned", "PSNR",
+                   "peak PSNR @ iter (history)", "seconds"], out)
+
+
+def _returned(row: dict) -> str:
+    """What a DIP fit returned: the fit, its start, or a blend (with the fit's share)."""
+    kind = row.get("returned", "fit")
+    return f"blend, fit {row.get('fit_weight', 1.0):.2f}" if kind == "blend" else kind
 
 
 # --------------------------------------------------------------------------- figures
@@ -405,7 +411,10 @@ def suite_section(data: dict) -> str:
     if verdict:
         lines += [verdict, ""]
     if dip is not None:
-        lines += [f"DIP: preset `{dip.get('preset')}`, iteration cap {dip.get('iters') or 'the preset default'}.", ""]
+        returned = [_returned(r) for r in rows if r["method"] == "dip"]
+        kinds = ", ".join(f"{k} on {returned.count(k)}" for k in dict.fromkeys(returned))
+        lines += [f"DIP: preset `{dip.get('preset')}`, iteration cap {dip.get('iters') or 'the preset default'}; "
+                  f"returned {kinds} image{'s' if len(returned) > 1 else ''}.", ""]
     lines += [f"Machine: {mach.get('cpu')}, {mach.get('threads')} PyTorch threads, torch {mach.get('torch')}. "
               f"Reproduce: `{reproduce_command(data)}`", SECTION_END]
     return "\n".join(lines)

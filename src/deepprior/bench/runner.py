@@ -269,7 +269,8 @@ def _run_pair(suite, case, method, *, preset, seed, iters, weights, dip_callback
         estimate = result.image.pixels
         row.update(preset=preset, iters=iters, iterations=result.iterations, stopped_at=result.stopped_at,
                    stop_reason=result.outcome.stop_reason, history=result.history,
-                   fit_params=result.params, stop_curve=thinned_stop_curve(result.outcome))
+                   fit_params=result.params, stop_curve=thinned_stop_curve(result.outcome),
+                   returned=result.outcome.returned, fit_weight=result.outcome.fit_weight)
     else:
         estimate = baselines.METHODS[method].run(case, weights=weights)
     seconds = time.perf_counter() - start
