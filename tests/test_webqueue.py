@@ -180,3 +180,15 @@ def test_the_load_benchmark_counts_what_happened_to_each_client(tmp_path, capsys
     refused = next(r for r in data["requests"] if r["kind"] == "over the limit")
     assert "million pixel-iterations" in refused["message"]
     assert (tmp_path / "app.md").read_text().startswith("# deepprior bench app")
+
+
+def test_the_command_lines_limits_are_the_web_apps(capsys):
+    import inspect
+
+    from deepprior import cli
+
+    params = inspect.signature(cli.app_command).parameters
+    assert params["max_work"].default * 1e6 == webapp.DEFAULT_MAX_WORK
+    assert params["max_queued"].default == webapp.DEFAULT_MAX_QUEUED_PER_CLIENT
+    assert cli.main(["app", "--max-work", "-1"]) == 2
+    assert "--max-work must be 0 (no limit) or positive" in capsys.readouterr().err
