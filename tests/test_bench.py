@@ -143,7 +143,28 @@ def test_inpainting_suites_drop_pixels_and_score_network_output():
     text = suites.get_suite("inpaint-text").degrade(_image(96, 96), "x", 0)
     assert text.mask.any() and text.mask.mean() < 0.5
     assert np.all(text.degraded.pixels[text.mask] == 1.0)
-    assert text.task.keep_known is False and text.task.mode == "text"
+    assert text.task.keep_known is True and text.task.mode == "text"
+
+
+def test_fill_suites_crop_mask_and_score_inside_the_mask():
+    big = _image(300, 280)
+    for name, mode in (("inpaint-text", "text"), ("inpaint-hole", "hole")):
+        suite = suites.get_suite(name)
+        case = suite.degrade(big, "x", 0)
+        assert case.clean.pixels.shape == (256, 256, 3) and case.mask.shape == (256, 256)
+        assert case.task.mode == mode and case.task.keep_known is True
+        assert np.array_equal(case.clean.pixels, big.pixels[22:278, 12:268])
+        assert suite.metric == "psnr_mask" and suite.metrics[:2] == ("psnr_mask", "ssim_mask")
+        assert 0.02 < case.mask.mean() < 0.3
+        # A result exact outside the mask and off by 0.1 inside it: 20 dB inside, more over the image.
+        est = case.clean.pixels.copy()
+        est[case.mask] += 0.1
+        scores = suite.score(est, case.clean.pixels, case.mask)
+        assert scores["psnr_mask"] == pytest.approx(20.0)
+        assert scores["psnr"] > scores["psnr_mask"] + 5
+        assert scores["ssim_mask"] < scores["ssim"] <= 1
+    assert suites.get_suite("inpaint-hole").degrade(big, "x", 0).mask.mean() == pytest.approx(0.12, abs=0.02)
+    assert len(suites.suite_files(suites.get_suite("inpaint-text"), {})) >= 10
 
 
 def test_unknown_suite_set_and_method_are_one_line_errors():

@@ -354,3 +354,15 @@ def test_a_good_fit_is_kept_or_blended_by_the_held_out_check(rgb32):
     o = r.outcome
     assert o.returned in ("fit", "blend", "start")
     assert o.held_out_errors[o.fit_weight] == min(o.held_out_errors.values())
+
+
+@pytest.mark.parametrize("mode", ["text", "hole"])
+def test_a_tiny_text_or_hole_is_filled_and_the_known_pixels_kept_exactly(rgb32, mode):
+    from deepprior.degrade import hole_mask, text_mask
+
+    fill = text_mask((32, 32), "dip", seed=1) if mode == "text" else hole_mask((32, 32), seed=1)
+    damaged = rgb32.copy()
+    damaged[fill] = 1.0
+    r = restore(damaged, tasks.Inpaint(mask=fill, mode=mode), **FEW)
+    np.testing.assert_array_equal(r.image.pixels[~fill], damaged[~fill])
+    assert np.abs(r.image.pixels[fill] - 1.0).mean() > 0.05  # the white marks were painted over

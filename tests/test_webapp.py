@@ -239,3 +239,28 @@ def test_restore_endpoint_reports_bad_input_in_one_line(client, tmp_path, photo)
         client.predict(handle_file(str(photo)), "inpaint", 2, None, "fast", 3, 0, api_name="/restore")
     with pytest.raises(Exception, match="x8 result would be 512x384"):  # over this server's 20 000 pixels
         client.predict(handle_file(str(photo)), "upscale", 8, None, "fast", 3, 0, api_name="/restore")
+
+
+def test_the_brush_and_a_mask_file_give_the_same_result(tmp_path, photo, settings):
+    """The same pixels painted in the page's editor or given as a mask file to the command line
+    make the same inpainting, to the bit."""
+    from deepprior.cli import main
+    from deepprior.restoration import restore
+
+    image = webapp.read_upload(photo, settings)
+    fill = np.zeros((image.height, image.width), bool)
+    fill[10:20, 12:40] = True
+    layer = np.zeros((image.height, image.width, 4), np.uint8)
+    layer[fill] = (255, 0, 0, 255)
+    painted = webapp.painted_mask({"background": None, "layers": [layer], "composite": None},
+                                  (image.height, image.width))
+    task = webapp.build_task("inpaint", image, settings, painted=painted)
+    fit_kw = webapp.fit_options("fast", 4, 7, "preset", settings)
+    web = webapp.write_result(restore(image, task, "fast", threads=settings.threads, **fit_kw), "inpaint", settings)
+
+    mask = tmp_path / "mask.png"
+    PILImage.fromarray(fill.astype(np.uint8) * 255).save(mask)
+    out = tmp_path / "cli.png"
+    assert main(["inpaint", str(photo), "--mask", str(mask), "-o", str(out), "--iters", "4", "--seed", "7",
+                 "--threads", str(settings.threads), "--quiet"]) == 0
+    assert np.array_equal(np.asarray(PILImage.open(web)), np.asarray(PILImage.open(out)))

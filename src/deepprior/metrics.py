@@ -35,6 +35,27 @@ def ssim(estimate: np.ndarray, reference: np.ndarray) -> float:
     )
 
 
+def masked_psnr(estimate: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> float:
+    """PSNR in dB over the pixels where ``mask`` ((H, W), True) is set, all channels, peak 1:
+    the measure of an inpainting method that does not reward the pixels it was given."""
+    e, r = _as3(estimate), _as3(reference)
+    m = np.asarray(mask, dtype=bool)
+    if not m.any():
+        raise ValueError("the mask selects no pixel")
+    mse = float(np.mean((e[m] - r[m]) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
+
+
+def masked_ssim(estimate: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> float:
+    """The SSIM map (as :func:`ssim`) averaged over the pixels where ``mask`` is set."""
+    e, r = _as3(estimate), _as3(reference)
+    if min(e.shape[:2]) < 7:
+        return float("nan")
+    _, full = structural_similarity(e, r, data_range=1.0, channel_axis=2, gaussian_weights=True, sigma=1.5,
+                                    use_sample_covariance=False, full=True)
+    return float(full.mean(axis=2)[np.asarray(mask, dtype=bool)].mean())
+
+
 def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
     """ITU-R BT.601 luma on the 16-235 scale (as MATLAB's rgb2ycbcr), from RGB in [0, 1]."""
     a = _as3(rgb)
@@ -62,13 +83,19 @@ def y_ssim(estimate: np.ndarray, reference: np.ndarray, border: int = 0) -> floa
     )
 
 
-def quality(estimate: np.ndarray, reference: np.ndarray, *, sr_scale: int | None = None) -> dict:
-    """The report's metrics: PSNR and SSIM, and for super-resolution the Y-channel ones too."""
+def quality(estimate: np.ndarray, reference: np.ndarray, *, sr_scale: int | None = None,
+            mask: np.ndarray | None = None) -> dict:
+    """The report's metrics: PSNR and SSIM, for super-resolution the Y-channel ones too, and
+    with a ``mask`` of filled pixels the PSNR and SSIM inside it."""
     out = {"psnr": psnr(estimate, reference), "ssim": ssim(estimate, reference)}
+    if mask is not None:
+        out["psnr_mask"] = masked_psnr(estimate, reference, mask)
+        out["ssim_mask"] = masked_ssim(estimate, reference, mask)
     if sr_scale:
         out["psnr_y"] = y_psnr(estimate, reference, border=sr_scale)
         out["ssim_y"] = y_ssim(estimate, reference, border=sr_scale)
     return out
 
 
-__all__ = ["psnr", "ssim", "y_psnr", "y_ssim", "rgb_to_y", "quality", "peak_signal_noise_ratio"]
+__all__ = ["psnr", "ssim", "masked_psnr", "masked_ssim", "y_psnr", "y_ssim", "rgb_to_y", "quality",
+           "peak_signal_noise_ratio"]

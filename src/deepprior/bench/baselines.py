@@ -237,7 +237,7 @@ class Method:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("dip", "DIP", ("sr", "denoise", "inpaint", "text"), None),
+    Method("dip", "DIP", ("sr", "denoise", "inpaint", "text", "hole"), None),
     Method("bicubic", "Bicubic", ("sr",), bicubic),
     Method("lanczos", "Lanczos", ("sr",), lanczos),
     Method("regularised", "Regularised upscale", ("sr",), regularised, scales=(2, 3, 4)),
@@ -245,10 +245,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("bm3d", "BM3D", ("denoise",), bm3d, _bm3d_missing),
     Method("nlm", "NLM", ("denoise",), nlm),
     Method("tv", "TV", ("denoise",), tv),
-    Method("telea", "Telea", ("inpaint", "text"), telea),
-    Method("ns", "Navier-Stokes", ("inpaint", "text"), navier_stokes),
-    Method("biharmonic", "Biharmonic", ("inpaint", "text"), biharmonic),
-    Method("sparse", "Sparse DCT (Guleryuz)", ("inpaint", "text"), sparse_dct),
+    Method("telea", "Telea", ("inpaint", "text", "hole"), telea),
+    Method("ns", "Navier-Stokes", ("inpaint", "text", "hole"), navier_stokes),
+    Method("biharmonic", "Biharmonic", ("inpaint", "text", "hole"), biharmonic),
+    Method("sparse", "Sparse DCT (Guleryuz)", ("inpaint", "text", "hole"), sparse_dct),
 )}
 
 

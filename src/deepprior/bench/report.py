@@ -25,7 +25,8 @@ FIGURES = "figures"
 # Our method name -> the paper's column name, for the comparison with published numbers.
 _PAPER_NAMES = {"dip": "dip", "bicubic": "bicubic", "bm3d": "cbm3d", "nlm": "nlm"}
 
-_METRIC_TITLES = {"psnr_y": "PSNR on Y (dB)", "ssim_y": "SSIM on Y", "psnr": "PSNR (dB)", "ssim": "SSIM"}
+_METRIC_TITLES = {"psnr_y": "PSNR on Y (dB)", "ssim_y": "SSIM on Y", "psnr": "PSNR (dB)", "ssim": "SSIM",
+                  "psnr_mask": "PSNR inside the mask (dB)", "ssim_mask": "SSIM inside the mask"}
 
 
 def _fmt(v, digits=2) -> str:
@@ -312,12 +313,11 @@ def _notes(suite: suites.Suite, data: dict) -> list[str]:
     for m, why in (data.get("skipped") or {}).items():
         notes.append(f"{m} was skipped: {why}.")
     methods = {r["method"] for r in data["rows"]}
-    if suite.kind in ("inpaint", "text"):
+    if suite.kind == "inpaint":
         notes.append("DIP is run with keep_known=False: its network output is scored over the whole image, known "
                      "pixels included (the paper's convention). The classical methods keep the known pixels.")
-    if suite.kind == "text":
-        notes.append("Besides the paper's kate.png this suite also writes the same text mask over vase.png and "
-                     "library.png (the paper used those with other masks).")
+    if suite.kind in suites.FILL_KINDS:
+        notes.append("Every method keeps the known pixels, so the whole-image scores differ only inside the mask.")
     if "realesrgan" in methods:
         notes.append("Real-ESRGAN x4plus is trained for real-world degradations (blur, noise, JPEG), not for "
                      "this clean Lanczos downscaling, and favours perceptual sharpness over PSNR; it runs on the CPU "
@@ -396,7 +396,7 @@ def suite_section(data: dict) -> str:
     time row, how DIP stands against the best other method, the machine and the command."""
     rows = data["rows"]
     cfg = data.get("config", {})
-    suite = suites.get_suite(cfg["suite"], cfg.get("set"))
+    suite = suites.get_suite(cfg["suite"], cfg.get("set") if str(cfg["suite"]).startswith("sr-") else None)
     metric = suite.metric
     images, methods = _ordered(rows)
     table = metric_table(rows, metric, suite.paper)

@@ -212,14 +212,14 @@ def run_bench(
     already = len(files) * len(runnable) - len(pairs)
     if already:
         log(f"resuming: {already} of {len(files) * len(runnable)} (image, method) pairs already done")
-    data["machine"] = machine_info()
-    data["data_dir"] = str(data_dir)
-    data["suite_description"] = suite.description()
-    write_results(out_dir, data)
     if threads is not None:
         if threads < 1:
             raise DeepPriorError(f"--threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
+    data["machine"] = machine_info()  # after the threads are set: it records them
+    data["data_dir"] = str(data_dir)
+    data["suite_description"] = suite.description()
+    write_results(out_dir, data)
 
     case = None
     total = len(pairs)
@@ -279,7 +279,7 @@ def _run_pair(suite, case, method, *, preset, seed, iters, weights, dip_callback
         raise DeepPriorError(f"{method} returned {estimate.shape} for {case.name}, expected {case.clean.pixels.shape}")
     rel = Path("images") / case.name / f"{method}.png"
     save_image(Image(estimate), out_dir / rel)
-    row.update(suite.score(estimate, case.clean.pixels))
+    row.update(suite.score(estimate, case.clean.pixels, case.mask))
     row.update(seconds=round(seconds, 3), output=str(rel))
     return row
 

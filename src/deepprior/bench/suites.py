@@ -10,7 +10,10 @@ Image Prior paper's numbers (see the data folder's README):
   N-pixel border cropped, RGB PSNR/SSIM as well.
 * ``denoise-S``: additive white Gaussian noise of sigma S on 0-255, clipped; RGB PSNR/SSIM.
 * ``inpaint-50``: a Bernoulli mask drops 50 % of the pixels; PSNR/SSIM over the whole image.
-* ``inpaint-text``: lines of text written over the image (``degrade.text_mask``).
+* ``inpaint-text`` and ``inpaint-hole``: lines of text (``degrade.text_mask``) or one large
+  elliptical hole over 12 % (``degrade.hole_mask``) on 256x256 centre crops of Set14 and of
+  three grey Heide11 images; PSNR/SSIM inside the mask (the headline) and over the image, with
+  the known pixels kept, as a user gets them.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ class Suite:
     """A named benchmark: a kind of degradation with its parameter, over one image set."""
 
     name: str
-    kind: str  # "sr", "denoise", "inpaint", "text"
+    kind: str  # "sr", "denoise", "inpaint", "text", "hole"
     value: int  # scale, sigma, or missing percentage
     set_name: str
     files: tuple[str, ...] = field(default=())  # paths relative to the data folder; empty = whole set
@@ -82,11 +85,15 @@ class Suite:
     @property
     def metric(self) -> str:
         """The headline metric of the suite."""
-        return "psnr_y" if self.kind == "sr" else "psnr"
+        return {"sr": "psnr_y", "text": "psnr_mask", "hole": "psnr_mask"}.get(self.kind, "psnr")
 
     @property
     def metrics(self) -> tuple[str, ...]:
-        return ("psnr_y", "ssim_y", "psnr", "ssim") if self.kind == "sr" else ("psnr", "ssim")
+        if self.kind == "sr":
+            return ("psnr_y", "ssim_y", "psnr", "ssim")
+        if self.kind in FILL_KINDS:
+            return ("psnr_mask", "ssim_mask", "psnr", "ssim")
+        return ("psnr", "ssim")
 
     @property
     def paper(self) -> dict | None:
@@ -104,8 +111,11 @@ class Suite:
             return (f"Inpainting on {self.set_name}: a Bernoulli mask drops {self.value} % of the pixels. "
                     f"PSNR/SSIM over the whole image. DIP runs with keep_known=False (the paper's convention: "
                     f"the network output itself is scored, known pixels included).")
-        return (f"Text inpainting: lines of '{TEXT_MASK_WORDS}' written over the image (degrade.text_mask). "
-                f"PSNR/SSIM over the whole image. DIP runs with keep_known=False (the network output is scored).")
+        what = (f"lines of '{TEXT_MASK_WORDS}' written over the image (degrade.text_mask)" if self.kind == "text"
+                else "one elliptical hole over about 12 % of the image (degrade.hole_mask)")
+        return (f"Inpainting {what}, on {FILL_CROP}x{FILL_CROP} centre crops of Set14 and of Heide11's grey "
+                f"house, peppers256 and Cameraman256; each image's mask from its own seed. PSNR/SSIM inside "
+                f"the mask (headline) and over the whole image, known pixels kept as a user gets them.")
 
     def task(self, mask: np.ndarray | None = None) -> Task:
         if self.kind == "sr":
@@ -114,7 +124,7 @@ class Suite:
             return Denoise(sigma=float(self.value))
         if self.kind == "inpaint":
             return Reconstruct(mask=mask, keep_known=False)
-        return Inpaint(mask=mask, mode="text", keep_known=False)
+        return Inpaint(mask=mask, mode=self.kind)
 
     def degrade(self, clean: Image, name: str, seed: int) -> Case:
         """Make the degraded input of one ground-truth image (deterministic in ``seed``)."""
@@ -129,22 +139,42 @@ class Suite:
         if self.kind == "inpaint":
             mask = degrade.random_mask(shape, self.value / 100.0, s)
             return Case(name, clean, degrade.apply_mask(clean, mask), self.task(mask), mask=mask, seed=s)
-        mask = degrade.text_mask(shape, TEXT_MASK_WORDS, s)
-        return Case(name, clean, degrade.apply_mask(clean, mask, value=1.0), self.task(mask), mask=mask, seed=s)
+        clean = centre_crop(clean, FILL_CROP)
+        shape = (clean.height, clean.width)
+        if self.kind == "text":
+            mask = degrade.text_mask(shape, TEXT_MASK_WORDS, s)
+            return Case(name, clean, degrade.apply_mask(clean, mask, value=1.0), self.task(mask), mask=mask, seed=s)
+        mask = degrade.hole_mask(shape, s)
+        return Case(name, clean, degrade.apply_mask(clean, mask), self.task(mask), mask=mask, seed=s)
 
-    def score(self, estimate: np.ndarray, clean: np.ndarray) -> dict:
-        """The suite's metrics for one result (arrays HxWxC in [0, 1])."""
+    def score(self, estimate: np.ndarray, clean: np.ndarray, mask: np.ndarray | None = None) -> dict:
+        """The suite's metrics for one result (arrays HxWxC in [0, 1]; ``mask``, the filled
+        pixels, for the fill suites)."""
         if estimate.shape != clean.shape:
             raise DeepPriorError(f"result is {estimate.shape} but the ground truth is {clean.shape}")
-        return quality(estimate, clean, sr_scale=self.value if self.kind == "sr" else None)
+        return quality(estimate, clean, sr_scale=self.value if self.kind == "sr" else None,
+                       mask=mask if self.kind in FILL_KINDS else None)
+
+
+def centre_crop(image: Image, size: int) -> Image:
+    """The central ``size`` x ``size`` pixels (less along a side that is shorter)."""
+    h, w = image.height, image.width
+    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return Image(np.ascontiguousarray(image.pixels[top : top + size, left : left + size]), None, image.bit_depth)
 
 
 SR_SETS = ("Set5", "Set14")
-_TEXT_FILES = ("dip_paper/inpainting/kate.png", "dip_paper/inpainting/vase.png", "dip_paper/inpainting/library.png")
+#: The suites that fill a mask, and the side of their centre crops.
+FILL_KINDS = ("text", "hole")
+FILL_CROP = 256
+_FILL_FILES = tuple(f"Set14/{n}.png" for n in (
+    "baboon", "barbara", "bridge", "coastguard", "comic", "face", "flowers", "foreman", "lenna", "man", "monarch",
+    "pepper", "ppt3", "zebra")) + ("Heide11_gray/house.png", "Heide11_gray/peppers256.png", "Heide11_gray/Cameraman256.png")
 
 
 def suite_names() -> list[str]:
-    return ["sr-x2", "sr-x3", "sr-x4", "sr-x8", "denoise-15", "denoise-25", "denoise-50", "inpaint-50", "inpaint-text"]
+    return ["sr-x2", "sr-x3", "sr-x4", "sr-x8", "denoise-15", "denoise-25", "denoise-50", "inpaint-50", "inpaint-text",
+            "inpaint-hole"]
 
 
 def get_suite(name: str, set_name: str | None = None) -> Suite:
@@ -163,7 +193,7 @@ def get_suite(name: str, set_name: str | None = None) -> Suite:
         return Suite(name, "denoise", int(value), "CBM3D_color9")
     if value == "50":
         return Suite(name, "inpaint", 50, "Heide11_gray")
-    return Suite(name, "text", 0, "dip_paper", files=_TEXT_FILES)
+    return Suite(name, value, 0, "Set14+Heide11", files=_FILL_FILES)
 
 
 def image_seed(seed: int, name: str) -> int:
