@@ -407,9 +407,6 @@ class FitRun:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def join(self, timeout=None) -> None:
-        self._thread.join(timeout)
-
     def _callback(self, p) -> bool:
         if self.job is not None:
             self.job.eta_s = p.eta_s
