@@ -78,12 +78,12 @@ class ServerQueue:
             return (f"this request asks for {work / 1e6:,.0f} million pixel-iterations (result pixels x "
                     f"iterations); this server takes at most {self.max_work / 1e6:,.0f} million: ask for fewer "
                     "iterations or a smaller image")
-        mine = self._waiting(session) + self._running(session)
+        queued = Counter(e.session_hash or "" for e in self._queued_events())
+        mine = (queued[session] if session is not None else 0) + self._running(session)
         if mine >= self.max_queued_per_client:
             self.counts["refused"] += 1
             return (f"you already have {mine} restoration{'s' if mine > 1 else ''} waiting or running; this "
                     f"server takes at most {self.max_queued_per_client} per client at a time")
-        queued = Counter(e.session_hash or "" for e in self._queued_events())
         with self._lock:
             # Requests that left the queue before starting (their client went) leave entries behind;
             # an entry younger than a few seconds may be one whose event is still being queued.
@@ -152,7 +152,8 @@ class ServerQueue:
         except RuntimeError:
             return None
         event_id = name.rpartition("<gradio-sep>")[2]
-        for events in self._queue().active_jobs if self._queue() is not None else ():
+        queue = self._queue()
+        for events in queue.active_jobs if queue is not None else ():
             for event in events or ():
                 if event._id == event_id:
                     return event
@@ -209,9 +210,6 @@ class ServerQueue:
             return []
         fits = q.event_queue_per_concurrency_id.get(FIT_QUEUE)
         return list(fits.queue) if fits is not None else []
-
-    def _waiting(self, session: str | None) -> int:
-        return sum(1 for e in self._queued_events() if session is not None and e.session_hash == session)
 
     def _running(self, session: str | None) -> int:
         with self._lock:
