@@ -46,9 +46,11 @@ class Progress:
     auto_stop_at: int | None = None  # the iteration at which the stopping rule fired, once it has
     tile: int = 1  # when a large image is restored in tiles: which one is being fitted (1-based)
     tiles: int = 1
+    stage: str = "fit"  # "fit", or "apply": the fitted network is being run over a large image's tiles
 
     def preview(self) -> np.ndarray:
-        """The current result (H, W, C) in [0, 1]: what would be returned if the fit ended now.
+        """The current result (H, W, C) in [0, 1]: what would be returned if the fit ended now
+        (for a fit on crops, the start with the latest crops' results pasted in).
 
         A copy: the fit goes on updating its own buffer (the running average) in place."""
         return to_numpy(self._candidate).copy()
@@ -116,6 +118,8 @@ def init_weights(net: nn.Module, generator: torch.Generator) -> None:
                     fan_in = m.weight[0].numel()
                     bound = 1 / math.sqrt(fan_in)
                     nn.init.uniform_(m.bias, -bound, bound, generator=generator)
+    if hasattr(net, "reset_head"):
+        net.reset_head()
 
 
 def make_input(cfg: FitConfig, problem: Problem, size: tuple[int, int], generator: torch.Generator,

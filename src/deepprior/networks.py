@@ -38,6 +38,10 @@ class NetConfig:
     need_1x1_up: bool = True
     batchnorm: bool = True
     pad: str = "reflection"  # "reflection" (the paper's) or "zeros" (cheaper: fused into the convolution)
+    # Refine the input instead of drawing the image: the output is sigmoid(logit(start) + head),
+    # ``start`` being the input's first channels (an estimate) and the head starting at zero, so
+    # the fit begins exactly at the estimate and learns only corrections.
+    residual: bool = False
 
     @property
     def scales(self) -> int:
@@ -120,9 +124,23 @@ class Generator(nn.Module):
         self.head = nn.Sequential(nn.Conv2d(cfg.channels_up[0], out_channels, 1, bias=True), nn.Sigmoid())
         self.config = cfg
         self.factor = 2**n
+        self.out_channels = out_channels
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(z))
+        if not self.config.residual:
+            return self.head(self.body(z))
+        start = z[:, : self.out_channels].clamp(RESIDUAL_EPS, 1 - RESIDUAL_EPS)
+        return torch.sigmoid(torch.logit(start) + self.head[0](self.body(z)))
+
+    def reset_head(self) -> None:
+        """With ``residual``, start the corrections at zero (the output is then the estimate)."""
+        if self.config.residual:
+            with torch.no_grad():
+                self.head[0].weight.zero_()
+                self.head[0].bias.zero_()
+
+
+RESIDUAL_EPS = 1e-3  # keeps logit(start) finite where the estimate is black or white
 
 
 def build_network(cfg: NetConfig, in_channels: int, out_channels: int) -> Generator:

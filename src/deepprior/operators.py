@@ -3,6 +3,11 @@
 The fit minimises ||A(f(theta, z)) - y||^2, so each operator must be differentiable in torch
 and act on batches shaped (1, C, H, W). They are small ``nn.Module`` objects holding their
 fixed kernels or masks as buffers, so ``.to(device)`` moves them with the network.
+
+A fit on crops of a large image (:mod:`deepprior.cropfit`) applies A to one window of x at a
+time: ``window(x, top, left)`` is A on the x pixels at that place, and ``reach`` says how many
+pixels of y next to a cut side of the window A computes from pixels beyond the cut (and so
+differently from the whole image).
 """
 
 from __future__ import annotations
@@ -19,6 +24,11 @@ from .errors import DeepPriorError
 
 class Identity(nn.Module):
     """A(x) = x: denoising, JPEG-artifact removal, flash/no-flash."""
+
+    reach = 0
+
+    def window(self, x: torch.Tensor, top: int, left: int) -> torch.Tensor:
+        return self(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -64,6 +74,11 @@ class LanczosDownsampler(nn.Module):
         self.register_buffer("kernel", k.expand(channels, 1, *k.shape).contiguous())
         total = k.shape[0] - factor
         self.pad = (total // 2, total - total // 2)
+        self.reach = -(-max(self.pad) // factor) if factor > 1 else 0  # 2 low-resolution pixels
+
+    def window(self, x: torch.Tensor, top: int, left: int) -> torch.Tensor:
+        """A on a window whose corner (``top``, ``left``) is a multiple of the factor."""
+        return self(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.factor == 1:
@@ -85,6 +100,12 @@ class Mask(nn.Module):
             known = np.moveaxis(known, -1, 0)
         self.register_buffer("known", torch.from_numpy(np.ascontiguousarray(known))[None])
 
+    reach = 0
+
+    def window(self, x: torch.Tensor, top: int, left: int) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        return x * self.known[..., top : top + h, left : left + w]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.known
 
@@ -99,6 +120,10 @@ class Blur(nn.Module):
         self.register_buffer("kernel", k.expand(channels, 1, *k.shape).contiguous())
         kh, kw = kernel.shape
         self.pad = ((kw - 1) // 2, kw // 2, (kh - 1) // 2, kh // 2)
+        self.reach = max(self.pad)
+
+    def window(self, x: torch.Tensor, top: int, left: int) -> torch.Tensor:
+        return self(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.pad(x, self.pad, mode="replicate")

@@ -68,6 +68,41 @@ class Problem:
             d2 = d2 * self._keep
         return torch.mean(d2)
 
+    def window_loss(self, x: torch.Tensor, top: int, left: int, trim: tuple[int, int, int, int]
+                    ) -> tuple[torch.Tensor, int]:
+        """The data term's sum of squared errors on one window of the result, and how many values it counts.
+
+        ``x`` (1, C, h, w) is the result on output rows ``top:top+h`` and columns ``left:left+w``,
+        computed from that window alone (a crop of a large image): within ``trim`` (top, bottom,
+        left, right) output pixels of a side it is not to be trusted. Only the pixels of y that A
+        computes from trusted pixels of the window are counted, so the term is the whole image's
+        data term restricted to them (held-out pixels still count as zero).
+        """
+        s = self.out_size[0] // self.target.shape[2]
+        th, tw = self.target.shape[2:]
+        # A sees the window on its own: its first y pixel must start a block of s output pixels.
+        skip_t, skip_l = -top % s, -left % s
+        x = x[..., skip_t:, skip_l:]
+        top, left = top + skip_t, left + skip_l
+        y0, x0 = top // s, left // s
+        ny, nx = x.shape[2] // s, x.shape[3] // s
+        x = x[..., : ny * s, : nx * s]
+        reach = self.operator.reach
+        t, b, l, r = trim
+        # Trusted y pixels: clear of the untrusted rim, and of A's reach past a cut side.
+        a0 = -(-(max(t - skip_t, 0)) // s) + (reach if y0 > 0 else 0)
+        a1 = ny - (-(-b // s)) - (reach if y0 + ny < th else 0)
+        c0 = -(-(max(l - skip_l, 0)) // s) + (reach if x0 > 0 else 0)
+        c1 = nx - (-(-r // s)) - (reach if x0 + nx < tw else 0)
+        if a1 <= a0 or c1 <= c0:
+            return x.sum() * 0.0, 0
+        ax = self.operator.window(x, top, left)[..., a0:a1, c0:c1]
+        y = self.target[..., y0 + a0 : y0 + a1, x0 + c0 : x0 + c1]
+        d2 = (ax - y) ** 2
+        if self._keep is not None:
+            d2 = d2 * self._keep[..., y0 + a0 : y0 + a1, x0 + c0 : x0 + c1]
+        return d2.sum(), d2.numel()
+
     def held_out_loss(self, x: torch.Tensor) -> torch.Tensor:
         """Mean squared error between A(x) and y over the held-out pixels."""
         d2 = (self.operator(x) - self.target) ** 2
