@@ -66,15 +66,15 @@ def test_blend_of_equal_tiles_is_exact_and_ramps_across_seams():
 
 def test_restore_in_tiles_is_full_size_recorded_and_reproducible(rgb32):
     image = Image(np.ascontiguousarray(np.tile(rgb32, (1, 2, 1))))  # 32x64
-    a = restore(image, Denoise(), iterations=3, seed=3, threads=1, max_fit_pixels=600)
-    b = restore(image, Denoise(), iterations=3, seed=3, threads=1, max_fit_pixels=600)
+    a = restore(image, Denoise(), iterations=3, seed=3, threads=1, max_fit_pixels=600, large="tiles")
+    b = restore(image, Denoise(), iterations=3, seed=3, threads=1, max_fit_pixels=600, large="tiles")
     assert a.image.pixels.shape == (32, 64, 3)
     np.testing.assert_array_equal(a.image.pixels, b.image.pixels)
     rep = a.report()["tiling"]
     assert rep["tiles"] == rep["tiles_done"] == len(rep["per_tile"]) > 1
     assert a.iterations == 3 * rep["tiles"]
     whole = restore(image, Denoise(), iterations=3, seed=3, threads=1, max_fit_pixels=None)
-    assert whole.report()["tiling"] == {"tiles": 1}
+    assert whole.report()["tiling"] == {"method": "whole", "tiles": 1}
 
 
 def test_tiles_crop_the_task_data(rgb32):
@@ -100,7 +100,8 @@ def test_stopping_a_tiled_run_keeps_finished_tiles_and_fills_the_rest_from_the_i
         seen.append((p.tile, p.tiles))
         return p.tile == 2  # stop during the second tile
 
-    r = restore(image, Denoise(), iterations=4, threads=1, max_fit_pixels=600, callback=callback, callback_every=1)
+    r = restore(image, Denoise(), iterations=4, threads=1, max_fit_pixels=600, large="tiles", callback=callback,
+                callback_every=1)
     rep = r.report()
     assert r.outcome.stop_reason == "callback"
     assert rep["tiling"]["tiles_done"] == 2 < rep["tiling"]["tiles"]
@@ -114,7 +115,7 @@ def test_cli_tiles_above_max_fit_pixels(tmp_path, rgb32, capsys):
     PILImage.fromarray((rgb32 * 255).round().astype(np.uint8)).save(photo)
     out, rep = tmp_path / "out.png", tmp_path / "run.json"
     code = main(["denoise", str(photo), "-o", str(out), "--iters", "2", "-q", "--threads", "1",
-                 "--max-fit-pixels", "400", "--report", str(rep)])
+                 "--max-fit-pixels", "400", "--large", "tiles", "--report", str(rep)])
     err = capsys.readouterr().err
     assert code == 0, err
     assert "tiles of" in err

@@ -51,6 +51,12 @@ class PresetName(str, Enum):
     paper = "paper"
 
 
+class LargeMethod(str, Enum):
+    auto = "auto"
+    crops = "crops"
+    tiles = "tiles"
+
+
 class StopMode(str, Enum):
     auto = "auto"
     off = "off"
@@ -88,20 +94,26 @@ UncertaintyOpt = Annotated[Optional[Path], typer.Option("--uncertainty", help="W
 Npz = Annotated[Optional[Path], typer.Option("--npz", help="Write the raw result (and, with --bayes, its standard deviation) as .npz.")]
 MaxFitPixels = Annotated[int, typer.Option(
     "--max-fit-pixels",
-    help="Largest result fitted in one piece; a larger one is restored in overlapping tiles, blended "
-         "(bounds memory: about 1.1 GB per megapixel with the fast preset). 0: never tile.")]
+    help="Largest result fitted in one piece (about 1.1 GB per megapixel with the fast preset); a larger "
+         "one is restored as --large says. 0: fit any size whole.")]
+Large = Annotated[LargeMethod, typer.Option(
+    "--large",
+    help="How an image above --max-fit-pixels is restored: crops (the network fitted on random crops, then "
+         "run over the whole image: minutes at 12 megapixels), tiles (every tile fitted on its own, blended), "
+         "auto (crops where the preset can).")]
 
 
 class Common:
     """The shared options, bundled so each command passes them on in one piece."""
 
     def __init__(self, output, preset, iters, seed, device, threads, stop, reference, report, quiet, max_pixels,
-                 bayes=False, uncertainty=None, npz=None, max_fit_pixels=DEFAULT_MAX_FIT_PIXELS, stop_rule=None):
+                 bayes=False, uncertainty=None, npz=None, max_fit_pixels=DEFAULT_MAX_FIT_PIXELS, stop_rule=None,
+                 large=LargeMethod.auto):
         self.output, self.preset, self.iters, self.seed = output, preset.value, iters, seed
         self.device, self.threads, self.stop = device, threads, stop.value if stop else None
         self.reference, self.report, self.quiet, self.max_pixels = reference, report, quiet, max_pixels
         self.bayes, self.uncertainty, self.npz = bayes, uncertainty, npz
-        self.max_fit_pixels = max_fit_pixels
+        self.max_fit_pixels, self.large = max_fit_pixels, large.value
         self.stop_rule = stop_rule.value if stop_rule else None
 
 
@@ -226,6 +238,8 @@ def _restore_and_write(task_factory, input_path: Path, c: Common, extra_inputs=(
     def on_progress(p):
         if progress is not None:
             tile = f"tile {p.tile}/{p.tiles} " if p.tiles > 1 else ""
+            if p.stage == "apply":
+                tile = f"applying the fit, tile {p.tile}/{p.tiles} "
             progress.update(
                 bar,
                 completed=p.iteration,
@@ -256,6 +270,7 @@ def _restore_and_write(task_factory, input_path: Path, c: Common, extra_inputs=(
                 stop_rule=c.stop_rule,
                 bayes=c.bayes or None,
                 max_fit_pixels=c.max_fit_pixels or None,
+                large=c.large,
             )
         except (MemoryError, RuntimeError) as e:
             if isinstance(e, RuntimeError) and not _out_of_memory(e):
@@ -281,8 +296,11 @@ def _restore_and_write(task_factory, input_path: Path, c: Common, extra_inputs=(
             result.save_arrays(c.npz)
     o = result.outcome
     how = {"auto": "stopped automatically", "interrupted": "interrupted", "callback": "stopped"}.get(o.stop_reason, "ran all iterations")
-    if result.tiling:
-        t = result.tiling
+    t = result.tiling
+    if t and t["method"] == "crops":
+        fit_line = (f"fitted on {t['crops']} crops of {t['crop_size'][1]}x{t['crop_size'][0]} ({o.iterations} iterations, "
+                    f"{how}), then run over the whole image, {o.elapsed_s:.1f} s")
+    elif t:
         fitted = f"{t['tiles_done']} of {t['tiles']} tiles of {t['tile_size'][1]}x{t['tile_size'][0]}"
         fit_line = f"{fitted}, {o.iterations} iterations in all, {how}, {o.elapsed_s:.1f} s"
     else:
@@ -345,6 +363,7 @@ _SHARED_OPTIONS = [
     _P("uncertainty", _P.KEYWORD_ONLY, annotation=UncertaintyOpt, default=None),
     _P("npz", _P.KEYWORD_ONLY, annotation=Npz, default=None),
     _P("max_fit_pixels", _P.KEYWORD_ONLY, annotation=MaxFitPixels, default=DEFAULT_MAX_FIT_PIXELS),
+    _P("large", _P.KEYWORD_ONLY, annotation=Large, default=LargeMethod.auto),
 ]
 
 
@@ -553,7 +572,7 @@ def batch(
 
 @app.command()
 def bench(
-    suite: Annotated[str, typer.Argument(help="sr-x2, sr-x3, sr-x4, sr-x8, denoise-15, denoise-25, denoise-50, inpaint-50 or inpaint-text; or speed (fast against paper preset: time, PSNR at equal time, memory), stopping (auto-stop against the true PSNR peak), app (the web app under load from many clients), or report (markdown tables of finished suite runs).", show_default=False)],
+    suite: Annotated[str, typer.Argument(help="sr-x2, sr-x3, sr-x4, sr-x8, denoise-15, denoise-25, denoise-50, inpaint-50 or inpaint-text; or speed (fast against paper preset: time, PSNR at equal time, memory), stopping (auto-stop against the true PSNR peak), app (the web app under load from many clients), photo (a 12-megapixel photo denoised on crops beside tile by tile: time, memory, PSNR), or report (markdown tables of finished suite runs).", show_default=False)],
     folders: Annotated[Optional[list[Path]], typer.Argument(help="report: the --out folders of suite runs.", show_default=False)] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Benchmark data folder (default: ../shared/data, else $DEEPPRIOR_DATA).")] = None,
     set_name: Annotated[Optional[str], typer.Option("--set", help="Super-resolution image set: Set5 (default) or Set14.")] = None,
@@ -596,12 +615,13 @@ def bench(
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
     measure = suite in bench_mod.MEASURES
     app_only = [n for n, v in (("--clients", clients), ("--abandoned", abandoned)) if v is not None]
-    if suite == "app":
+    if suite in ("app", "photo"):
         wrong = [n for n, v in (("--set", set_name), ("--methods", methods), ("--weights", weights), ("--cases", cases),
                                 ("--images", images), ("--limit", limit), ("--iters", iters), ("--resume", resume or None),
                                 ("--paper-iters", paper_iters), ("--paper-equal-time", paper_equal_time),
                                 ("--bayes", bayes), ("--observe-from", observe_from), ("--stop-rule", stop_rule))
                  if v is not None] + (["--preset"] if preset != PresetName.fast else [])
+        wrong += app_only if suite == "photo" else []
     elif measure:
         wrong = [n for n, v in (("--set", set_name), ("--methods", methods), ("--weights", weights))
                  if v is not None] + (["--preset"] if preset != PresetName.fast else []) + app_only
@@ -640,6 +660,9 @@ def bench(
                 options = dict(threads=threads, log=log)
                 options.update({k: v for k, v in (("clients", clients), ("abandoned", abandoned)) if v is not None})
                 results, path = bench_mod.measure(suite, out=out, **options)
+            elif suite == "photo":
+                results, path = bench_mod.measure(suite, data=data, out=out, seed=seed, threads=threads,
+                                                  progress=on_pair, log=log)
             elif measure:
                 options = dict(cases=split(cases), limit=limit, iters=iters, seed=seed, resume=resume, threads=threads,
                                progress=on_pair, fit_callback=on_fit, log=log)
@@ -708,8 +731,9 @@ def app_command(
     host: Annotated[str, typer.Option("--host", help="Address to serve on: 127.0.0.1 is this computer only, 0.0.0.0 the whole network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to serve on.")] = 7860,
     concurrency: Annotated[Optional[int], typer.Option("--concurrency", help="Fits that run at the same time, each with its share of the CPU cores; other requests wait in a queue. Default: 2 (1 on a 1-core machine).", show_default=False)] = None,
-    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest upload accepted, in megabytes.")] = 20.0,
-    max_pixels: Annotated[int, typer.Option("--max-pixels", help="Largest image, and largest upscaled result, in pixels.")] = 4_000_000,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest upload accepted, in megabytes.")] = 64.0,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", help="Largest image, and largest upscaled result, in pixels.")] = 16_000_000,
+    max_fit_pixels: Annotated[int, typer.Option("--max-fit-pixels", help="Largest result fitted whole; a larger one is fitted on crops where the preset can (minutes at 12 megapixels), else tile by tile.")] = DEFAULT_MAX_FIT_PIXELS,
     max_iterations: Annotated[int, typer.Option("--max-iterations", help="Cap on any fit's iterations, whatever a user asks for (the paper preset's longest is 11000).")] = 12_000,
     max_work: Annotated[float, typer.Option("--max-work", help="Most work one request may ask for, in million pixel-iterations (result pixels x iterations); larger requests are refused with a message. 0: no limit.")] = 2000.0,
     max_queued: Annotated[int, typer.Option("--max-queued", help="Requests one client (a browser tab or API client) may have waiting or running at once.")] = 2,
@@ -721,7 +745,7 @@ def app_command(
         raise DeepPriorError(f"--max-work must be 0 (no limit) or positive, got {max_work}")
     webapp.launch(host=host, port=port, concurrency=concurrency, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
                   max_iterations=max_iterations, max_work=max_work * 1e6 if max_work else None,
-                  max_queued_per_client=max_queued)
+                  max_queued_per_client=max_queued, max_fit_pixels=max_fit_pixels)
 
 
 def main(argv=None) -> int:

@@ -45,6 +45,14 @@ class FitConfig:
     stop_patience: int = 400
     stop_start: int = 0  # the rule's minima before this iteration are not taken (see stopping.py)
     history_every: int = 10
+    # Large images (deepprior.cropfit): with crop_iterations > 0 an image above the fit-whole size is
+    # fitted on random crops, crop_batch of crop_size output pixels per step, their rims of
+    # crop_trim pixels at cut sides left out of the data term, then restored in one tiled pass.
+    # 0: the preset cannot (its input is not an estimate), and large images are fitted tile by tile.
+    crop_iterations: int = 0
+    crop_size: int = 128
+    crop_batch: int = 8
+    crop_trim: int = 16
     # Bayesian mode (Cheng et al., CVPR 2019): SGLD noise on the weights after each Adam step,
     # samples averaged after a burn-in; no early stopping is needed.
     bayes: bool = False
@@ -83,6 +91,10 @@ _ESTIMATE_STOP_START = 400
 # short fast fits 1.7-1.8 dB under the plain fit; at 0.25 the posterior mean is within ~0.1 dB).
 _FAST_SGLD_NOISE = 0.25
 
+# Steps of the fit on crops that restores an image above the fit-whole size (deepprior.cropfit):
+# on the 12-megapixel photo of BENCHMARKS.md (sigma 25) ... 
+_CROP_ITERATIONS = 600
+
 # Every number behind a `fast` value is in BENCHMARKS.md, "Why the presets are what they are".
 #: PRESETS[task_key][preset_name] -> FitConfig
 PRESETS: dict[str, dict[str, FitConfig]] = {
@@ -95,7 +107,8 @@ PRESETS: dict[str, dict[str, FitConfig]] = {
         "fast": FitConfig(net=_FAST_SKIP, input="estimate", input_depth=8, lr=0.01, iterations=500,
                           reg_noise_std=1 / 30,
                           stop_rule="holdout", holdout=0.02, stop_patience=200,
-                          stop_start=_ESTIMATE_STOP_START, sgld_noise=_FAST_SGLD_NOISE),
+                          stop_start=_ESTIMATE_STOP_START, sgld_noise=_FAST_SGLD_NOISE,
+                          crop_iterations=_CROP_ITERATIONS),
     },
     "dejpeg": {
         # The paper's JPEG example (snail): a light skip net, 2400 iterations.

@@ -19,12 +19,17 @@ import torch
 
 from . import __version__, estimates
 from .errors import DeepPriorError
+from .cropfit import fit_crops
 from .fitting import FitOutcome, Progress, fit, resolve_device
 from .images import Image, atomic_write_bytes, colormap, load_image, save_image
 from .metrics import quality
+from .networks import padded_size
 from .presets import FitConfig, get_preset
 from .tasks import SuperResolution, Task
 from .tiling import DEFAULT_MAX_FIT_PIXELS, DEFAULT_OVERLAP, Blender, Tile, plan_tiles
+
+#: How an image larger than ``max_fit_pixels`` is restored (see :func:`large_image_method`).
+LARGE_METHODS = ("auto", "crops", "tiles")
 
 
 @dataclass
@@ -104,7 +109,7 @@ class Result:
             "device": self.device,
             "threads": self.threads,
             "seed": self.seed,
-            "tiling": self.tiling or {"tiles": 1},
+            "tiling": self.tiling or {"method": "whole", "tiles": 1},
             "returned": _returned(o),
             "size": {"width": self.image.width, "height": self.image.height, "mode": self.image.mode,
                      "bit_depth": self.image.bit_depth},
@@ -176,6 +181,35 @@ def configure(task: Task, preset: str = "fast", **overrides) -> FitConfig:
     return replace(cfg, **overrides)
 
 
+def large_image_method(cfg: FitConfig, result_pixels: int, max_fit_pixels: int | None, large: str = "auto") -> str:
+    """How a result of ``result_pixels`` is restored: "whole" (one fit), "crops" (the network
+    fitted on random crops, then run over the image in tiles: :mod:`deepprior.cropfit`) or
+    "tiles" (every tile fitted on its own and blended: :mod:`deepprior.tiling`).
+
+    Up to ``max_fit_pixels`` (None: any size) the image is fitted whole. Above it ``large``
+    decides; "auto" takes crops when the preset can (``crop_iterations`` > 0), else tiles.
+    """
+    if large not in LARGE_METHODS:
+        raise DeepPriorError(f"large-image method must be one of {', '.join(LARGE_METHODS)}, got {large!r}")
+    if max_fit_pixels is None or result_pixels <= max_fit_pixels:
+        return "whole"
+    if large == "crops" and not cfg.crop_iterations:
+        raise DeepPriorError("this preset cannot fit on crops (its input is not an estimate of the image); "
+                             "use tiles")
+    if large == "tiles" or not cfg.crop_iterations:
+        return "tiles"
+    return "crops"
+
+
+def planned_work(cfg: FitConfig, result_pixels: int, method: str) -> float:
+    """Pixel-iterations a restoration will compute: the result's pixels times the iterations
+    for a whole or tiled fit; for a fit on crops, the crops' pixels times its steps, plus one
+    pass over the result (about a third of a training step's cost per pixel)."""
+    if method == "crops":
+        return float(cfg.crop_iterations * cfg.crop_batch * cfg.crop_size**2 + result_pixels / 3)
+    return float(result_pixels) * cfg.iterations
+
+
 def restore(
     image,
     task: Task,
@@ -189,6 +223,7 @@ def restore(
     reference=None,
     max_fit_pixels: int | None = DEFAULT_MAX_FIT_PIXELS,
     tile_overlap: int = DEFAULT_OVERLAP,
+    large: str = "auto",
     **overrides,
 ) -> Result:
     """Restore ``image`` (anything :func:`load_image` reads) for ``task``.
@@ -202,10 +237,11 @@ def restore(
     callback : called with a :class:`~deepprior.fitting.Progress` every ``callback_every``
         iterations; returning True ends the fit early (keeping the best result so far).
     reference : the ground truth, only to report PSNR/SSIM; it never steers the fit.
-    max_fit_pixels : the largest result fitted in one piece. A larger one is restored in
-        overlapping tiles (``tile_overlap`` input pixels shared), each fitted on its own and
-        blended (:mod:`deepprior.tiling`), so memory stays bounded; the report's ``tiling`` says
-        how. None fits any size whole.
+    max_fit_pixels : the largest result fitted in one piece; None fits any size whole.
+    large : how a larger one is restored (:func:`large_image_method`): "crops" fits the network
+        on random crops and runs it over the image in tiles (minutes at 12 megapixels), "tiles"
+        fits every overlapping tile on its own (``tile_overlap`` input pixels shared) and blends
+        them; "auto" takes crops when the preset can. The report's ``tiling`` says how.
     overrides : any :class:`~deepprior.presets.FitConfig` field, e.g. ``iterations=500``,
         ``stop="off"``, ``lr=0.005``.
     """
@@ -230,10 +266,18 @@ def restore(
     scale = task.scale if isinstance(task, SuperResolution) else 1
     if tile_overlap < 0:
         raise DeepPriorError(f"tile_overlap must be >= 0, got {tile_overlap}")
-    tiles = [None] if max_fit_pixels is None else plan_tiles(
+    method = large_image_method(cfg, image.height * image.width * scale * scale, max_fit_pixels, large)
+    if method == "crops" and overrides.get("iterations") is not None:
+        cfg = replace(cfg, crop_iterations=cfg.iterations)  # asked-for steps are the crop fit's steps
+    tiles = [None] if method != "tiles" else plan_tiles(
         image.height, image.width, scale=scale, max_fit_pixels=max_fit_pixels, overlap=tile_overlap)
     tiling = None
-    if len(tiles) == 1:
+    if method == "crops":
+        outcome = fit_crops(problem, cfg, seed=seed, device=dev, callback=callback, callback_every=callback_every)
+        hp, wp = padded_size(*problem.out_size, cfg.net.scales)
+        tiling = {"method": "crops", "tiles": 1, "iterations_asked": cfg.crop_iterations,
+                  "crops": outcome.iterations * cfg.crop_batch, "crop_size": [min(cfg.crop_size, hp), min(cfg.crop_size, wp)]}
+    elif len(tiles) == 1:
         outcome = fit(problem, cfg, seed=seed, device=dev, callback=callback, callback_every=callback_every,
                       reference=ref)
     else:
@@ -322,7 +366,8 @@ def _fit_tiles(image: Image, task: Task, cfg: FitConfig, tiles: list[Tile], scal
         returned=_tiles_returned(per_tile),
         fit_weight=float(np.mean([r["fit_weight"] for r in per_tile])),
     )
-    tiling = {"tiles": len(tiles), "tiles_done": len(per_tile),
+    tiling = {"method": "tiles", "tiles": len(tiles), "tiles_done": len(per_tile),
+              "iterations_asked": cfg.iterations * len(tiles),
               "tile_size": [tiles[0].height, tiles[0].width], "overlap_min": _min_overlap(tiles),
               "per_tile": per_tile}
     return combined, tiling

@@ -1,0 +1,321 @@
+"""Large images: fit the network on random crops, then restore the whole image in one tiled pass.
+
+When the network's input is an estimate of the image (denoising, super-resolution and
+reconstruction start from one: ``input="estimate"``), the fitted network is a local map from
+the estimate, and a few channels of fixed noise, to the image. Such a map can be learned from
+random crops, a batch of them per Adam step with the data term restricted to each
+(:meth:`~deepprior.tasks.Problem.window_loss`), and then applied to the whole image tile by tile.
+The fit then costs the same at 1 and at 12 megapixels; only the start and the final pass grow
+with the area (about a second per megapixel for the fast network on 2 cores).
+
+Two things make the tiled pass agree with a forward pass over the whole image:
+
+- BatchNorm runs in evaluation mode, on statistics gathered over many crops once the fit is
+  done, so a pixel's result does not depend on the tile it was computed in;
+- every tile is computed with ``context`` pixels of its neighbours on each side, at offsets
+  that are multiples of the network's downsampling factor, and only its core is kept. A
+  context as wide as the receptive field makes the pass exact (:func:`receptive_radius`); the
+  default is narrower, as the far reaches of the field weigh little (BENCHMARKS.md measures it).
+
+The network refines the estimate rather than drawing the image (``NetConfig.residual``: its
+output is the estimate plus learned corrections, exactly the estimate before the first step).
+A network drawing the image from its input learns too slowly from crops: on the 12-megapixel
+photo of BENCHMARKS.md it was still 4.6 dB under its own start after 600 steps, where the
+refining one was 0.7 dB above it. The fit's outputs are not averaged (there is no whole output
+to average); with ``ema`` its weights are.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .fitting import (FitOutcome, Progress, build_optimizer, choose_result, ema_decay, hold_out_pixels,
+                      init_weights, make_input, resolve_device, to_numpy)
+from .networks import build_network, padded_size
+from .presets import FitConfig
+from .tasks import Problem
+
+TILE = 1024  # core of a tile of the final pass, output pixels (a multiple of the downsampling factor)
+CONTEXT = 96  # pixels of neighbouring tiles each tile sees on every side
+BN_BATCHES = 16  # crop batches whose statistics BatchNorm keeps for the final pass
+
+
+def receptive_radius(net: nn.Module) -> int:
+    """How far, in input pixels, an output pixel of ``net`` can see: the context that makes
+    the tiled pass exact. Each convolution adds its half-width times the stride below it; each
+    upsampling one pixel of its input (bilinear interpolation reads a neighbour)."""
+    radius, stride = 0, 1
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            radius += (m.kernel_size[0] // 2) * stride
+            stride *= m.stride[0]
+        elif isinstance(m, nn.Upsample):
+            stride //= 2
+            radius += stride * 2
+    return radius
+
+
+@dataclass
+class CropFit:
+    """What the fit on crops leaves: the network (evaluation mode), its input z over the padded
+    canvas, and where the image lies on that canvas."""
+
+    net: nn.Module
+    z: torch.Tensor  # (1, D, hp, wp), on the CPU
+    top: int
+    left: int
+    iterations: int
+    losses: list[tuple[int, float]]
+    stop_reason: str
+    elapsed_s: float
+
+
+def _crop_trim(start: int, size: int, canvas: int, image_start: int, image_size: int, trim: int) -> tuple[int, int, int, int]:
+    """For one axis of a crop: the part of it on the image (first and last image row, in canvas
+    coordinates) and the untrusted rows at each end of that part (a cut side's rim)."""
+    lo, hi = max(start, image_start), min(start + size, image_start + image_size)
+    before = max(0, start + trim - lo) if start > 0 else 0
+    after = max(0, hi - (start + size - trim)) if start + size < canvas else 0
+    return lo, hi, before, after
+
+
+def fit_on_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu", start_image=None,
+                 callback: Callable[[Progress], bool | None] | None = None, callback_every: int = 10,
+                 forward_s: float = 0.0, preview: torch.Tensor | None = None) -> CropFit:
+    """Fit the network of ``cfg`` on random crops of ``problem`` for ``cfg.crop_iterations`` steps.
+
+    Each step draws ``cfg.crop_batch`` crops of ``cfg.crop_size`` output pixels at offsets on the
+    downsampling grid, perturbs their input, and takes the data term on the image pixels each
+    covers, ``cfg.crop_trim`` pixels from a cut side. ``forward_s`` (the final pass's estimated
+    time) is added to the ETA the callback sees; ``preview`` ((1, C, H, W), the start) receives
+    each batch's results where they lie, so a callback's preview fills in as the fit goes.
+    A callback returning True, or Ctrl-C, ends the fit with its weights so far.
+    """
+    device = resolve_device(device)
+    h, w = problem.out_size
+    factor = 2**cfg.net.scales
+    hp, wp = padded_size(h, w, cfg.net.scales)
+    top, left = (hp - h) // 2, (wp - w) // 2
+    size_y, size_x = min(cfg.crop_size, hp), min(cfg.crop_size, wp)
+
+    gen = torch.Generator().manual_seed(seed)
+    z = make_input(cfg, problem, (hp, wp), gen, estimate=start_image)
+    net = build_network(replace(cfg.net, residual=True), z.shape[1], problem.channels)
+    init_weights(net, gen)
+    net.to(device).train()
+    problem.to(device)
+    opt = build_optimizer(cfg, net, z)
+    noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
+    averaged = [p.detach().clone() for p in net.parameters()] if cfg.ema else None
+    noise = torch.empty(cfg.crop_batch, z.shape[1], size_y, size_x, device=device)
+
+    losses: list[tuple[int, float]] = []
+    reason, it, started = "completed", 0, time.perf_counter()
+    try:
+        for it in range(1, cfg.crop_iterations + 1):
+            ys = torch.randint(0, (hp - size_y) // factor + 1, (cfg.crop_batch,), generator=gen) * factor
+            xs = torch.randint(0, (wp - size_x) // factor + 1, (cfg.crop_batch,), generator=gen) * factor
+            batch = torch.stack([z[0, :, y : y + size_y, x : x + size_x] for y, x in zip(ys.tolist(), xs.tolist())])
+            batch = batch.to(device)
+            if cfg.reg_noise_std > 0:
+                batch = batch + noise.normal_(generator=noise_gen) * cfg.reg_noise_std
+            out = net(batch)
+            total, count = out.sum() * 0.0, 0
+            for k, (y, x) in enumerate(zip(ys.tolist(), xs.tolist())):
+                y0, y1, tt, tb = _crop_trim(y, size_y, hp, top, h, cfg.crop_trim)
+                x0, x1, tl, tr = _crop_trim(x, size_x, wp, left, w, cfg.crop_trim)
+                if y1 <= y0 or x1 <= x0:
+                    continue
+                window = out[k : k + 1, :, y0 - y : y1 - y, x0 - x : x1 - x]
+                s, n = problem.window_loss(window, y0 - top, x0 - left, (tt, tb, tl, tr))
+                total, count = total + s, count + n
+                if preview is not None:
+                    with torch.no_grad():
+                        preview[..., y0 - top + tt : y1 - top - tb, x0 - left + tl : x1 - left - tr] = (
+                            window[..., tt : window.shape[2] - tb, tl : window.shape[3] - tr].detach().cpu())
+            if count == 0:
+                continue
+            loss = total / count
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_value = loss.item()
+            if averaged is not None:
+                decay = ema_decay(cfg.ema, cfg.ema_warmup, it)
+                with torch.no_grad():
+                    for a, p in zip(averaged, net.parameters()):
+                        a.mul_(decay).add_(p.detach(), alpha=1 - decay)
+            if it % cfg.history_every == 0 or it == 1:
+                losses.append((it, loss_value))
+            if callback is not None and (it % callback_every == 0 or it == cfg.crop_iterations):
+                elapsed = time.perf_counter() - started
+                eta = elapsed / it * (cfg.crop_iterations - it) + forward_s
+                candidate = preview if preview is not None else out.detach()[:1]
+                if callback(Progress(it, cfg.crop_iterations, loss_value, None, elapsed, eta, candidate)):
+                    reason = "callback"
+                    break
+    except KeyboardInterrupt:
+        reason = "interrupted"
+    if averaged is not None:
+        with torch.no_grad():
+            for a, p in zip(averaged, net.parameters()):
+                p.copy_(a)
+    _settle_batchnorm(net, z, cfg, gen, device, (size_y, size_x), factor)
+    return CropFit(net, z, top, left, it, losses, reason, time.perf_counter() - started)
+
+
+def _settle_batchnorm(net: nn.Module, z: torch.Tensor, cfg: FitConfig, gen: torch.Generator, device,
+                      size: tuple[int, int], factor: int) -> None:
+    """Give every BatchNorm the mean and variance of its input over :data:`BN_BATCHES` batches of
+    crops (unperturbed, as the final pass sees them), then switch the network to evaluation mode."""
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    if norms:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a plain average over the batches below
+        hp, wp = z.shape[2:]
+        with torch.no_grad():
+            for _ in range(BN_BATCHES):
+                ys = torch.randint(0, (hp - size[0]) // factor + 1, (cfg.crop_batch,), generator=gen) * factor
+                xs = torch.randint(0, (wp - size[1]) // factor + 1, (cfg.crop_batch,), generator=gen) * factor
+                batch = torch.stack([z[0, :, y : y + size[0], x : x + size[1]] for y, x in zip(ys.tolist(), xs.tolist())])
+                net(batch.to(device))
+        for m in norms:
+            m.momentum = 0.1
+    net.eval()
+
+
+def tiles_of(length: int, tile: int) -> list[tuple[int, int]]:
+    """The cores ``(start, end)`` that cut ``length`` canvas pixels into tiles of at most ``tile``."""
+    count = max(1, math.ceil(length / tile))
+    return [(i * tile, min(length, (i + 1) * tile)) for i in range(count)]
+
+
+def forward_tiled(net: nn.Module, z: torch.Tensor, *, tile: int = TILE, context: int = CONTEXT, factor: int = 32,
+                  device="cpu", window: tuple[int, int, int, int] | None = None,
+                  on_tile: Callable[[int, int], bool | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``net(z)`` computed tile by tile, on the canvas rows and columns of ``window`` (top, left,
+    height, width; the whole canvas by default). ``tile`` and ``context`` are rounded up to
+    multiples of ``factor``, so every tile starts on the network's downsampling grid.
+
+    ``on_tile(done, count)`` is called after each tile; returning True (or Ctrl-C) skips the rest. Returns
+    the output (1, C, height, width) on the CPU and a (height, width) boolean map of the pixels
+    computed (all of them unless stopped).
+    """
+    hp, wp = z.shape[2:]
+    top, left, height, width = window or (0, 0, hp, wp)
+    tile = -(-tile // factor) * factor
+    context = -(-context // factor) * factor
+    rows = [(a, b) for a, b in tiles_of(hp, tile) if b > top and a < top + height]
+    cols = [(a, b) for a, b in tiles_of(wp, tile) if b > left and a < left + width]
+    out = torch.zeros(1, _out_channels(net), height, width)
+    done = torch.zeros(height, width, dtype=torch.bool)
+    count, n = len(rows) * len(cols), 0
+    try:
+        with torch.no_grad():
+            for r0, r1 in rows:
+                for c0, c1 in cols:
+                    a0, a1 = max(0, r0 - context), min(hp, r1 + context)
+                    b0, b1 = max(0, c0 - context), min(wp, c1 + context)
+                    y = net(z[:, :, a0:a1, b0:b1].to(device))[:, :, r0 - a0 : r1 - a0, c0 - b0 : c1 - b0].cpu()
+                    i0, i1 = max(r0, top), min(r1, top + height)
+                    j0, j1 = max(c0, left), min(c1, left + width)
+                    out[..., i0 - top : i1 - top, j0 - left : j1 - left] = y[..., i0 - r0 : i1 - r0, j0 - c0 : j1 - c0]
+                    done[i0 - top : i1 - top, j0 - left : j1 - left] = True
+                    n += 1
+                    if on_tile is not None and on_tile(n, count):
+                        return out, done
+    except KeyboardInterrupt:  # Ctrl-C ends the pass as a stop does: the tiles done are kept
+        pass
+    return out, done
+
+
+def _out_channels(net: nn.Module) -> int:
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1].out_channels
+
+
+def forward_seconds(net: nn.Module, cfg: FitConfig, channels: int, size: tuple[int, int], device,
+                    tile: int = TILE, context: int = CONTEXT) -> float:
+    """The final pass's time over a canvas of ``size``, estimated from one timed tile."""
+    factor = 2**cfg.net.scales
+    tile, context = -(-tile // factor) * factor, -(-context // factor) * factor
+    z = torch.zeros(1, channels, min(size[0], tile + 2 * context), min(size[1], tile + 2 * context))
+    was_training = net.training
+    net.eval()
+    started = time.perf_counter()
+    with torch.no_grad():
+        net(z.to(device))
+    seconds = time.perf_counter() - started
+    net.train(was_training)
+    return seconds * len(tiles_of(size[0], tile)) * len(tiles_of(size[1], tile))
+
+
+def fit_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu",
+              callback: Callable[[Progress], bool | None] | None = None, callback_every: int = 10,
+              tile: int = TILE, context: int = CONTEXT) -> FitOutcome:
+    """Restore a large image: :func:`fit_on_crops`, then :func:`forward_tiled` over the image.
+
+    The counterpart of :func:`deepprior.fitting.fit` for presets with ``crop_iterations``; it
+    takes and returns the same things. A fit stopped early still makes its final pass; a pass
+    stopped early leaves the start where no tile was computed. ``tile`` and ``context``: see
+    :func:`forward_tiled`.
+    """
+    device = resolve_device(device)
+    held_out = hold_out_pixels(problem, cfg, seed) if cfg.select_start else False
+    start_image = problem.estimate()
+    h, w = problem.out_size
+    hp, wp = padded_size(h, w, cfg.net.scales)
+    started = time.perf_counter()
+    start_tensor = torch.from_numpy(np.ascontiguousarray(np.moveaxis(start_image, -1, 0)))[None]
+    preview = start_tensor.clone()
+
+    probe = build_network(cfg.net, max(cfg.input_depth, problem.channels), problem.channels).to(device)
+    forward_s = forward_seconds(probe, cfg, max(cfg.input_depth, problem.channels), (hp, wp), device, tile, context)
+    del probe
+    crops = fit_on_crops(problem, cfg, seed=seed, device=device, start_image=start_image, callback=callback,
+                         callback_every=callback_every, forward_s=forward_s, preview=preview)
+    fit_end = time.perf_counter()
+    last_loss = crops.losses[-1][1] if crops.losses else math.nan
+
+    def on_tile(done: int, count: int) -> bool:
+        if callback is None:
+            return False
+        now = time.perf_counter()
+        eta = (now - fit_end) / done * (count - done)
+        return bool(callback(Progress(crops.iterations, cfg.crop_iterations, last_loss, None, now - started, eta,
+                                      preview, stage="apply", tile=done, tiles=count)))
+
+    out, computed = forward_tiled(crops.net, crops.z, tile=tile, context=context, factor=2**cfg.net.scales, device=device,
+                                  window=(crops.top, crops.left, h, w), on_tile=on_tile)
+    reason = crops.stop_reason
+    if not bool(computed.all()):  # the pass was stopped: the start where no tile was computed
+        out = torch.where(computed, out, start_tensor)
+        reason = "callback" if reason == "completed" else reason
+    result = out
+    returned, weight, errors = "fit", 1.0, None
+    if cfg.select_start and held_out:
+        target = problem.target.device
+        result, weight, errors = choose_result(problem, out.to(target), start_tensor.to(target))
+        returned = "fit" if weight == 1.0 else ("start" if weight == 0.0 else "blend")
+    return FitOutcome(
+        output=np.clip(to_numpy(result), 0.0, 1.0),
+        iterations=crops.iterations,
+        stopped_at=crops.iterations,
+        stop_reason=reason,
+        elapsed_s=time.perf_counter() - started,
+        history=[{"iter": i, "loss": v} for i, v in crops.losses],
+        backtracks=0,
+        stop_curve=[],
+        parameters=sum(p.numel() for p in crops.net.parameters()),
+        returned=returned,
+        fit_weight=weight,
+        held_out_errors=errors,
+    )

@@ -1,0 +1,156 @@
+"""Large images fitted on crops: the tiled pass equals a whole-image forward pass, the crops'
+data term is the whole image's restricted to them, and the fit is reproducible by seed."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from deepprior import restore
+from deepprior.cropfit import fit_crops, fit_on_crops, forward_tiled, receptive_radius
+from deepprior.errors import DeepPriorError
+from deepprior.fitting import init_weights
+from deepprior.images import Image
+from deepprior.networks import NetConfig, build_network
+from deepprior.presets import get_preset
+from deepprior.restoration import large_image_method
+from deepprior.tasks import Denoise, Inpaint, SuperResolution
+
+# Three scales (factor 8, receptive radius under 50 pixels): small enough that a 64x96 image
+# holds several tiles, each with its full receptive field as context.
+SMALL_NET = NetConfig(channels_down=(8, 8, 8), channels_up=(8, 8, 8), channels_skip=(2, 2, 2), pad="zeros")
+
+
+def small_config(**kw):
+    cfg = replace(get_preset("denoise", "fast"), net=SMALL_NET, input_depth=5, crop_iterations=4, crop_size=32,
+                  crop_batch=2, crop_trim=4)
+    return replace(cfg, **kw)
+
+
+def settled_network(seed=0):
+    """A small network in evaluation mode with non-trivial BatchNorm statistics."""
+    net = build_network(SMALL_NET, 5, 3)
+    init_weights(net, torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        net.train()
+        net(torch.rand(2, 5, 64, 64, generator=torch.Generator().manual_seed(seed + 1)))
+    return net.eval()
+
+
+def test_the_tiled_pass_equals_a_whole_image_forward_pass():
+    net = settled_network()
+    z = torch.rand(1, 5, 64, 96, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        whole = net(z)
+    radius = receptive_radius(net)
+    assert 8 < radius < 64
+    tiled, done = forward_tiled(net, z, tile=16, context=radius, factor=8)
+    assert bool(done.all())
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
+    # A window of the canvas is that window of the whole pass.
+    part, _ = forward_tiled(net, z, tile=16, context=radius, factor=8, window=(8, 24, 40, 50))
+    torch.testing.assert_close(part, whole[..., 8:48, 24:74], atol=1e-5, rtol=0)
+    # Context narrower than the field: the tiles are cut off from part of what they see.
+    narrow, _ = forward_tiled(net, z, tile=16, context=0, factor=8)
+    assert (narrow - whole).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("task", [Denoise(), SuperResolution(scale=2),
+                                  Inpaint(mask=np.arange(64 * 96).reshape(64, 96) % 3 == 0)])
+def test_a_window_loss_is_the_whole_data_term_restricted_to_its_pixels(task, house):
+    s = getattr(task, "scale", 1)
+    image = Image(np.ascontiguousarray(house[:64 // s, :96 // s]))
+    problem = task.problem(image)
+    x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    whole = (problem.operator(x) - problem.target) ** 2
+    top, left, h, w = 16, 32, 32, 48  # an interior window, its corner on every scale's grid
+    total, count = problem.window_loss(x[..., top : top + h, left : left + w], top, left, (0, 0, 0, 0))
+    r = problem.operator.reach
+    rows = slice(top // s + r, (top + h) // s - r)
+    cols = slice(left // s + r, (left + w) // s - r)
+    assert count == whole[..., rows, cols].numel() > 0
+    torch.testing.assert_close(total, whole[..., rows, cols].sum())
+    # A window on the image's corner: no reach is lost on the sides it shares with the image.
+    total, count = problem.window_loss(x[..., :h, :w], 0, 0, (0, 0, 0, 0))
+    torch.testing.assert_close(total, whole[..., : h // s - r, : w // s - r].sum())
+
+
+def test_the_crop_fit_gives_its_network_on_the_whole_image_and_is_reproducible(house):
+    image = Image(np.ascontiguousarray(house[:64, :96]))
+    cfg = small_config()
+    fitted = fit_on_crops(Denoise(sigma=25).problem(image), cfg, seed=5)
+    assert not fitted.net.training and fitted.iterations == 4
+    with torch.no_grad():
+        whole = fitted.net(fitted.z)
+    tiled, _ = forward_tiled(fitted.net, fitted.z, tile=16, context=receptive_radius(fitted.net), factor=8)
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
+    a = fit_crops(Denoise(sigma=25).problem(image), cfg, seed=5, tile=16, context=48)
+    b = fit_crops(Denoise(sigma=25).problem(image), cfg, seed=5, tile=16, context=48)
+    np.testing.assert_array_equal(a.output, b.output)
+    c = fit_crops(Denoise(sigma=25).problem(image), cfg, seed=6, tile=16, context=48)
+    assert not np.array_equal(a.output, c.output)
+    assert a.output.shape == (64, 96, 3)
+
+
+def test_the_fit_starts_at_the_estimate_and_a_stop_keeps_it_where_no_tile_ran(house):
+    image = Image(np.ascontiguousarray(house[:64, :96]))
+    seen = []
+
+    def callback(p):
+        seen.append((p.stage, p.iteration, p.eta_s))
+        return p.stage == "apply"  # stop once the first tile of the final pass is done
+
+    problem = Denoise(sigma=25).problem(image)
+    start = problem.estimate()
+    out = fit_crops(problem, small_config(crop_iterations=0), seed=0, tile=16, context=48)
+    np.testing.assert_allclose(out.output, np.clip(start, 1e-3, 1 - 1e-3), atol=1e-5)  # no step: the start
+    stopped = fit_crops(Denoise(sigma=25).problem(image), small_config(), seed=0, tile=16, context=48,
+                        callback=callback, callback_every=1)
+    assert stopped.stop_reason == "callback"
+    assert [s for s, *_ in seen].count("apply") == 1
+    np.testing.assert_array_equal(stopped.output[-16:], np.clip(start[-16:], 0, 1))  # never reached: the start
+    etas = [e for s, _, e in seen if s == "fit"]
+    assert etas[-1] < etas[0]
+
+
+def test_large_images_go_to_crops_when_the_preset_can():
+    fast = get_preset("denoise", "fast")
+    assert large_image_method(fast, 1000, 2000) == "whole"
+    assert large_image_method(fast, 1000, None) == "whole"
+    assert large_image_method(fast, 3000, 2000) == "crops"
+    assert large_image_method(fast, 3000, 2000, "tiles") == "tiles"
+    text = get_preset("inpaint", "fast")
+    assert large_image_method(text, 3000, 2000) == "tiles"
+    with pytest.raises(DeepPriorError, match="cannot fit on crops"):
+        large_image_method(text, 3000, 2000, "crops")
+    with pytest.raises(DeepPriorError, match="large-image method"):
+        large_image_method(fast, 3000, 2000, "halves")
+
+
+def test_restore_reports_a_crop_fit(house):
+    image = Image(np.ascontiguousarray(house[:64, :96]))
+    r = restore(image, Denoise(sigma=25), seed=1, threads=1, max_fit_pixels=1000, net=SMALL_NET, input_depth=5,
+                crop_iterations=3, crop_size=32, crop_batch=2)
+    rep = r.report()
+    assert rep["tiling"]["method"] == "crops" and rep["tiling"]["crops"] == 6
+    assert r.image.pixels.shape == (64, 96, 3) and r.iterations == 3
+
+
+def test_the_command_line_fits_a_large_image_on_crops(tmp_path, house, capsys):
+    import json
+
+    from PIL import Image as PILImage
+
+    from deepprior.cli import main
+
+    photo = tmp_path / "photo.png"
+    PILImage.fromarray((house[:64, :96] * 255).round().astype(np.uint8)).save(photo)
+    out, rep = tmp_path / "out.png", tmp_path / "run.json"
+    code = main(["denoise", str(photo), "-o", str(out), "--sigma", "25", "--iters", "5", "-q", "--threads", "1",
+                 "--max-fit-pixels", "2000", "--report", str(rep)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "fitted on 40 crops of 96x64 (5 iterations" in err
+    assert PILImage.open(out).size == (96, 64)
+    assert json.loads(rep.read_text())["tiling"]["method"] == "crops"
