@@ -345,3 +345,27 @@ def test_a_waiting_page_shows_its_place_in_the_queue(browser, photo):
         second_context.close()
     finally:
         app.close()
+
+
+def test_an_image_above_the_fit_whole_size_is_fitted_on_crops_and_downloads_at_full_size(browser, photo, tmp_path):
+    """The path a 12-megapixel upload takes, on a photo made large by a small fit-whole size:
+    the fit on crops, the final pass over the image, the full-size PNG."""
+    app, url = webapp.launch(port=_free_port(), block=False, threads=1, preview_every=0.5, examples=False,
+                             max_fit_pixels=2000)
+    try:
+        context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+        page = context.new_page()
+        page.goto(url)
+        page.wait_for_selector("#run")
+        upload(page, photo)
+        set_iterations(page, 40)
+        run_to_the_end(page)
+        expect(page.locator("#status")).to_contain_text("Finished: 40 iterations")
+        assert report_value(page, "method") == "crops"
+        saved = download(page, tmp_path)
+        with PILImage.open(saved) as im:
+            assert im.format == "PNG" and im.size == (64, 48)
+            assert np.asarray(im, dtype=np.float32).std() > 5
+        context.close()
+    finally:
+        app.close()

@@ -113,8 +113,9 @@ def test_painted_mask_reads_the_editor_layers():
 
 
 def test_fit_options_caps_and_checks(settings):
-    assert webapp.fit_options("fast", None, 3, "preset", settings) == {"seed": 3}
-    assert webapp.fit_options("paper", 0, 0, "off", settings) == {"seed": 0, "stop": "off"}
+    fit_whole = {"max_fit_pixels": settings.max_fit_pixels}
+    assert webapp.fit_options("fast", None, 3, "preset", settings) == {"seed": 3, **fit_whole}
+    assert webapp.fit_options("paper", 0, 0, "off", settings) == {"seed": 0, "stop": "off", **fit_whole}
     assert webapp.fit_options("fast", 40, 1, "auto", settings)["iterations"] == 40
     capped = webapp.Settings(max_iterations=25, threads=1, workdir=settings.workdir)
     assert webapp.fit_options("fast", 400, 0, "preset", capped)["iterations"] == 25
@@ -124,7 +125,7 @@ def test_fit_options_caps_and_checks(settings):
     with pytest.raises(DeepPriorError, match="at least 1"):
         webapp.fit_options("fast", -5, 0, "preset", settings)
     assert webapp.fit_options("fast", 30, 0, "auto", settings, bayes=True) == {"seed": 0, "iterations": 30,
-                                                                              "stop": "auto", "bayes": True}
+                                                                              "stop": "auto", "bayes": True, **fit_whole}
 
 
 def test_bayesian_result_has_a_colour_map_of_its_size_and_says_what_it_averaged(photo):
@@ -264,3 +265,12 @@ def test_the_brush_and_a_mask_file_give_the_same_result(tmp_path, photo, setting
     assert main(["inpaint", str(photo), "--mask", str(mask), "-o", str(out), "--iters", "4", "--seed", "7",
                  "--threads", str(settings.threads), "--quiet"]) == 0
     assert np.array_equal(np.asarray(PILImage.open(web)), np.asarray(PILImage.open(out)))
+
+
+def test_large_results_are_shown_shrunk_and_downloaded_whole():
+    big = np.random.default_rng(0).random((1500, 2000, 3)).astype(np.float32)
+    shown = webapp.for_display(big)
+    assert shown.dtype == np.uint8 and shown.shape[0] * shown.shape[1] <= webapp.DISPLAY_PIXELS
+    assert abs(shown.shape[1] / shown.shape[0] - 2000 / 1500) < 0.01
+    small = big[:100, :120]
+    assert webapp.for_display(small).shape == (100, 120, 3)

@@ -40,7 +40,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -53,7 +53,8 @@ from PIL import Image as PILImage  # noqa: E402
 from .errors import DeepPriorError  # noqa: E402
 from .images import Image, colormap, encode_image, load_image  # noqa: E402
 from .presets import PRESET_NAMES, get_preset  # noqa: E402
-from .restoration import restore  # noqa: E402
+from .restoration import large_image_method, planned_work, restore  # noqa: E402
+from .tiling import DEFAULT_MAX_FIT_PIXELS  # noqa: E402
 from .tasks import SCALES, TASK_NAMES, from_name, load_mask  # noqa: E402
 from .webqueue import FIT_QUEUE, ServerQueue  # noqa: E402
 
@@ -62,9 +63,12 @@ log = logging.getLogger(__name__)
 #: The bundled example photos (made by ``examples/make_examples.py`` from scikit-image's data).
 EXAMPLES_DIR = Path(__file__).parent / "examples"
 
-#: The web app's default pixel limit, for the input and for an upscaled result (4 megapixels).
-DEFAULT_MAX_PIXELS = 4_000_000
-DEFAULT_MAX_UPLOAD_MB = 20
+#: The web app's default pixel limit, for the input and for an upscaled result (16 megapixels:
+#: a phone photo, restored by a fit on crops in minutes where the preset can; deepprior.cropfit).
+DEFAULT_MAX_PIXELS = 16_000_000
+DEFAULT_MAX_UPLOAD_MB = 64  # a 12-megapixel PNG is 20-40 MB
+#: The page shows previews and the before/after comparison at most this large; the download is full size.
+DISPLAY_PIXELS = 2_000_000
 #: Fits at once: two, so that small requests are not stuck behind one long fit (each gets half
 #: the cores; on a 2-core machine one thread per fit is as fast as two for small images).
 DEFAULT_CONCURRENCY = 2
@@ -136,6 +140,7 @@ class Settings:
     threads: int | None = None  # PyTorch threads per fit; default: CPU cores / concurrency
     max_work: float | None = DEFAULT_MAX_WORK  # result pixels x iterations one request may ask for
     max_queued_per_client: int = DEFAULT_MAX_QUEUED_PER_CLIENT
+    max_fit_pixels: int = DEFAULT_MAX_FIT_PIXELS  # larger results: fitted on crops, or tile by tile
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="deepprior-web-")))
 
     def __post_init__(self):
@@ -264,7 +269,7 @@ def fit_options(preset, iterations, seed, stop, settings: Settings, bayes: bool 
     """Checked keyword arguments for :func:`restore` from the page's advanced controls."""
     if preset not in PRESET_NAMES:
         raise DeepPriorError(f"unknown preset {preset!r}; choose one of {', '.join(PRESET_NAMES)}")
-    opts: dict = {"seed": 0 if seed is None else int(seed)}
+    opts: dict = {"seed": 0 if seed is None else int(seed), "max_fit_pixels": settings.max_fit_pixels}
     if not -(2**63 - 3) <= opts["seed"] <= 2**63 - 3:  # the fit also seeds with seed + 1, seed + 2
         raise DeepPriorError(f"the seed must be between {-(2**63 - 3)} and {2**63 - 3}, got {opts['seed']}")
     if iterations is not None and not (isinstance(iterations, float) and math.isnan(iterations)) and int(iterations) != 0:
@@ -282,7 +287,8 @@ def fit_options(preset, iterations, seed, stop, settings: Settings, bayes: bool 
 
 def request_work(image_path, task_name, scale, mode, preset, iterations, settings: Settings) -> float:
     """The work a request asks for, result pixels x iterations (the preset's count unless a
-    cap is given), read from the upload's header alone; 0 when that cannot be told yet or the
+    cap is given; for a fit on crops, :func:`~deepprior.restoration.planned_work`), read from
+    the upload's header alone; 0 when that cannot be told yet or the
     image is over the pixel limit (a bad upload is then refused with its own message when the
     request runs)."""
     try:
@@ -293,11 +299,25 @@ def request_work(image_path, task_name, scale, mode, preset, iterations, setting
         task_key = {"upscale": "sr8" if int(scale or 4) == 8 else "sr", "reconstruct": "reconstruct",
                     "inpaint": "hole" if mode == "hole" else "inpaint"}.get(task_name, task_name)
         its = fit_options(preset or "fast", iterations, 0, "preset", settings).get("iterations")
-        its = its or get_preset(task_key, preset or "fast").iterations
+        cfg = get_preset(task_key, preset or "fast")
     except Exception:
         return 0.0
     pixels = w * h * (int(scale or 4) ** 2 if task_name == "upscale" else 1)
-    return float(pixels) * its
+    method = large_image_method(cfg, pixels, settings.max_fit_pixels)
+    if its:
+        cfg = replace(cfg, crop_iterations=its) if method == "crops" else replace(cfg, iterations=its)
+    return planned_work(cfg, pixels, method)
+
+
+def for_display(pixels: np.ndarray) -> np.ndarray:
+    """``pixels`` shrunk (box filter) to at most :data:`DISPLAY_PIXELS` for the page, as 8-bit."""
+    arr = _to_uint8(pixels)
+    h, w = arr.shape[:2]
+    if h * w <= DISPLAY_PIXELS:
+        return arr
+    f = math.sqrt(DISPLAY_PIXELS / (h * w))
+    size = (max(1, int(w * f)), max(1, int(h * f)))
+    return np.asarray(PILImage.fromarray(arr).resize(size, PILImage.BOX))
 
 
 def _to_uint8(pixels: np.ndarray) -> np.ndarray:
@@ -412,7 +432,7 @@ class FitRun:
             self.job.eta_s = p.eta_s
         if self._preview_every is not None:
             snap = {"it": p.iteration, "max": p.max_iterations, "loss": p.loss, "elapsed": p.elapsed_s,
-                    "eta": p.eta_s, "tile": p.tile, "tiles": p.tiles}
+                    "eta": p.eta_s, "tile": p.tile, "tiles": p.tiles, "stage": p.stage}
             now = time.monotonic()
             if now - self._last_preview >= self._preview_every:
                 snap["preview"] = p.preview()
@@ -422,7 +442,8 @@ class FitRun:
 
     def _run(self, image, task, preset, fit_kw, threads):
         try:
-            self.result = restore(image, task, preset, threads=threads, callback=self._callback, callback_every=5, **fit_kw)
+            self.result = restore(image, task, preset, threads=threads, callback=self._callback, callback_every=5,
+                                  **fit_kw)
         except BaseException as e:  # handed to the request's coroutine, which reports it
             self.error = e
 
@@ -572,8 +593,10 @@ class Handlers:
                 except queue.Empty:
                     await asyncio.sleep(0.2)
                     continue
-                # A large image is fitted tile by tile: the curve runs on across tiles.
-                curve.append(((snap["tile"] - 1) * snap["max"] + snap["it"], snap["loss"]))
+                # A large image fitted tile by tile: the curve runs on across tiles. (A fit on
+                # crops ends by applying the network tile by tile: no new loss there.)
+                if snap["stage"] == "fit":
+                    curve.append(((snap["tile"] - 1) * snap["max"] + snap["it"], snap["loss"]))
                 now = time.monotonic()
                 if "preview" not in snap and now - last_yield < 1.0:
                     continue
@@ -602,7 +625,8 @@ class Handlers:
             raise _user_error(fit.error)
         o = fit.result.outcome
         outcome = job.outcome if job.outcome == "abandoned" else ("stopped" if stop.is_set() else "served")
-        asked = fit.result.params["fit"]["iterations"] * (fit.result.tiling or {}).get("tiles", 1)
+        tiling = fit.result.tiling or {}
+        asked = tiling.get("iterations_asked", fit.result.params["fit"]["iterations"])
         self.queue.finish(job, outcome, o.iterations, asked)
         return fit.result
 
@@ -664,11 +688,14 @@ def _progress_frame(snap: dict, curve, stopping: bool) -> tuple:
     tile = f"Tile {snap['tile']} / {snap['tiles']} · " if snap["tiles"] > 1 else ""
     text = (f"{tile}Iteration {snap['it']} / {snap['max']} · loss {snap['loss']:.5f} · "
             f"{_fmt_time(snap['elapsed'])} elapsed · at most {_fmt_time(snap['eta'])} left")
+    if snap["stage"] == "apply":
+        text = (f"Applying the fitted network: tile {snap['tile']} / {snap['tiles']} · "
+                f"{_fmt_time(snap['elapsed'])} elapsed · about {_fmt_time(snap['eta'])} left")
     if stopping:
         text = "Stopping: keeping the best result so far..."
     preview, plot = no_change, no_change
     if "preview" in snap:
-        preview = gr.update(value=_to_uint8(snap["preview"]), label=f"Live preview (iteration {snap['it']})")
+        preview = gr.update(value=for_display(snap["preview"]), label=f"Live preview (iteration {snap['it']})")
         plot = loss_figure(curve)
     return (status_html(text, snap["it"], snap["max"]), preview, plot, no_change, no_change, no_change,
             no_change, no_change)
@@ -685,7 +712,7 @@ def _result_frame(result, image: Image, task, curve, settings: Settings) -> tupl
         status_html(f"Finished: {o.iterations} iterations in {_fmt_time(o.elapsed_s)}", o.iterations, o.iterations),
         gr.update(value=str(path), label="Result"),
         loss_figure(curve),
-        gr.update(value=(before, _to_uint8(result.image.pixels)), visible=True),
+        gr.update(value=(for_display(before), for_display(result.image.pixels)), visible=True),
         gr.update(value=str(path), visible=True),
         summary(result),
         _report_json(result),
@@ -707,6 +734,7 @@ def build_app(
     examples: bool = True,
     max_work: float | None = DEFAULT_MAX_WORK,
     max_queued_per_client: int = DEFAULT_MAX_QUEUED_PER_CLIENT,
+    max_fit_pixels: int = DEFAULT_MAX_FIT_PIXELS,
 ) -> gr.Blocks:
     """The web app as a :class:`gradio.Blocks`; serve it with :func:`launch`.
 
@@ -722,6 +750,8 @@ def build_app(
     preview_every : seconds between refreshes of the live preview and loss curve.
     threads : PyTorch threads per fit (default: CPU cores divided by ``concurrency``).
     examples : show the bundled example photos.
+    max_fit_pixels : the largest result fitted whole; a larger one is fitted on crops where the
+        preset can, else tile by tile (:func:`~deepprior.restoration.large_image_method`).
 
     Besides the page, the app answers ``/restore`` (for :mod:`gradio_client`): arguments
     ``image, task, scale, mask, preset, max_iterations, seed`` (then optionally ``kernel`` and
@@ -730,7 +760,7 @@ def build_app(
     (:meth:`~deepprior.webqueue.ServerQueue.status`).
     """
     settings = Settings(concurrency, max_pixels, max_iterations, preview_every, threads, max_work,
-                        max_queued_per_client)
+                        max_queued_per_client, max_fit_pixels)
     atexit.register(shutil.rmtree, settings.workdir, True)
     server_queue = ServerQueue(settings.concurrency, settings.threads, max_work, max_queued_per_client)
     handlers = Handlers(settings, server_queue)
