@@ -351,3 +351,25 @@ def test_cli_speed_and_stopping(data, tmp_path, capsys):
     assert main(["bench", "stopping", "--data", str(data), "--out", str(out), "--paper-iters", "3"]) == 2
     assert main(["bench", "sr-x4", "--data", str(data), "--out", str(tmp_path / "x"), "--cases", "set5"]) == 2
     assert main(["bench", "speed", "--data", str(data), "--out", str(tmp_path / "y"), "--methods", "dip"]) == 2
+
+
+def test_the_photo_tables_hold_each_method_and_judge_the_targets():
+    from deepprior.bench import photo
+
+    data = {"photo": {"width": 4000, "height": 3000, "sigma": 25, "seed": 0, "window": 512,
+                      "windows": [[200, 300], [1200, 1800]]},
+            "rows": {"start": {"seconds": 40.0, "psnr": 33.0, "windows": [34.0, 34.2]},
+                     "crops": {"seconds": 300.0, "peak_gb": 2.5, "psnr": 34.0, "windows": [35.1, 35.2],
+                               "fit_seconds": 280.0, "iterations": 600,
+                               "tiling": {"method": "crops", "crops": 4800, "crop_size": [128, 128]}},
+                     "tiles": {"windows": [35.2, 35.2], "window_seconds": [300.0, 320.0],
+                               "seconds_estimated": 14190.0}}}
+    results, targets = photo.tables(data)
+    assert [r[0].split(":")[0] for r in results.rows] == ["start", "fit on crops, one tiled pass (default)",
+                                                         "fit tile by tile (every tile fitted whole)"]
+    assert "(estimated)" in results.rows[2][1]
+    met = {r[0]: r[2] for r in targets.rows}
+    assert list(met.values()) == ["met", "met", "met"]  # 300 s, 2.5 GB, -0.05 dB
+    data["rows"]["crops"]["windows"] = [34.8, 35.0]  # -0.30 dB: too far under the tile fit
+    _, targets = photo.tables(data)
+    assert targets.rows[-1][1] == "-0.30 dB" and targets.rows[-1][2] == "NOT met"

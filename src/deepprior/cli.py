@@ -578,7 +578,7 @@ def bench(
     set_name: Annotated[Optional[str], typer.Option("--set", help="Super-resolution image set: Set5 (default) or Set14.")] = None,
     methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods (default: every method of the suite).")] = None,
     preset: PresetOpt = PresetName.fast,
-    images: Annotated[Optional[str], typer.Option("--images", help="Comma-separated image names (default: the whole set).")] = None,
+    images: Annotated[Optional[str], typer.Option("--images", help="Comma-separated image names (default: the whole set; photo: four CBM3D_color9 images of one size, default the Kodak four).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N images.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: bench-out/SUITE).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the results in --out, skipping finished (image, method) pairs.")] = False,
@@ -617,7 +617,7 @@ def bench(
     app_only = [n for n, v in (("--clients", clients), ("--abandoned", abandoned)) if v is not None]
     if suite in ("app", "photo"):
         wrong = [n for n, v in (("--set", set_name), ("--methods", methods), ("--weights", weights), ("--cases", cases),
-                                ("--images", images), ("--limit", limit), ("--iters", iters), ("--resume", resume or None),
+                                ("--images", images if suite == "app" else None), ("--limit", limit), ("--iters", iters), ("--resume", resume or None),
                                 ("--paper-iters", paper_iters), ("--paper-equal-time", paper_equal_time),
                                 ("--bayes", bayes), ("--observe-from", observe_from), ("--stop-rule", stop_rule))
                  if v is not None] + (["--preset"] if preset != PresetName.fast else [])
@@ -661,8 +661,8 @@ def bench(
                 options.update({k: v for k, v in (("clients", clients), ("abandoned", abandoned)) if v is not None})
                 results, path = bench_mod.measure(suite, out=out, **options)
             elif suite == "photo":
-                results, path = bench_mod.measure(suite, data=data, out=out, seed=seed, threads=threads,
-                                                  progress=on_pair, log=log)
+                results, path = bench_mod.measure(suite, data=data, out=out, names=split(images), seed=seed,
+                                                  threads=threads, progress=on_pair, log=log)
             elif measure:
                 options = dict(cases=split(cases), limit=limit, iters=iters, seed=seed, resume=resume, threads=threads,
                                progress=on_pair, fit_callback=on_fit, log=log)

@@ -91,8 +91,9 @@ _ESTIMATE_STOP_START = 400
 # short fast fits 1.7-1.8 dB under the plain fit; at 0.25 the posterior mean is within ~0.1 dB).
 _FAST_SGLD_NOISE = 0.25
 
-# Steps of the fit on crops that restores an image above the fit-whole size (deepprior.cropfit):
-# on the 12-megapixel photo of BENCHMARKS.md (sigma 25) ... 
+# Steps of the fit on crops that restores an image above the fit-whole size (deepprior.cropfit).
+# Chosen on the 12-megapixel photo of BENCHMARKS.md (sigma 25), mean PSNR of its four windows:
+# start 34.15 dB; 600 steps 34.82 without the weight average, 35.04 with it; 1200 steps 35.03.
 _CROP_ITERATIONS = 600
 
 # Every number behind a `fast` value is in BENCHMARKS.md, "Why the presets are what they are".

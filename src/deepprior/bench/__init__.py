@@ -11,7 +11,8 @@
 * :mod:`.speed` and :mod:`.stopping`: ``deepprior bench speed`` (fast against paper preset: time,
   quality at equal time, peak memory) and ``deepprior bench stopping`` (automatic stopping
   against the true PSNR peak), over :mod:`.resumable` result files; :mod:`.app`: ``deepprior
-  bench app`` (the web app under load from many clients). :func:`measure` runs them.
+  bench app`` (the web app under load from many clients); :mod:`.photo`: ``deepprior bench
+  photo`` (a 12-megapixel photo denoised: time, memory, PSNR). :func:`measure` runs them.
 """
 
 from __future__ import annotations
@@ -40,19 +41,19 @@ def run(suite_name: str, *, data=None, set_name: str | None = None, out=None, **
 
 
 #: The measurement benchmarks, run by :func:`measure` rather than :func:`run`.
-MEASURES = ("speed", "stopping", "app")
+MEASURES = ("speed", "stopping", "app", "photo")
 
 
 def measure(kind: str, *, data=None, out=None, **options) -> tuple[dict, Path]:
-    """Run ``bench speed``, ``bench stopping`` or ``bench app``; returns (results, path of the
-    markdown tables).
+    """Run ``bench speed``, ``bench stopping``, ``bench app`` or ``bench photo``; returns (results,
+    path of the markdown tables).
 
-    ``options`` go to :func:`.speed.run_speed`, :func:`.stopping.run_stopping` or
-    :func:`.app.run_app_load` (which needs no data folder).
+    ``options`` go to :func:`.speed.run_speed`, :func:`.stopping.run_stopping`,
+    :func:`.app.run_app_load` (which needs no data folder) or :func:`.photo.run_photo`.
     """
-    from . import app, speed, stopping
+    from . import app, photo, speed, stopping
 
-    mod = {"speed": speed, "stopping": stopping, "app": app}.get(kind)
+    mod = {"speed": speed, "stopping": stopping, "app": app, "photo": photo}.get(kind)
     if mod is None:
         from ..errors import DeepPriorError
 
@@ -60,6 +61,8 @@ def measure(kind: str, *, data=None, out=None, **options) -> tuple[dict, Path]:
     out = Path(out) if out is not None else Path("bench-out") / kind
     if kind == "app":
         results = app.run_app_load(out, **options)
+    elif kind == "photo":
+        results = photo.run_photo(data, out, **options)
     else:
         fn = speed.run_speed if kind == "speed" else stopping.run_stopping
         results = fn(data, out, **options)
@@ -68,9 +71,10 @@ def measure(kind: str, *, data=None, out=None, **options) -> tuple[dict, Path]:
 
 def measure_tables(kind: str, results: dict) -> list:
     """The tables of a :func:`measure` result, as rich Tables for the terminal."""
-    from . import app, resumable, speed, stopping
+    from . import app, photo, resumable, speed, stopping
 
-    return resumable.to_rich({"speed": speed, "stopping": stopping, "app": app}[kind].tables(results))
+    mod = {"speed": speed, "stopping": stopping, "app": app, "photo": photo}[kind]
+    return resumable.to_rich(mod.tables(results))
 
 
 __all__ = ["run", "measure", "measure_tables", "MEASURES", "get_suite", "suite_names", "find_data_dir"]
