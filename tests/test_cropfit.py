@@ -124,6 +124,10 @@ def test_large_images_go_to_crops_when_the_preset_can():
     assert large_image_method(text, 3000, 2000) == "tiles"
     with pytest.raises(DeepPriorError, match="cannot fit on crops"):
         large_image_method(text, 3000, 2000, "crops")
+    bayes = replace(fast, bayes=True)
+    assert large_image_method(bayes, 3000, 2000) == "tiles"
+    with pytest.raises(DeepPriorError, match="Bayesian"):
+        large_image_method(bayes, 3000, 2000, "crops")
     with pytest.raises(DeepPriorError, match="large-image method"):
         large_image_method(fast, 3000, 2000, "halves")
 
@@ -154,3 +158,10 @@ def test_the_command_line_fits_a_large_image_on_crops(tmp_path, house, capsys):
     assert "fitted on 40 crops of 96x64 (5 iterations" in err
     assert PILImage.open(out).size == (96, 64)
     assert json.loads(rep.read_text())["tiling"]["method"] == "crops"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_the_crop_fit_runs_on_cuda(house):
+    image = Image(np.ascontiguousarray(house[:64, :96]))
+    out = fit_crops(Denoise(sigma=25).problem(image), small_config(), seed=0, device="cuda", tile=16, context=48)
+    assert out.output.shape == (64, 96, 3) and np.isfinite(out.output).all()

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .fitting import (FitOutcome, Progress, build_optimizer, choose_result, ema_decay, hold_out_pixels,
-                      init_weights, make_input, resolve_device, to_numpy)
+                      init_weights, make_input, resolve_device, to_numpy, total_variation)
 from .networks import build_network, padded_size
 from .presets import FitConfig
 from .tasks import Problem
@@ -143,6 +143,8 @@ def fit_on_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu
             if count == 0:
                 continue
             loss = total / count
+            if cfg.tv_weight:
+                loss = loss + cfg.tv_weight * total_variation(out)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

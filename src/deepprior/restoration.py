@@ -187,7 +187,8 @@ def large_image_method(cfg: FitConfig, result_pixels: int, max_fit_pixels: int |
     "tiles" (every tile fitted on its own and blended: :mod:`deepprior.tiling`).
 
     Up to ``max_fit_pixels`` (None: any size) the image is fitted whole. Above it ``large``
-    decides; "auto" takes crops when the preset can (``crop_iterations`` > 0), else tiles.
+    decides; "auto" takes crops when the preset can (``crop_iterations`` > 0, not Bayesian),
+    else tiles.
     """
     if large not in LARGE_METHODS:
         raise DeepPriorError(f"large-image method must be one of {', '.join(LARGE_METHODS)}, got {large!r}")
@@ -196,7 +197,9 @@ def large_image_method(cfg: FitConfig, result_pixels: int, max_fit_pixels: int |
     if large == "crops" and not cfg.crop_iterations:
         raise DeepPriorError("this preset cannot fit on crops (its input is not an estimate of the image); "
                              "use tiles")
-    if large == "tiles" or not cfg.crop_iterations:
+    if large == "crops" and cfg.bayes:
+        raise DeepPriorError("Bayesian mode samples whole outputs, which a fit on crops never makes; use tiles")
+    if large == "tiles" or not cfg.crop_iterations or cfg.bayes:
         return "tiles"
     return "crops"
 
