@@ -124,8 +124,9 @@ def fit_on_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu
             xs = torch.randint(0, (wp - size_x) // factor + 1, (cfg.crop_batch,), generator=gen) * factor
             batch = torch.stack([z[0, :, y : y + size_y, x : x + size_x] for y, x in zip(ys.tolist(), xs.tolist())])
             batch = batch.to(device)
-            if cfg.reg_noise_std > 0:
-                batch = batch + noise.normal_(generator=noise_gen) * cfg.reg_noise_std
+            if cfg.reg_noise_std > 0:  # in place, unless the input is optimised and needs its gradient
+                noise.normal_(generator=noise_gen).mul_(cfg.reg_noise_std)
+                batch = batch + noise if cfg.optimize_input else noise.add_(batch)
             out = net(batch)
             total, count = out.sum() * 0.0, 0
             for k, (y, x) in enumerate(zip(ys.tolist(), xs.tolist())):
@@ -283,7 +284,8 @@ def fit_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu",
     forward_s = forward_seconds(probe, cfg, max(cfg.input_depth, problem.channels), (hp, wp), device, tile, context)
     del probe
     crops = fit_on_crops(problem, cfg, seed=seed, device=device, start_image=start_image, callback=callback,
-                         callback_every=callback_every, forward_s=forward_s, preview=preview)
+                         callback_every=callback_every, forward_s=forward_s,
+                         preview=preview if callback is not None else None)  # only a callback sees it
     fit_end = time.perf_counter()
     last_loss = crops.losses[-1][1] if crops.losses else math.nan
 
