@@ -74,7 +74,6 @@ class CropFit:
     iterations: int
     losses: list[tuple[int, float]]
     stop_reason: str
-    elapsed_s: float
 
 
 def _crop_trim(start: int, size: int, canvas: int, image_start: int, image_size: int, trim: int) -> tuple[int, int, int, int]:
@@ -86,15 +85,26 @@ def _crop_trim(start: int, size: int, canvas: int, image_start: int, image_size:
     return lo, hi, before, after
 
 
+def draw_crops(z: torch.Tensor, size: tuple[int, int], count: int, factor: int, gen: torch.Generator
+               ) -> tuple[list[tuple[int, int]], torch.Tensor]:
+    """``count`` crops of ``size`` from the canvas ``z``, at random offsets on the ``factor`` grid:
+    their corners (y, x) and the (count, D, h, w) batch of their inputs."""
+    hp, wp = z.shape[2:]
+    ys = torch.randint(0, (hp - size[0]) // factor + 1, (count,), generator=gen) * factor
+    xs = torch.randint(0, (wp - size[1]) // factor + 1, (count,), generator=gen) * factor
+    corners = list(zip(ys.tolist(), xs.tolist()))
+    return corners, torch.stack([z[0, :, y : y + size[0], x : x + size[1]] for y, x in corners])
+
+
 def fit_on_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu", start_image=None,
                  callback: Callable[[Progress], bool | None] | None = None, callback_every: int = 10,
-                 forward_s: float = 0.0, preview: torch.Tensor | None = None) -> CropFit:
+                 tile: int = TILE, context: int = CONTEXT, preview: torch.Tensor | None = None) -> CropFit:
     """Fit the network of ``cfg`` on random crops of ``problem`` for ``cfg.crop_iterations`` steps.
 
     Each step draws ``cfg.crop_batch`` crops of ``cfg.crop_size`` output pixels at offsets on the
     downsampling grid, perturbs their input, and takes the data term on the image pixels each
-    covers, ``cfg.crop_trim`` pixels from a cut side. ``forward_s`` (the final pass's estimated
-    time) is added to the ETA the callback sees; ``preview`` ((1, C, H, W), the start) receives
+    covers, ``cfg.crop_trim`` pixels from a cut side. With a callback, the ETA it sees includes
+    the final pass (``tile``, ``context``: :func:`forward_tiled`), timed on one tile; ``preview`` ((1, C, H, W), the start) receives
     each batch's results where they lie, so a callback's preview fills in as the fit goes.
     A callback returning True, or Ctrl-C, ends the fit with its weights so far.
     """
@@ -115,28 +125,27 @@ def fit_on_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
     averaged = [p.detach().clone() for p in net.parameters()] if cfg.ema else None
     noise = torch.empty(cfg.crop_batch, z.shape[1], size_y, size_x, device=device)
+    forward_s = forward_seconds(net, (hp, wp), factor, device, tile, context) if callback is not None else 0.0
 
     losses: list[tuple[int, float]] = []
     reason, it, started = "completed", 0, time.perf_counter()
     try:
         for it in range(1, cfg.crop_iterations + 1):
-            ys = torch.randint(0, (hp - size_y) // factor + 1, (cfg.crop_batch,), generator=gen) * factor
-            xs = torch.randint(0, (wp - size_x) // factor + 1, (cfg.crop_batch,), generator=gen) * factor
-            batch = torch.stack([z[0, :, y : y + size_y, x : x + size_x] for y, x in zip(ys.tolist(), xs.tolist())])
+            corners, batch = draw_crops(z, (size_y, size_x), cfg.crop_batch, factor, gen)
             batch = batch.to(device)
             if cfg.reg_noise_std > 0:  # in place, unless the input is optimised and needs its gradient
                 noise.normal_(generator=noise_gen).mul_(cfg.reg_noise_std)
                 batch = batch + noise if cfg.optimize_input else noise.add_(batch)
             out = net(batch)
-            total, count = out.sum() * 0.0, 0
-            for k, (y, x) in enumerate(zip(ys.tolist(), xs.tolist())):
+            total, count = None, 0
+            for k, (y, x) in enumerate(corners):
                 y0, y1, tt, tb = _crop_trim(y, size_y, hp, top, h, cfg.crop_trim)
                 x0, x1, tl, tr = _crop_trim(x, size_x, wp, left, w, cfg.crop_trim)
                 if y1 <= y0 or x1 <= x0:
                     continue
                 window = out[k : k + 1, :, y0 - y : y1 - y, x0 - x : x1 - x]
                 s, n = problem.window_loss(window, y0 - top, x0 - left, (tt, tb, tl, tr))
-                total, count = total + s, count + n
+                total, count = (s if total is None else total + s), count + n
                 if preview is not None:
                     with torch.no_grad():
                         preview[..., y0 - top + tt : y1 - top - tb, x0 - left + tl : x1 - left - tr] = (
@@ -171,7 +180,7 @@ def fit_on_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu
             for a, p in zip(averaged, net.parameters()):
                 p.copy_(a)
     _settle_batchnorm(net, z, cfg, gen, device, (size_y, size_x), factor)
-    return CropFit(net, z, top, left, it, losses, reason, time.perf_counter() - started)
+    return CropFit(net, z, top, left, it, losses, reason)
 
 
 def _settle_batchnorm(net: nn.Module, z: torch.Tensor, cfg: FitConfig, gen: torch.Generator, device,
@@ -183,13 +192,9 @@ def _settle_batchnorm(net: nn.Module, z: torch.Tensor, cfg: FitConfig, gen: torc
         for m in norms:
             m.reset_running_stats()
             m.momentum = None  # a plain average over the batches below
-        hp, wp = z.shape[2:]
         with torch.no_grad():
             for _ in range(BN_BATCHES):
-                ys = torch.randint(0, (hp - size[0]) // factor + 1, (cfg.crop_batch,), generator=gen) * factor
-                xs = torch.randint(0, (wp - size[1]) // factor + 1, (cfg.crop_batch,), generator=gen) * factor
-                batch = torch.stack([z[0, :, y : y + size[0], x : x + size[1]] for y, x in zip(ys.tolist(), xs.tolist())])
-                net(batch.to(device))
+                net(draw_crops(z, size, cfg.crop_batch, factor, gen)[1].to(device))
         for m in norms:
             m.momentum = 0.1
     net.eval()
@@ -218,7 +223,7 @@ def forward_tiled(net: nn.Module, z: torch.Tensor, *, tile: int = TILE, context:
     context = -(-context // factor) * factor
     rows = [(a, b) for a, b in tiles_of(hp, tile) if b > top and a < top + height]
     cols = [(a, b) for a, b in tiles_of(wp, tile) if b > left and a < left + width]
-    out = torch.zeros(1, _out_channels(net), height, width)
+    out = torch.zeros(1, net.out_channels, height, width)
     done = torch.zeros(height, width, dtype=torch.bool)
     count, n = len(rows) * len(cols), 0
     try:
@@ -240,22 +245,17 @@ def forward_tiled(net: nn.Module, z: torch.Tensor, *, tile: int = TILE, context:
     return out, done
 
 
-def _out_channels(net: nn.Module) -> int:
-    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
-    return convs[-1].out_channels
-
-
-def forward_seconds(net: nn.Module, cfg: FitConfig, channels: int, size: tuple[int, int], device,
-                    tile: int = TILE, context: int = CONTEXT) -> float:
-    """The final pass's time over a canvas of ``size``, estimated from one timed tile."""
-    factor = 2**cfg.net.scales
+def forward_seconds(net: nn.Module, size: tuple[int, int], factor: int, device, tile: int = TILE,
+                    context: int = CONTEXT) -> float:
+    """The final pass's time over a canvas of ``size``, estimated from one timed tile of ``net``'s input."""
     tile, context = -(-tile // factor) * factor, -(-context // factor) * factor
-    z = torch.zeros(1, channels, min(size[0], tile + 2 * context), min(size[1], tile + 2 * context))
+    channels = next(m for m in net.modules() if isinstance(m, nn.Conv2d)).in_channels
+    z = torch.zeros(1, channels, min(size[0], tile + 2 * context), min(size[1], tile + 2 * context), device=device)
     was_training = net.training
-    net.eval()
+    net.eval()  # the pass's mode; the running statistics it leaves alone
     started = time.perf_counter()
     with torch.no_grad():
-        net(z.to(device))
+        net(z)
     seconds = time.perf_counter() - started
     net.train(was_training)
     return seconds * len(tiles_of(size[0], tile)) * len(tiles_of(size[1], tile))
@@ -275,16 +275,12 @@ def fit_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu",
     held_out = hold_out_pixels(problem, cfg, seed) if cfg.select_start else False
     start_image = problem.estimate()
     h, w = problem.out_size
-    hp, wp = padded_size(h, w, cfg.net.scales)
     started = time.perf_counter()
     start_tensor = torch.from_numpy(np.ascontiguousarray(np.moveaxis(start_image, -1, 0)))[None]
     preview = start_tensor.clone()
 
-    probe = build_network(cfg.net, max(cfg.input_depth, problem.channels), problem.channels).to(device)
-    forward_s = forward_seconds(probe, cfg, max(cfg.input_depth, problem.channels), (hp, wp), device, tile, context)
-    del probe
     crops = fit_on_crops(problem, cfg, seed=seed, device=device, start_image=start_image, callback=callback,
-                         callback_every=callback_every, forward_s=forward_s,
+                         callback_every=callback_every, tile=tile, context=context,
                          preview=preview if callback is not None else None)  # only a callback sees it
     fit_end = time.perf_counter()
     last_loss = crops.losses[-1][1] if crops.losses else math.nan

@@ -2,7 +2,9 @@
 
 The memory of a fit grows with the number of output pixels (about 1.1 GB per megapixel with the
 ``fast`` network, measured at 1024x1024 in BENCHMARKS.md), so a 4000x3000 photograph fitted
-whole would need, by that rate, some 13 GB (an extrapolation, not a measurement). Above a pixel budget the image is cut into overlapping tiles, each tile is restored
+whole would need, by that rate, some 13 GB (an extrapolation, not a measurement). Above a pixel
+budget, for presets that cannot fit on crops (:mod:`deepprior.cropfit`, hours faster where it
+applies) or when asked, the image is cut into overlapping tiles, each tile is restored
 as an image of its own (the task cropped to it: its mask, its flash image), and the results are
 blended with weights that ramp linearly across every overlap, so no seam shows where two
 tiles meet. Tile boundaries are chosen in the input's coordinates; for super-resolution the
