@@ -70,6 +70,36 @@ def test_reconstruction_starts_from_the_sparse_fill(rgb32):
     np.testing.assert_allclose(problem.estimate(), estimates.sparse_fill(damaged, fill), atol=1e-6)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_mean_fill_is_the_mean_of_three_fills_and_keeps_known_pixels_exactly(rgb32, channels):
+    from deepprior.degrade import hole_mask
+
+    img = rgb32 if channels == 3 else rgb32.mean(axis=2, keepdims=True)
+    fill = hole_mask(img.shape[:2], seed=2)
+    damaged = img * ~fill[:, :, None]
+    out = estimates.mean_fill(damaged, fill)
+    assert out.shape == img.shape and out.dtype == np.float32
+    np.testing.assert_array_equal(out[~fill], damaged[~fill])
+    parts = [estimates.opencv_fill(damaged, fill, "telea"), estimates.opencv_fill(damaged, fill, "ns"),
+             biharmonic_fill(damaged, fill)]
+    np.testing.assert_allclose(out[fill], (sum(parts) / 3)[fill], atol=1e-6)
+    for p in parts[:2]:  # OpenCV's fills keep the known pixels unquantised too
+        np.testing.assert_array_equal(p[~fill], damaged[~fill])
+
+
+def test_text_inpainting_starts_from_the_sparse_fill_and_holes_from_the_mean_fill(rgb32):
+    from deepprior.degrade import hole_mask, text_mask
+
+    text = text_mask(rgb32.shape[:2], "dip", seed=0)
+    damaged = rgb32 * ~text[:, :, None]
+    problem = tasks.Inpaint(mask=text).problem(Image(damaged))
+    np.testing.assert_allclose(problem.estimate(), estimates.sparse_fill(damaged, text), atol=1e-6)
+    hole = hole_mask(rgb32.shape[:2], seed=0)
+    damaged = rgb32 * ~hole[:, :, None]
+    problem = tasks.Inpaint(mask=hole, mode="hole").problem(Image(damaged))
+    np.testing.assert_allclose(problem.estimate(), estimates.mean_fill(damaged, hole), atol=1e-6)
+
+
 def test_upscale_has_the_size_and_keeps_a_flat_image_flat():
     flat = np.full((5, 7, 3), 0.25, np.float32)
     out = upscale(flat, 4)

@@ -61,13 +61,14 @@ def test_inpaint_keeps_known_pixels_and_fills_the_rest(rgb32):
     assert not np.array_equal(raw.image.pixels[~fill], damaged[~fill])
 
 
-def test_hole_mode_uses_meshgrid_and_hourglass(rgb32):
+def test_hole_mode_starts_from_a_fill_and_the_paper_preset_from_the_meshgrid(rgb32):
     fill = np.zeros(rgb32.shape[:2], bool)
     fill[8:24, 8:24] = True
     r = restore(rgb32, tasks.Inpaint(mask=fill, mode="hole"), iterations=5)
-    fit = r.params["fit"]
+    assert r.params["fit"]["input"] == "estimate" and r.image.pixels.shape == rgb32.shape
+    assert r.report()["returned"]["result"] in ("fit", "start", "blend")
+    fit = restore(rgb32, tasks.Inpaint(mask=fill, mode="hole"), "paper", iterations=2).params["fit"]
     assert fit["input"] == "meshgrid" and fit["net"]["kind"] == "hourglass" and fit["net"]["upsample"] == "nearest"
-    assert r.image.pixels.shape == rgb32.shape
 
 
 def test_reconstruct_grayscale_stays_grayscale(rgb32):
@@ -278,6 +279,25 @@ def test_held_out_pixels_leave_the_data_term_and_the_estimate(rgb32):
         assert float(a.held_out_loss(x)) != pytest.approx(float(b.held_out_loss(x)))
 
 
+def test_inpainting_holds_out_known_pixels_near_the_mask_only():
+    from deepprior.degrade import text_mask
+    from deepprior.fitting import hold_out_pixels
+    from deepprior.presets import get_preset
+    from scipy.ndimage import distance_transform_cdt
+
+    fill = text_mask((96, 96), "dip", seed=0)
+    near = tasks.near_mask(fill)
+    assert not (near & fill).any() and near.any()
+    far = ~near & ~fill
+    assert far.any()  # the test's mask leaves known pixels out of reach
+    distance = distance_transform_cdt(~fill, metric="chessboard")
+    assert distance[near].max() <= tasks.HOLDOUT_REACH and distance[far].min() > tasks.HOLDOUT_REACH
+    problem = tasks.Inpaint(mask=fill).problem(Image(np.random.default_rng(0).random((96, 96, 3), np.float32)))
+    assert hold_out_pixels(problem, get_preset("inpaint", "fast"), seed=0)
+    held = problem.held[0, 0].numpy() > 0
+    assert held.any() and not (held & ~near).any()
+
+
 def test_holdout_rule_returns_the_result_at_its_lowest_held_out_loss(rgb32):
     noisy = add_noise(Image(rgb32), 25, 0)
     ov = dict(iterations=300, stop_rule="holdout", holdout=0.1, stop_patience=40, stop_start=0)
@@ -341,6 +361,8 @@ def test_a_failing_fit_returns_its_start_not_something_worse(rgb32):
     errors = r.outcome.held_out_errors
     assert errors[0.0] == min(errors.values()) and errors[1.0] > errors[0.0]
     assert r.report()["returned"]["result"] == "start"
+    # The held-out pixels ranked the candidates; the start returned is made from every pixel.
+    np.testing.assert_allclose(r.image.pixels, task.problem(Image(noisy)).estimate(), atol=1e-6)
     assert np.array_equal(runs[0].image.pixels, runs[1].image.pixels)
     plain = restore(noisy, task, iterations=40, lr=50.0, stop="off", seed=3, threads=1)
     assert plain.outcome.returned == "fit" and plain.outcome.held_out_errors is None

@@ -333,6 +333,8 @@ def hold_out_pixels(problem: Problem, cfg: FitConfig, seed: int) -> bool:
     if not (rule or cfg.select_start):
         return False
     observed = problem.observed
+    if problem.holdout_region is not None:
+        observed = observed & problem.holdout_region
     if observed.sum() < MIN_HOLDOUT_OBSERVED:
         return False
     problem.hold_out(holdout_mask(observed, cfg.holdout, torch.Generator().manual_seed(seed + 2)))
@@ -369,6 +371,11 @@ def choose_result(problem: Problem, fitted: torch.Tensor, start: torch.Tensor) -
             if best is None or errors[w] < errors[best[1]]:
                 best = (candidate, w)
     return best[0], best[1], errors
+
+
+def _as_tensor(pixels: np.ndarray, device) -> torch.Tensor:
+    """(H, W, C) pixels as a (1, C, H, W) float tensor on ``device``."""
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(pixels, -1, 0)))[None].float().to(device)
 
 
 def build_optimizer(cfg: FitConfig, net: nn.Module, z: torch.Tensor) -> torch.optim.Adam:
@@ -490,9 +497,13 @@ def fit(
     elapsed = time.perf_counter() - start
     returned, weight, errors = "fit", 1.0, None
     if cfg.select_start and held_out and start_image is not None and uncertainty is None:
-        candidate_start = torch.from_numpy(np.ascontiguousarray(np.moveaxis(start_image, -1, 0)))[None].float()
-        result, weight, errors = choose_result(problem, result, candidate_start.to(device))
+        fitted = result
+        result, weight, errors = choose_result(problem, fitted, _as_tensor(start_image, device))
         returned = "fit" if weight == 1.0 else ("start" if weight == 0.0 else "blend")
+        if weight < 1.0 and problem.full_estimate is not None:
+            # The held-out pixels only ranked the candidates: the start returned is made from all of them.
+            full = _as_tensor(problem.full_estimate(), device)
+            result = full if weight == 0.0 else weight * fitted + (1 - weight) * full
     return FitOutcome(
         output=np.clip(to_numpy(result), 0.0, 1.0),
         iterations=it,

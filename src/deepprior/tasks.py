@@ -34,7 +34,11 @@ class Problem:
     # The task's quick classical answer (H, W, C), computed only when asked for (input="estimate").
     # Called with ``exclude``, an (h, w) mask over y's pixels, it leaves those pixels' values out.
     estimate: Callable[..., np.ndarray] | None = field(default=None, repr=False)
+    # (h, w) True where the pixels held out for stopping may be drawn from (None: any observed one).
+    holdout_region: np.ndarray | None = field(default=None, repr=False)
     held: torch.Tensor | None = None  # (1, 1, h, w) 1 = pixel of y held out of the data term
+    # The estimate from every pixel, held-out ones included: what a start chosen by them returns.
+    full_estimate: Callable[..., np.ndarray] | None = field(default=None, repr=False)
     _keep: torch.Tensor | None = field(default=None, repr=False)  # 1 - held, the data term's weight
     _held_values: float = field(default=0.0, repr=False)  # held pixels x channels, counted once
 
@@ -59,6 +63,7 @@ class Problem:
         self._keep = 1 - self.held
         self._held_values = float(np.count_nonzero(held)) * self.channels
         if self.estimate is not None:
+            self.full_estimate = self.estimate
             self.estimate = partial(self.estimate, exclude=np.asarray(held, dtype=bool))
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
@@ -122,12 +127,12 @@ def _upscale_estimate(pixels, scale, exclude=None):
     return estimates.regularised_upscale(estimates.fill_from_neighbours(pixels, exclude), scale)
 
 
-def _fill_estimate(pixels, fill, exclude=None):
-    return estimates.biharmonic_fill(pixels, fill if exclude is None else fill | exclude)
-
-
 def _sparse_estimate(pixels, fill, exclude=None):
     return estimates.sparse_fill(pixels, fill if exclude is None else fill | exclude)
+
+
+def _mean_fill_estimate(pixels, fill, exclude=None):
+    return estimates.mean_fill(pixels, fill if exclude is None else fill | exclude)
 
 
 class Task:
@@ -237,6 +242,20 @@ def load_mask(mask, *, size: tuple[int, int], fill_is_white: bool = True) -> np.
     return fill
 
 
+#: How far from the missing pixels (in pixels) the held-out check of an inpainting is drawn.
+HOLDOUT_REACH = 8
+
+
+def near_mask(fill: np.ndarray, reach: int = HOLDOUT_REACH) -> np.ndarray:
+    """The known pixels within ``reach`` of a missing one: the held-out check of an inpainting
+    is drawn there, where the fit's and the fill's answers differ most, and not from the rest of
+    the image, which both reproduce exactly."""
+    from scipy.ndimage import binary_dilation
+
+    square = np.ones((2 * reach + 1, 2 * reach + 1), dtype=bool)
+    return binary_dilation(fill, structure=square) & ~fill
+
+
 @dataclass(frozen=True)
 class Inpaint(Task):
     """Fill masked pixels. ``mask`` is True where pixels are missing.
@@ -270,8 +289,11 @@ class Inpaint(Task):
         known = (~fill).astype(np.float32)
         op = operators.Mask(known)
         target = _tensor(image.pixels * known[:, :, None])
+        # Thin strokes are filled best by the sparse-DCT fill, large holes by the mean of three
+        # fills (estimates.sparse_fill, estimates.mean_fill; BENCHMARKS.md, inpainting).
+        start = _mean_fill_estimate if self.mode == "hole" else _sparse_estimate
         return Problem(target, op, (image.height, image.width), image.channels, known=known,
-                       estimate=partial(_fill_estimate, image.pixels, fill))
+                       estimate=partial(start, image.pixels, fill), holdout_region=near_mask(fill))
 
     def finish(self, image: Image, restored: np.ndarray) -> np.ndarray:
         if not self.keep_known:
@@ -296,13 +318,6 @@ class Reconstruct(Inpaint):
     @property
     def preset_key(self):
         return "reconstruct"
-
-    def problem(self, image: Image) -> Problem:
-        # Scattered missing pixels: the sparse-DCT fill keeps texture the biharmonic one smooths
-        # (estimates.sparse_fill; BENCHMARKS.md, reconstruction).
-        p = super().problem(image)
-        p.estimate = partial(_sparse_estimate, image.pixels, np.asarray(self.mask, dtype=bool))
-        return p
 
 
 @dataclass(frozen=True)
