@@ -167,6 +167,60 @@ def test_fill_suites_crop_mask_and_score_inside_the_mask():
     assert len(suites.suite_files(suites.get_suite("inpaint-text"), {})) >= 10
 
 
+def test_mean_colour_error_sees_a_wrong_coloured_blob_that_psnr_ranks_with_a_noisy_fill():
+    truth = np.zeros((20, 20, 3))
+    truth[..., 0] = 0.6
+    fill = np.zeros((20, 20), bool)
+    fill[5:15, 5:15] = True
+    noisy, blob = truth.copy(), truth.copy()
+    noisy[fill] += np.random.default_rng(0).choice([-0.1, 0.1], size=(100, 3))
+    blob[fill] += (0.1, -0.1, 0.1)  # the same PSNR, but the colour of the whole hole is off
+    assert metrics.masked_psnr(noisy, truth, fill) == pytest.approx(metrics.masked_psnr(blob, truth, fill))
+    assert metrics.mask_colour_error(blob, truth, fill) == pytest.approx(25.5)
+    assert metrics.mask_colour_error(noisy, truth, fill) < 5
+    assert "colour_error_mask" in suites.get_suite("inpaint-hole").metrics
+
+
+def test_fill_sets_check_set_is_disjoint_and_paper_examples_use_their_own_masks(tmp_path):
+    tuning = {Path(f).stem.lower() for f in suites.get_suite("inpaint-text").files}
+    check = suites.get_suite("inpaint-text", "Set5+Kodak")
+    assert len(check.files) >= 10 and not tuning & {Path(f).stem.lower() for f in check.files}
+    assert check.files == suites.get_suite("inpaint-hole", "Set5+Kodak").files
+    with pytest.raises(DeepPriorError, match="unknown set"):
+        suites.get_suite("inpaint-hole", "Set5")
+    # The paper's examples: whole images, masks read from NAME_mask.png (white = known).
+    (tmp_path / "dip_paper" / "inpainting").mkdir(parents=True)
+    data = make_data(tmp_path, "dip_paper", ["inpainting/vase", "inpainting/vase_mask"], size=(24, 20))
+    known = np.ones((24, 20), np.uint8) * 255
+    known[8:16, 6:12] = 0
+    PILImage.fromarray(known).save(data / "dip_paper" / "inpainting" / "vase_mask.png")
+    manifest = suites.read_manifest(data)
+    manifest["dip_paper/inpainting/vase_mask.png"]["sha256"] = hashlib.sha256(
+        (data / "dip_paper" / "inpainting" / "vase_mask.png").read_bytes()).hexdigest()
+    paper = suites.get_suite("inpaint-hole", "dip_paper")
+    case = suites.load_case(paper, data, "dip_paper/inpainting/vase.png", manifest, 0)
+    assert case.name == "vase" and case.clean.pixels.shape == (24, 20, 3)
+    assert np.array_equal(case.mask, known == 0) and case.task.mode == "hole"
+    assert np.all(case.degraded.pixels[case.mask] == 0)
+
+
+def test_report_grid_and_colour_sentence(tmp_path):
+    data = make_data(tmp_path / "data", "Set14", ["a", "b"], size=(40, 44))
+    suite = replace(suites.get_suite("inpaint-hole"), files=("Set14/a.png", "Set14/b.png"))
+    out = tmp_path / "out"
+    res = runner.run_bench(suite, data, out, methods=["telea", "ns"], threads=1)
+    assert all(r["colour_error_mask"] >= 0 for r in res["rows"])
+    path = report.write_report(out, res, suite)
+    assert (out / "figures" / "grid.png").is_file() and "figures/grid.png" in path.read_text()
+    assert "Mean colour error inside the mask" in path.read_text()
+    # DIP rows made up (a fit is not what this test is about): a blob of the wrong colour on "a".
+    for r in [r for r in res["rows"] if r["method"] == "ns"]:
+        res["rows"].append(dict(r, method="dip", psnr_mask=r["psnr_mask"] + 1,
+                                colour_error_mask=r["colour_error_mask"] + (10 if r["image"] == "a" else -0.5)))
+    sentence = report.colour_against_best(res["rows"])
+    assert "DIP's is no larger on 1 of 2 images" in sentence
+
+
 def test_unknown_suite_set_and_method_are_one_line_errors():
     with pytest.raises(DeepPriorError, match="unknown suite"):
         suites.get_suite("sr-x5")

@@ -572,10 +572,10 @@ def batch(
 
 @app.command()
 def bench(
-    suite: Annotated[str, typer.Argument(help="sr-x2, sr-x3, sr-x4, sr-x8, denoise-15, denoise-25, denoise-50, inpaint-50 or inpaint-text; or speed (fast against paper preset: time, PSNR at equal time, memory), stopping (auto-stop against the true PSNR peak), app (the web app under load from many clients), photo (a 12-megapixel photo denoised on crops beside tile by tile: time, memory, PSNR), or report (markdown tables of finished suite runs).", show_default=False)],
+    suite: Annotated[str, typer.Argument(help="sr-x2, sr-x3, sr-x4, sr-x8, denoise-15, denoise-25, denoise-50, inpaint-50, inpaint-text or inpaint-hole; or speed (fast against paper preset: time, PSNR at equal time, memory), stopping (auto-stop against the true PSNR peak), app (the web app under load from many clients), photo (a 12-megapixel photo denoised on crops beside tile by tile: time, memory, PSNR), or report (markdown tables of finished suite runs).", show_default=False)],
     folders: Annotated[Optional[list[Path]], typer.Argument(help="report: the --out folders of suite runs.", show_default=False)] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Benchmark data folder (default: ../shared/data, else $DEEPPRIOR_DATA).")] = None,
-    set_name: Annotated[Optional[str], typer.Option("--set", help="Super-resolution image set: Set5 (default) or Set14.")] = None,
+    set_name: Annotated[Optional[str], typer.Option("--set", help="Image set: Set5 (default) or Set14 for super-resolution; Set14+Heide11 (default), Set5+Kodak or dip_paper (the paper's own examples) for inpaint-text and inpaint-hole.")] = None,
     methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods (default: every method of the suite).")] = None,
     preset: PresetOpt = PresetName.fast,
     images: Annotated[Optional[str], typer.Option("--images", help="Comma-separated image names (default: the whole set; photo: four CBM3D_color9 images of one size, default the Kodak four).")] = None,

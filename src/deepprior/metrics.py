@@ -56,6 +56,17 @@ def masked_ssim(estimate: np.ndarray, reference: np.ndarray, mask: np.ndarray) -
     return float(full.mean(axis=2)[np.asarray(mask, dtype=bool)].mean())
 
 
+def mask_colour_error(estimate: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> float:
+    """How far the mean colour inside ``mask`` is from the truth's: the largest difference, over
+    the channels, of the two means, on 0-255. A fill that comes back as a flat blob of the wrong
+    colour scores high here even where its PSNR looks ordinary."""
+    e, r = _as3(estimate), _as3(reference)
+    m = np.asarray(mask, dtype=bool)
+    if not m.any():
+        raise ValueError("the mask selects no pixel")
+    return float(np.abs(e[m].mean(axis=0) - r[m].mean(axis=0)).max() * 255.0)
+
+
 def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
     """ITU-R BT.601 luma on the 16-235 scale (as MATLAB's rgb2ycbcr), from RGB in [0, 1]."""
     a = _as3(rgb)
@@ -86,16 +97,17 @@ def y_ssim(estimate: np.ndarray, reference: np.ndarray, border: int = 0) -> floa
 def quality(estimate: np.ndarray, reference: np.ndarray, *, sr_scale: int | None = None,
             mask: np.ndarray | None = None) -> dict:
     """The report's metrics: PSNR and SSIM, for super-resolution the Y-channel ones too, and
-    with a ``mask`` of filled pixels the PSNR and SSIM inside it."""
+    with a ``mask`` of filled pixels the PSNR, SSIM and mean-colour error inside it."""
     out = {"psnr": psnr(estimate, reference), "ssim": ssim(estimate, reference)}
     if mask is not None:
         out["psnr_mask"] = masked_psnr(estimate, reference, mask)
         out["ssim_mask"] = masked_ssim(estimate, reference, mask)
+        out["colour_error_mask"] = mask_colour_error(estimate, reference, mask)
     if sr_scale:
         out["psnr_y"] = y_psnr(estimate, reference, border=sr_scale)
         out["ssim_y"] = y_ssim(estimate, reference, border=sr_scale)
     return out
 
 
-__all__ = ["psnr", "ssim", "masked_psnr", "masked_ssim", "y_psnr", "y_ssim", "rgb_to_y", "quality",
+__all__ = ["psnr", "ssim", "masked_psnr", "masked_ssim", "mask_colour_error", "y_psnr", "y_ssim", "rgb_to_y", "quality",
            "peak_signal_noise_ratio"]

@@ -212,6 +212,14 @@ def sparse_dct(case: Case, **_) -> np.ndarray:
     return sparse_fill(case.degraded.pixels, case.mask)
 
 
+def mean_of_fills(case: Case, **_) -> np.ndarray:
+    """The mean of the Telea, Navier-Stokes and biharmonic fills: the estimate the ``fast``
+    hole preset starts from."""
+    from ..estimates import mean_fill
+
+    return mean_fill(case.degraded.pixels, case.mask)
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -249,6 +257,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("ns", "Navier-Stokes", ("inpaint", "text", "hole"), navier_stokes),
     Method("biharmonic", "Biharmonic", ("inpaint", "text", "hole"), biharmonic),
     Method("sparse", "Sparse DCT (Guleryuz)", ("inpaint", "text", "hole"), sparse_dct),
+    Method("meanfill", "Mean of fills", ("hole",), mean_of_fills),
 )}
 
 

@@ -26,7 +26,8 @@ FIGURES = "figures"
 _PAPER_NAMES = {"dip": "dip", "bicubic": "bicubic", "bm3d": "cbm3d", "nlm": "nlm"}
 
 _METRIC_TITLES = {"psnr_y": "PSNR on Y (dB)", "ssim_y": "SSIM on Y", "psnr": "PSNR (dB)", "ssim": "SSIM",
-                  "psnr_mask": "PSNR inside the mask (dB)", "ssim_mask": "SSIM inside the mask"}
+                  "psnr_mask": "PSNR inside the mask (dB)", "ssim_mask": "SSIM inside the mask",
+                  "colour_error_mask": "Mean colour error inside the mask (0-255, lower is better)"}
 
 
 def _fmt(v, digits=2) -> str:
@@ -244,6 +245,48 @@ def montage_figure(out_dir: Path, image: str, rows) -> Path | None:
     return path
 
 
+def grid_figure(out_dir: Path, rows) -> Path | None:
+    """The whole suite in one picture: a row per image, its degraded input, each method's result
+    (with its headline score) and the ground truth."""
+    images, methods = _ordered(rows)
+    images = [im for im in images if (image_dir(out_dir, im) / "ground_truth.png").exists()]
+    if not images:
+        return None
+    cells = {(r["image"], r["method"]): r for r in rows}
+    columns = ["degraded"] + methods + ["ground_truth"]
+    plt = _plt()
+    fig, axes = plt.subplots(len(images), len(columns), figsize=(1.5 * len(columns), 1.6 * len(images)), dpi=80,
+                             squeeze=False)
+    for i, im in enumerate(images):
+        for j, col in enumerate(columns):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            row = cells.get((im, col))
+            if col in ("degraded", "ground_truth"):
+                path, title = image_dir(out_dir, im) / f"{col}.png", col.replace("_", " ")
+            elif row is not None:
+                path = Path(out_dir) / row["output"]
+                score = row.get("psnr_mask", row.get("psnr_y", row.get("psnr")))
+                label = baselines.METHODS[col].label if col in baselines.METHODS else col
+                title = f"{label} {score:.2f}" if isinstance(score, (int, float)) else label
+            else:
+                continue
+            if not path.exists():
+                continue
+            px = load_result_image(out_dir, im, col) if row is None else load_result_image(out_dir, row)
+            ax.imshow(px[:, :, 0] if px.shape[2] == 1 else px, cmap="gray" if px.shape[2] == 1 else None,
+                      vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(title, fontsize=6)
+            if j == 0:
+                ax.set_ylabel(im, fontsize=7)
+    fig.tight_layout()
+    path = Path(out_dir) / FIGURES / "grid.png"
+    _savefig(fig, path)
+    plt.close(fig)
+    return path
+
+
 # --------------------------------------------------------------------------- the report
 
 
@@ -270,7 +313,7 @@ def write_report(out_dir: Path, data: dict, suite: suites.Suite, n_images_total:
         parts += ["No results yet.", ""]
     else:
         paper = suite.paper
-        for metric in suite.metrics:
+        for metric in [m for m in suite.metrics if any(r.get(m) is not None for r in rows)]:
             parts += [f"## {_METRIC_TITLES[metric]}", "", metric_table(rows, metric, paper,
                                                                          digits=2 if "psnr" in metric else 4), ""]
         pt = paper_table(rows, suite, n_images_total)
@@ -292,6 +335,10 @@ def write_report(out_dir: Path, data: dict, suite: suites.Suite, n_images_total:
         parts += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     if rows and figures:
         parts += ["## Figures", ""]
+        grid = grid_figure(out_dir, rows)
+        if grid:
+            parts += ["Every image: degraded, each method (headline score), ground truth.", "",
+                      f"![the suite's results]({FIGURES}/{grid.name})", ""]
         images, _ = _ordered(rows)
         for im in images:
             links = []
@@ -391,6 +438,29 @@ def dip_against_best(rows, metric: str) -> str | None:
             f"{means['dip'] - means[best]:+.2f} against the best other mean ({label}, {_fmt(means[best])}).")
 
 
+def colour_against_best(rows) -> str | None:
+    """One sentence for a fill suite: DIP's mean-colour error inside the mask against that of
+    each image's best other method (by PSNR inside the mask), and on how many images it is no
+    larger (no flat blob of the wrong colour)."""
+    cell = {(r["image"], r["method"]): r for r in rows}
+    images, methods = _ordered(rows)
+    others = [m for m in methods if m != "dip"]
+    pairs = []
+    for im in images:
+        dip = cell.get((im, "dip"), {}).get("colour_error_mask")
+        scored = [cell[(im, m)] for m in others if cell.get((im, m), {}).get("colour_error_mask") is not None]
+        if dip is None or not scored:
+            continue
+        best = max(scored, key=lambda r: r.get("psnr_mask", float("-inf")))
+        pairs.append((dip, best["colour_error_mask"]))
+    if not pairs:
+        return None
+    within = sum(d <= b + 1e-9 for d, b in pairs)
+    return (f"Mean colour inside the mask, error on 0-255: DIP {_fmt(_mean([d for d, _ in pairs]), 1)}, each "
+            f"image's best other method {_fmt(_mean([b for _, b in pairs]), 1)}; DIP's is no larger on {within} "
+            f"of {len(pairs)} images.")
+
+
 def suite_section(data: dict) -> str:
     """The markdown block for one suite run in BENCHMARKS.md: its headline table with a mean
     time row, how DIP stands against the best other method, the machine and the command."""
@@ -410,6 +480,9 @@ def suite_section(data: dict) -> str:
     verdict = dip_against_best(rows, metric)
     if verdict:
         lines += [verdict, ""]
+    colour = colour_against_best(rows) if suite.kind == "hole" else None
+    if colour:
+        lines += [colour, ""]
     if dip is not None:
         returned = [_returned(r) for r in rows if r["method"] == "dip"]
         kinds = ", ".join(f"{k} on {returned.count(k)}" for k in dict.fromkeys(returned))

@@ -32,7 +32,8 @@ from . import baselines, suites
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
 CSV_COLUMNS = (
-    "suite", "set", "image", "method", "psnr_y", "ssim_y", "psnr", "ssim", "seconds", "iterations", "stopped_at",
+    "suite", "set", "image", "method", "psnr_y", "ssim_y", "psnr_mask", "ssim_mask", "colour_error_mask", "psnr",
+    "ssim", "seconds", "iterations", "stopped_at",
     "stop_reason", "preset", "iters", "seed", "image_seed", "width", "height", "cpu", "threads", "torch", "output",
 )
 

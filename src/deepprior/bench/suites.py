@@ -92,7 +92,7 @@ class Suite:
         if self.kind == "sr":
             return ("psnr_y", "ssim_y", "psnr", "ssim")
         if self.kind in FILL_KINDS:
-            return ("psnr_mask", "ssim_mask", "psnr", "ssim")
+            return ("psnr_mask", "ssim_mask", "colour_error_mask", "psnr", "ssim")
         return ("psnr", "ssim")
 
     @property
@@ -113,9 +113,16 @@ class Suite:
                     f"the network output itself is scored, known pixels included).")
         what = (f"lines of '{TEXT_MASK_WORDS}' written over the image (degrade.text_mask)" if self.kind == "text"
                 else "one elliptical hole over about 12 % of the image (degrade.hole_mask)")
-        return (f"Inpainting {what}, on {FILL_CROP}x{FILL_CROP} centre crops of Set14 and of Heide11's grey "
-                f"house, peppers256 and Cameraman256; each image's mask from its own seed. PSNR/SSIM inside "
-                f"the mask (headline) and over the whole image, known pixels kept as a user gets them.")
+        scoring = ("PSNR/SSIM inside the mask (headline) and over the whole image, known pixels kept as a user "
+                   "gets them.")
+        if self.set_name == "dip_paper":
+            return (f"Inpainting the Deep Image Prior paper's own {'text' if self.kind == 'text' else 'hole'} "
+                    f"example{'s' if len(self.files) > 1 else ''} ({', '.join(image_name(f) for f in self.files)}), "
+                    f"whole, with the paper's masks. " + scoring)
+        where = ("Set14 and of Heide11's grey house, peppers256 and Cameraman256" if self.set_name == "Set14+Heide11"
+                 else "Set5 and of CBM3D_color9's kodim01, kodim02, kodim03, kodim12 and F16")
+        return (f"Inpainting {what}, on {FILL_CROP}x{FILL_CROP} centre crops of {where}; each image's mask from "
+                f"its own seed. " + scoring)
 
     def task(self, mask: np.ndarray | None = None) -> Task:
         if self.kind == "sr":
@@ -170,6 +177,17 @@ FILL_CROP = 256
 _FILL_FILES = tuple(f"Set14/{n}.png" for n in (
     "baboon", "barbara", "bridge", "coastguard", "comic", "face", "flowers", "foreman", "lenna", "man", "monarch",
     "pepper", "ppt3", "zebra")) + ("Heide11_gray/house.png", "Heide11_gray/peppers256.png", "Heide11_gray/Cameraman256.png")
+# Photographs in no other fill set, to check presets chosen on the suite's own images.
+_FILL_CHECK_FILES = tuple(f"Set5/{n}.png" for n in ("baby", "bird", "butterfly", "head", "woman")) + tuple(
+    f"CBM3D_color9/{n}.png" for n in ("kodim01", "kodim02", "kodim03", "kodim12", "image_F16_512rgb"))
+#: The image sets of the fill suites: name -> {suite kind: files}. "dip_paper" holds the paper's own
+#: examples, whole, with the paper's masks (white = known pixel).
+FILL_SETS = {
+    "Set14+Heide11": {"text": _FILL_FILES, "hole": _FILL_FILES},
+    "Set5+Kodak": {"text": _FILL_CHECK_FILES, "hole": _FILL_CHECK_FILES},
+    "dip_paper": {"text": ("dip_paper/inpainting/kate.png",),
+                  "hole": ("dip_paper/inpainting/library.png", "dip_paper/inpainting/vase.png")},
+}
 
 
 def suite_names() -> list[str]:
@@ -178,12 +196,14 @@ def suite_names() -> list[str]:
 
 
 def get_suite(name: str, set_name: str | None = None) -> Suite:
-    """The suite called ``name``; ``set_name`` picks Set5 or Set14 for super-resolution."""
+    """The suite called ``name``; ``set_name`` picks Set5 or Set14 for super-resolution, and one of
+    :data:`FILL_SETS` for the text and hole suites."""
     if name not in suite_names():
         raise DeepPriorError(f"unknown suite {name!r}; choose one of {', '.join(suite_names())}")
     kind, _, value = name.partition("-")
-    if set_name is not None and kind != "sr":
-        raise DeepPriorError("--set applies only to the super-resolution suites")
+    fill = kind == "inpaint" and value in FILL_KINDS
+    if set_name is not None and kind != "sr" and not fill:
+        raise DeepPriorError("--set applies only to the super-resolution, inpaint-text and inpaint-hole suites")
     if kind == "sr":
         set_name = set_name or "Set5"
         if set_name not in SR_SETS:
@@ -193,7 +213,10 @@ def get_suite(name: str, set_name: str | None = None) -> Suite:
         return Suite(name, "denoise", int(value), "CBM3D_color9")
     if value == "50":
         return Suite(name, "inpaint", 50, "Heide11_gray")
-    return Suite(name, value, 0, "Set14+Heide11", files=_FILL_FILES)
+    set_name = set_name or "Set14+Heide11"
+    if set_name not in FILL_SETS:
+        raise DeepPriorError(f"unknown set {set_name!r} for {name}; choose {', '.join(FILL_SETS)}")
+    return Suite(name, value, 0, set_name, files=FILL_SETS[set_name][value])
 
 
 def image_seed(seed: int, name: str) -> int:
@@ -285,6 +308,12 @@ def select(suite: Suite, manifest: dict[str, dict], names: list[str] | None = No
 
 
 def load_case(suite: Suite, data_dir: Path, rel: str, manifest: dict[str, dict], seed: int) -> Case:
-    """Read, verify and degrade one image of the suite."""
+    """Read, verify and degrade one image of the suite (the paper's examples with their own masks)."""
     clean = load_verified(data_dir, rel, manifest)
+    if suite.kind in FILL_KINDS and suite.set_name == "dip_paper":
+        known = load_verified(data_dir, rel.replace(".png", "_mask.png"), manifest).pixels.mean(axis=2) > 0.5
+        mask = ~known
+        value = 1.0 if suite.kind == "text" else 0.0
+        return Case(image_name(rel), clean, degrade.apply_mask(clean, mask, value=value), suite.task(mask),
+                    mask=mask, seed=image_seed(seed, image_name(rel)))
     return suite.degrade(clean, image_name(rel), seed)
