@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip uninstall -q -y opencv-python-headless  # replaced by the contrib build; both would share cv2/
 	$(PY) -m pip install -q -e ".[app,bench,test,ray]"
 	touch $(STAMP)
 

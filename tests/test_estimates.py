@@ -71,33 +71,38 @@ def test_reconstruction_starts_from_the_sparse_fill(rgb32):
 
 
 @pytest.mark.parametrize("channels", [1, 3])
-def test_mean_fill_is_the_mean_of_three_fills_and_keeps_known_pixels_exactly(rgb32, channels):
+def test_mean_fill_is_the_mean_of_the_fills_and_keeps_known_pixels_exactly(rgb32, channels):
     from deepprior.degrade import hole_mask
 
     img = rgb32 if channels == 3 else rgb32.mean(axis=2, keepdims=True)
     fill = hole_mask(img.shape[:2], seed=2)
     damaged = img * ~fill[:, :, None]
-    out = estimates.mean_fill(damaged, fill)
-    assert out.shape == img.shape and out.dtype == np.float32
-    np.testing.assert_array_equal(out[~fill], damaged[~fill])
-    parts = [estimates.opencv_fill(damaged, fill, "telea"), estimates.opencv_fill(damaged, fill, "ns"),
-             biharmonic_fill(damaged, fill)]
-    np.testing.assert_allclose(out[fill], (sum(parts) / 3)[fill], atol=1e-6)
-    for p in parts[:2]:  # OpenCV's fills keep the known pixels unquantised too
+    parts = {m: (estimates.opencv_fill(damaged, fill, m) if m in ("telea", "ns", "fsr") else None)
+             for m in estimates.FILLS}
+    parts["biharmonic"] = biharmonic_fill(damaged, fill)
+    parts["sparse"] = estimates.sparse_fill(damaged, fill)
+    for m, p in parts.items():  # every fill keeps the known pixels, unquantised, and fills the hole
+        assert p.shape == img.shape and p.dtype == np.float32, m
         np.testing.assert_array_equal(p[~fill], damaged[~fill])
+        assert psnr(p, img) > psnr(damaged, img) + 3, m
+    out = estimates.mean_fill(damaged, fill)
+    np.testing.assert_array_equal(out[~fill], damaged[~fill])
+    np.testing.assert_allclose(out[fill], (sum(parts.values()) / 5)[fill], atol=1e-6)
+    two = estimates.mean_fill(damaged, fill, ("fsr", "sparse"))
+    np.testing.assert_allclose(two[fill], ((parts["fsr"] + parts["sparse"]) / 2)[fill], atol=1e-6)
+    with pytest.raises(ValueError, match="unknown fill"):
+        estimates.mean_fill(damaged, fill, ("magic",))
 
 
-def test_text_inpainting_starts_from_the_sparse_fill_and_holes_from_the_mean_fill(rgb32):
+def test_each_inpainting_starts_from_the_mean_of_its_fills(rgb32):
     from deepprior.degrade import hole_mask, text_mask
 
-    text = text_mask(rgb32.shape[:2], "dip", seed=0)
-    damaged = rgb32 * ~text[:, :, None]
-    problem = tasks.Inpaint(mask=text).problem(Image(damaged))
-    np.testing.assert_allclose(problem.estimate(), estimates.sparse_fill(damaged, text), atol=1e-6)
-    hole = hole_mask(rgb32.shape[:2], seed=0)
-    damaged = rgb32 * ~hole[:, :, None]
-    problem = tasks.Inpaint(mask=hole, mode="hole").problem(Image(damaged))
-    np.testing.assert_allclose(problem.estimate(), estimates.mean_fill(damaged, hole), atol=1e-6)
+    for mode, fill in (("text", text_mask(rgb32.shape[:2], "dip", seed=0)), ("hole", hole_mask(rgb32.shape[:2], 0))):
+        damaged = rgb32 * ~fill[:, :, None]
+        problem = tasks.Inpaint(mask=fill, mode=mode).problem(Image(damaged))
+        expected = estimates.mean_fill(damaged, fill, tasks.START_FILLS[mode])
+        np.testing.assert_allclose(problem.estimate(), expected, atol=1e-6)
+    assert tasks.START_FILLS["text"] == ("fsr", "sparse") and tasks.START_FILLS["hole"] == estimates.FILLS
 
 
 def test_upscale_has_the_size_and_keeps_a_flat_image_flat():

@@ -28,30 +28,56 @@ def biharmonic_fill(pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
     return _per_image(inpaint_biharmonic, pixels, np.asarray(fill, dtype=bool))
 
 
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    return (np.clip(pixels, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
 def opencv_fill(pixels: np.ndarray, fill: np.ndarray, method: str = "telea", radius: int = 3) -> np.ndarray:
-    """OpenCV's inpainting of the pixels where ``fill`` is True: "telea" (fast marching, Telea 2004)
-    or "ns" (Navier-Stokes, Bertalmio et al. 2001). OpenCV works on 8 bits, so the result is
-    quantised; the known pixels are put back unquantised."""
+    """OpenCV's inpainting of the pixels where ``fill`` is True: "telea" (fast marching, Telea 2004),
+    "ns" (Navier-Stokes, Bertalmio et al. 2001) or "fsr" (xphoto's frequency-selective
+    reconstruction, Genser et al. 2018, fast mode: each block of the image modelled by a few
+    Fourier functions fitted to its known pixels). OpenCV works on 8 bits, so the filled pixels
+    are quantised; the known pixels are put back unquantised."""
     import cv2
 
-    flag = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}[method]
-    img = (np.clip(pixels, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    out = cv2.inpaint(img, np.asarray(fill, dtype=np.uint8) * 255, radius, flag)
+    fill = np.asarray(fill, dtype=bool)
+    img = _to_uint8(pixels)
+    img = img[:, :, 0] if img.shape[2] == 1 else img
+    if method == "fsr":
+        out = np.zeros_like(img)
+        cv2.xphoto.inpaint(img, (~fill).astype(np.uint8), out, cv2.xphoto.INPAINT_FSR_FAST)
+    else:
+        flag = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}[method]
+        out = cv2.inpaint(img, fill.astype(np.uint8) * 255, radius, flag)
     out = out.reshape(pixels.shape).astype(np.float32) / 255.0
-    return np.where(np.asarray(fill, dtype=bool)[:, :, None], out, pixels).astype(np.float32)
+    return np.where(fill[:, :, None], out, pixels).astype(np.float32)
 
 
-def mean_fill(pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
-    """The mean of the Telea, Navier-Stokes and biharmonic fills: the large-hole start.
+#: The fills a mean fill may average (:func:`mean_fill`).
+FILLS = ("telea", "ns", "biharmonic", "fsr", "sparse")
 
-    Inside a large hole each classical fill is wrong in its own way (Telea and Navier-Stokes
-    smear the rim inwards along different paths, the biharmonic fill overshoots on strong
-    gradients) and none is best on most images, so their mean is closer to the truth than any
-    one of them: 15.40 dB inside the hole on the inpaint-hole suite's 17 images, against 14.79
-    for the best single fill (Navier-Stokes).
+
+def mean_fill(pixels: np.ndarray, fill: np.ndarray, methods: tuple[str, ...] = FILLS) -> np.ndarray:
+    """The mean of several classical fills (:data:`FILLS`): the start of text and hole filling.
+
+    Each classical fill is wrong in its own way (Telea and Navier-Stokes smear the rim inwards
+    along different paths, the biharmonic fill overshoots on strong gradients, the sparse-DCT and
+    frequency-selective fills invent texture where there was none), and none is best on most
+    images, so their mean is closer to the truth than any one of them. Inside the masks of the
+    inpaint suites (17 images): text, the sparse-DCT fill 28.02 dB, FSR 27.29, their mean 28.22;
+    holes, the best single fill (Navier-Stokes) 14.79, the mean of all five 15.68.
     """
     fill = np.asarray(fill, dtype=bool)
-    parts = (opencv_fill(pixels, fill, "telea"), opencv_fill(pixels, fill, "ns"), biharmonic_fill(pixels, fill))
+    parts = []
+    for m in methods:
+        if m == "biharmonic":
+            parts.append(biharmonic_fill(pixels, fill))
+        elif m == "sparse":
+            parts.append(sparse_fill(pixels, fill))
+        elif m in ("telea", "ns", "fsr"):
+            parts.append(opencv_fill(pixels, fill, m))
+        else:
+            raise ValueError(f"unknown fill {m!r}; choose from {', '.join(FILLS)}")
     return np.where(fill[:, :, None], sum(parts) / len(parts), pixels).astype(np.float32)
 
 

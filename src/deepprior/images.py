@@ -206,7 +206,7 @@ def _cv2():
         import cv2
     except ImportError:
         raise DeepPriorError(
-            "reading 16-bit colour images needs OpenCV: pip install opencv-python-headless"
+            "reading 16-bit colour images needs OpenCV: pip install opencv-contrib-python-headless"
         ) from None
     # OpenCV prints warnings and errors about odd files to stderr; the caller gets our one line instead.
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)

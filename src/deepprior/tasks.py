@@ -127,12 +127,8 @@ def _upscale_estimate(pixels, scale, exclude=None):
     return estimates.regularised_upscale(estimates.fill_from_neighbours(pixels, exclude), scale)
 
 
-def _sparse_estimate(pixels, fill, exclude=None):
-    return estimates.sparse_fill(pixels, fill if exclude is None else fill | exclude)
-
-
-def _mean_fill_estimate(pixels, fill, exclude=None):
-    return estimates.mean_fill(pixels, fill if exclude is None else fill | exclude)
+def _fill_estimate(pixels, fill, methods, exclude=None):
+    return estimates.mean_fill(pixels, fill if exclude is None else fill | exclude, methods)
 
 
 class Task:
@@ -242,6 +238,10 @@ def load_mask(mask, *, size: tuple[int, int], fill_is_white: bool = True) -> np.
     return fill
 
 
+#: The classical fills whose mean each kind of inpainting starts from (estimates.mean_fill): for
+#: text the sparse-DCT and frequency-selective fills, for holes all five (BENCHMARKS.md, inpainting).
+START_FILLS = {"text": ("fsr", "sparse"), "hole": estimates.FILLS}
+
 #: How far from the missing pixels (in pixels) the held-out check of an inpainting is drawn.
 HOLDOUT_REACH = 8
 
@@ -289,11 +289,14 @@ class Inpaint(Task):
         known = (~fill).astype(np.float32)
         op = operators.Mask(known)
         target = _tensor(image.pixels * known[:, :, None])
-        # Thin strokes are filled best by the sparse-DCT fill, large holes by the mean of three
-        # fills (estimates.sparse_fill, estimates.mean_fill; BENCHMARKS.md, inpainting).
-        start = _mean_fill_estimate if self.mode == "hole" else _sparse_estimate
         return Problem(target, op, (image.height, image.width), image.channels, known=known,
-                       estimate=partial(start, image.pixels, fill), holdout_region=near_mask(fill))
+                       estimate=partial(_fill_estimate, image.pixels, fill, self.start_fills),
+                       holdout_region=near_mask(fill))
+
+    @property
+    def start_fills(self) -> tuple[str, ...]:
+        """The classical fills whose mean a fit starts from (estimates.mean_fill)."""
+        return START_FILLS[self.mode]
 
     def finish(self, image: Image, restored: np.ndarray) -> np.ndarray:
         if not self.keep_known:
@@ -318,6 +321,11 @@ class Reconstruct(Inpaint):
     @property
     def preset_key(self):
         return "reconstruct"
+
+    @property
+    def start_fills(self) -> tuple[str, ...]:
+        # Scattered missing pixels: the sparse-DCT fill keeps texture the smooth fills lose.
+        return ("sparse",)
 
 
 @dataclass(frozen=True)

@@ -179,22 +179,18 @@ def _bm3d_missing(**_) -> str | None:
 # --------------------------------------------------------------------------- inpainting
 
 
-def _cv2_inpaint(case: Case, flag_name: str) -> np.ndarray:
-    import cv2
-
-    img = _to_uint8(case.degraded.pixels)
-    mask = case.mask.astype(np.uint8) * 255
-    return _from_uint8(cv2.inpaint(img, mask, 3, getattr(cv2, flag_name)))
-
-
 def telea(case: Case, **_) -> np.ndarray:
     """OpenCV's fast-marching inpainting (Telea 2004), radius 3."""
-    return _cv2_inpaint(case, "INPAINT_TELEA")
+    from ..estimates import opencv_fill
+
+    return opencv_fill(case.degraded.pixels, case.mask, "telea")
 
 
 def navier_stokes(case: Case, **_) -> np.ndarray:
     """OpenCV's Navier-Stokes inpainting (Bertalmio et al. 2001), radius 3."""
-    return _cv2_inpaint(case, "INPAINT_NS")
+    from ..estimates import opencv_fill
+
+    return opencv_fill(case.degraded.pixels, case.mask, "ns")
 
 
 def biharmonic(case: Case, **_) -> np.ndarray:
@@ -212,12 +208,18 @@ def sparse_dct(case: Case, **_) -> np.ndarray:
     return sparse_fill(case.degraded.pixels, case.mask)
 
 
-def mean_of_fills(case: Case, **_) -> np.ndarray:
-    """The mean of the Telea, Navier-Stokes and biharmonic fills: the estimate the ``fast``
-    hole preset starts from."""
+def fsr(case: Case, **_) -> np.ndarray:
+    """OpenCV xphoto's frequency-selective reconstruction (Genser et al. 2018), fast mode."""
+    from ..estimates import opencv_fill
+
+    return opencv_fill(case.degraded.pixels, case.mask, "fsr")
+
+
+def start_fill(case: Case, **_) -> np.ndarray:
+    """The mean of classical fills that the ``fast`` preset starts from (``tasks.START_FILLS``)."""
     from ..estimates import mean_fill
 
-    return mean_fill(case.degraded.pixels, case.mask)
+    return mean_fill(case.degraded.pixels, case.mask, case.task.start_fills)
 
 
 # --------------------------------------------------------------------------- registry
@@ -257,7 +259,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("ns", "Navier-Stokes", ("inpaint", "text", "hole"), navier_stokes),
     Method("biharmonic", "Biharmonic", ("inpaint", "text", "hole"), biharmonic),
     Method("sparse", "Sparse DCT (Guleryuz)", ("inpaint", "text", "hole"), sparse_dct),
-    Method("meanfill", "Mean of fills", ("hole",), mean_of_fills),
+    Method("fsr", "FSR (OpenCV xphoto)", ("inpaint", "text", "hole"), fsr),
+    Method("start", "Mean of fills (DIP's start)", ("text", "hole"), start_fill),
 )}
 
 
