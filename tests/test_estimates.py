@@ -94,15 +94,39 @@ def test_mean_fill_is_the_mean_of_the_fills_and_keeps_known_pixels_exactly(rgb32
         estimates.mean_fill(damaged, fill, ("magic",))
 
 
-def test_each_inpainting_starts_from_the_mean_of_its_fills(rgb32):
+def test_choose_fill_takes_the_candidate_that_best_predicts_hidden_known_pixels():
+    from deepprior.degrade import text_mask
+
+    img = np.repeat(_stripes(96), 3, axis=2)  # texture the sparse-DCT fill keeps and Telea smears
+    fill = text_mask(img.shape[:2], "dip", seed=0)
+    damaged = img * ~fill[:, :, None]
+    probe = estimates.probe_mask(fill)
+    assert probe.sum() > estimates.MIN_PROBE_PIXELS and not (probe & fill).any()
+    chosen, errors = estimates.choose_fill(damaged, fill, (("telea",), ("sparse",), ("telea", "sparse")))
+    assert chosen == ("sparse",) and errors[chosen] == min(errors.values()) and len(errors) == 3
+    # The probe ranks as the truth does here: the chosen fill is the best inside the real mask.
+    truth = {c: psnr(estimates.mean_fill(damaged, fill, c)[fill], img[fill]) for c in errors}
+    assert max(truth, key=truth.get) == chosen
+    assert estimates.choose_fill(damaged, fill, (("ns",),)) == (("ns",), {})  # one candidate: untried
+
+
+def test_each_inpainting_starts_from_its_chosen_fills_and_keeps_the_choice(rgb32):
     from deepprior.degrade import hole_mask, text_mask
 
     for mode, fill in (("text", text_mask(rgb32.shape[:2], "dip", seed=0)), ("hole", hole_mask(rgb32.shape[:2], 0))):
         damaged = rgb32 * ~fill[:, :, None]
         problem = tasks.Inpaint(mask=fill, mode=mode).problem(Image(damaged))
-        expected = estimates.mean_fill(damaged, fill, tasks.START_FILLS[mode])
-        np.testing.assert_allclose(problem.estimate(), expected, atol=1e-6)
-    assert tasks.START_FILLS["text"] == ("fsr", "sparse") and tasks.START_FILLS["hole"] == estimates.FILLS
+        start = problem.estimate
+        out = start()
+        assert start.chosen in tasks.START_FILLS[mode]
+        np.testing.assert_allclose(out, estimates.mean_fill(damaged, fill, start.chosen), atol=1e-6)
+        # Made again with more pixels hidden (held out), the start keeps the fills it chose.
+        held = np.zeros_like(fill)
+        held[::5, ::5] = True
+        held &= ~fill
+        chosen = start.chosen
+        np.testing.assert_allclose(start(exclude=held), estimates.mean_fill(damaged, fill | held, chosen), atol=1e-6)
+    assert tasks.START_FILLS["hole"] == (estimates.FILLS,)
 
 
 def test_upscale_has_the_size_and_keeps_a_flat_image_flat():

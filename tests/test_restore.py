@@ -388,3 +388,4 @@ def test_a_tiny_text_or_hole_is_filled_and_the_known_pixels_kept_exactly(rgb32, 
     r = restore(damaged, tasks.Inpaint(mask=fill, mode=mode), **FEW)
     np.testing.assert_array_equal(r.image.pixels[~fill], damaged[~fill])
     assert np.abs(r.image.pixels[fill] - 1.0).mean() > 0.05  # the white marks were painted over
+    assert tuple(r.report()["params"]["start"]["fills"]) in tasks.START_FILLS[mode]  # the report names the start

@@ -138,6 +138,17 @@ class Result:
         atomic_write_bytes(path, json.dumps(self.report(), indent=2, default=_json_default).encode())
 
 
+def _start_choice(problem) -> dict | None:
+    """Which classical fills an inpainting started from, and how each candidate did on the probe
+    pixels (tasks.FillStart); None for other tasks."""
+    start = problem.full_estimate or problem.estimate
+    chosen = getattr(start, "chosen", None)
+    if chosen is None:
+        return None
+    return {"fills": list(chosen),
+            "probe_errors": {"+".join(c): round(e, 8) for c, e in getattr(start, "errors", {}).items()}}
+
+
 def _returned(o: FitOutcome) -> dict:
     """What the restoration returned: the fit, its classical start or a blend, and why."""
     out = {"result": o.returned, "fit_weight": o.fit_weight}
@@ -294,6 +305,9 @@ def restore(
         scale = task.scale if isinstance(task, SuperResolution) else None
         metrics = quality(restored.pixels, ref, sr_scale=scale)
     params = {"task": task.params(), "fit": cfg.to_dict()}
+    start = _start_choice(problem) if method == "whole" else None
+    if start:
+        params["start"] = start
     return Result(
         image=restored,
         task=task.name,

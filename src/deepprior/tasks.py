@@ -127,8 +127,21 @@ def _upscale_estimate(pixels, scale, exclude=None):
     return estimates.regularised_upscale(estimates.fill_from_neighbours(pixels, exclude), scale)
 
 
-def _fill_estimate(pixels, fill, methods, exclude=None):
-    return estimates.mean_fill(pixels, fill if exclude is None else fill | exclude, methods)
+class FillStart:
+    """The classical start of an inpainting: the mean of the fills that :func:`estimates.choose_fill`
+    picks among ``candidates``, chosen once (on the first call) and kept, so that the start made
+    again from every pixel (Problem.full_estimate) uses the same fills."""
+
+    def __init__(self, pixels: np.ndarray, fill: np.ndarray, candidates: tuple[tuple[str, ...], ...]):
+        self.pixels, self.fill, self.candidates = pixels, fill, candidates
+        self.chosen: tuple[str, ...] | None = None
+        self.errors: dict = {}
+
+    def __call__(self, exclude: np.ndarray | None = None) -> np.ndarray:
+        fill = self.fill if exclude is None else self.fill | exclude
+        if self.chosen is None:
+            self.chosen, self.errors = estimates.choose_fill(self.pixels, fill, self.candidates)
+        return estimates.mean_fill(self.pixels, fill, self.chosen)
 
 
 class Task:
@@ -238,9 +251,11 @@ def load_mask(mask, *, size: tuple[int, int], fill_is_white: bool = True) -> np.
     return fill
 
 
-#: The classical fills whose mean each kind of inpainting starts from (estimates.mean_fill): for
-#: text the sparse-DCT and frequency-selective fills, for holes all five (BENCHMARKS.md, inpainting).
-START_FILLS = {"text": ("fsr", "sparse"), "hole": estimates.FILLS}
+#: Each kind of inpainting's candidate starts, each a mean of classical fills (estimates.mean_fill);
+#: estimates.choose_fill picks one per image. Text: the frequency-selective fill, the sparse-DCT one
+#: or their mean. Holes: the mean of all five, always (a shifted hole probes other content than the
+#: hole's, and chose worse than the mean on the hole suite). BENCHMARKS.md, inpainting.
+START_FILLS = {"text": (("fsr",), ("sparse",), ("fsr", "sparse")), "hole": (estimates.FILLS,)}
 
 #: How far from the missing pixels (in pixels) the held-out check of an inpainting is drawn.
 HOLDOUT_REACH = 8
@@ -290,12 +305,11 @@ class Inpaint(Task):
         op = operators.Mask(known)
         target = _tensor(image.pixels * known[:, :, None])
         return Problem(target, op, (image.height, image.width), image.channels, known=known,
-                       estimate=partial(_fill_estimate, image.pixels, fill, self.start_fills),
-                       holdout_region=near_mask(fill))
+                       estimate=FillStart(image.pixels, fill, self.start_fills), holdout_region=near_mask(fill))
 
     @property
-    def start_fills(self) -> tuple[str, ...]:
-        """The classical fills whose mean a fit starts from (estimates.mean_fill)."""
+    def start_fills(self) -> tuple[tuple[str, ...], ...]:
+        """The candidate starts, each a mean of classical fills (estimates.choose_fill picks one)."""
         return START_FILLS[self.mode]
 
     def finish(self, image: Image, restored: np.ndarray) -> np.ndarray:
@@ -323,9 +337,9 @@ class Reconstruct(Inpaint):
         return "reconstruct"
 
     @property
-    def start_fills(self) -> tuple[str, ...]:
+    def start_fills(self) -> tuple[tuple[str, ...], ...]:
         # Scattered missing pixels: the sparse-DCT fill keeps texture the smooth fills lose.
-        return ("sparse",)
+        return (("sparse",),)
 
 
 @dataclass(frozen=True)

@@ -216,10 +216,11 @@ def fsr(case: Case, **_) -> np.ndarray:
 
 
 def start_fill(case: Case, **_) -> np.ndarray:
-    """The mean of classical fills that the ``fast`` preset starts from (``tasks.START_FILLS``)."""
-    from ..estimates import mean_fill
+    """The classical start of the ``fast`` preset: the mean of fills chosen for the image
+    (``tasks.FillStart``)."""
+    from ..tasks import FillStart
 
-    return mean_fill(case.degraded.pixels, case.mask, case.task.start_fills)
+    return FillStart(case.degraded.pixels, case.mask, case.task.start_fills)()
 
 
 # --------------------------------------------------------------------------- registry
@@ -260,7 +261,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("biharmonic", "Biharmonic", ("inpaint", "text", "hole"), biharmonic),
     Method("sparse", "Sparse DCT (Guleryuz)", ("inpaint", "text", "hole"), sparse_dct),
     Method("fsr", "FSR (OpenCV xphoto)", ("inpaint", "text", "hole"), fsr),
-    Method("start", "Mean of fills (DIP's start)", ("text", "hole"), start_fill),
+    Method("start", "DIP's start (chosen fills)", ("text", "hole"), start_fill),
 )}
 
 
