@@ -30,6 +30,9 @@ def jobs():
     yield "denoise", load_image(ex / "chelsea-noisy.png"), tasks.Denoise(sigma=25)
     yield "upscale", load_image(ex / "astronaut-small.png"), tasks.SuperResolution(scale=4)
     yield "inpaint", coffee, tasks.Inpaint(mask=mask)
+    rocket = load_image(ex / "rocket-hole.png")
+    hole = tasks.load_mask(ex / "rocket-hole-mask.png", size=(rocket.height, rocket.width))
+    yield "hole", rocket, tasks.Inpaint(mask=hole, mode="hole")
     yield "dejpeg", load_image(ex / "rocket-jpeg.png"), tasks.DeJPEG()
     yield "deblur", load_image(ex / "camera-blur.png"), tasks.Deblur.from_spec("gaussian:1.5")
 

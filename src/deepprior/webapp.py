@@ -838,7 +838,7 @@ def _page(examples: bool) -> SimpleNamespace:
                 p.report_json = gr.JSON(label="Report", elem_id="report-json")
     p.queue_timer = gr.Timer(QUEUE_REFRESH_S)
     if examples:
-        _examples(p.image_in, p.task, p.scale, p.mask_in)
+        _examples(p.image_in, p.task, p.scale, p.mask_in, p.mode)
     return p
 
 
@@ -915,19 +915,20 @@ def loss_figure(points):
     return fig
 
 
-def _examples(image_in, task, scale, mask_in):
+def _examples(image_in, task, scale, mask_in, mode):
     """The bundled photos, each with the task it was made for."""
     ex = EXAMPLES_DIR
     rows = [
-        [str(ex / "chelsea-noisy.png"), "denoise", 2, None],
-        [str(ex / "astronaut-small.png"), "upscale", 4, None],
-        [str(ex / "coffee-text.png"), "inpaint", 2, str(ex / "coffee-text-mask.png")],
-        [str(ex / "rocket-jpeg.png"), "dejpeg", 2, None],
-        [str(ex / "camera-blur.png"), "deblur", 2, None],  # blurred with gaussian:1.5, the default
+        [str(ex / "chelsea-noisy.png"), "denoise", 2, None, "text"],
+        [str(ex / "astronaut-small.png"), "upscale", 4, None, "text"],
+        [str(ex / "coffee-text.png"), "inpaint", 2, str(ex / "coffee-text-mask.png"), "text"],
+        [str(ex / "rocket-hole.png"), "inpaint", 2, str(ex / "rocket-hole-mask.png"), "hole"],
+        [str(ex / "rocket-jpeg.png"), "dejpeg", 2, None, "text"],
+        [str(ex / "camera-blur.png"), "deblur", 2, None, "text"],  # blurred with gaussian:1.5, the default
     ]
     rows = [r for r in rows if Path(r[0]).is_file()]
     if rows:
-        gr.Examples(rows, [image_in, task, scale, mask_in], label="Examples to try",
+        gr.Examples(rows, [image_in, task, scale, mask_in, mode], label="Examples to try",
                     cache_examples=False, examples_per_page=10)
 
 

@@ -42,6 +42,10 @@ def main() -> None:
     save_image(degrade.mask_image(fill), HERE / "coffee-text-mask.png")
 
     rocket = load_image(_small(data.rocket(), 240))
+    hole = degrade.hole_mask((rocket.height, rocket.width), seed=0)
+    save_image(degrade.apply_mask(rocket, hole), HERE / "rocket-hole.png")
+    save_image(degrade.mask_image(hole), HERE / "rocket-hole-mask.png")
+
     save_image(degrade.jpeg(rocket, 12), HERE / "rocket-jpeg.png")
 
     camera = load_image(_small(data.camera(), 160))
