@@ -98,6 +98,26 @@ _FAST_SGLD_NOISE = 0.25
 # start 34.15 dB; 600 steps 34.82 without the weight average, 35.04 with it; 1200 steps 35.03.
 _CROP_ITERATIONS = 600
 
+# Text and hole filling: from the classical fill chosen for the image (tasks.FillStart), the fit
+# has its content by iteration 200 at lr 0.02 and a short average (0.01 and 0.99 were still
+# climbing at 800). Stopped, and chosen against its start and their blends, on 2 % of the known
+# pixels within 8 pixels of the mask (tasks.near_mask).
+_FAST_FILL = FitConfig(
+    net=replace(_FAST_SKIP, channels_skip=(16, 16, 16, 16, 16), upsample="nearest"),
+    input="estimate",
+    input_depth=8,
+    lr=0.02,
+    iterations=500,
+    reg_noise_std=0.03,
+    ema=0.9,
+    stop_rule="holdout",
+    stop_patience=200,
+    holdout=0.02,
+    stop_start=_FILL_STOP_START,
+    select_start=True,
+    sgld_noise=_FAST_SGLD_NOISE,
+)
+
 # Every number behind a `fast` value is in BENCHMARKS.md, "Why the presets are what they are".
 #: PRESETS[task_key][preset_name] -> FitConfig
 PRESETS: dict[str, dict[str, FitConfig]] = {
@@ -152,25 +172,7 @@ PRESETS: dict[str, dict[str, FitConfig]] = {
             reg_noise_std=0.03,
             ema=0.0,
         ),
-        # From the sparse-DCT fill (estimates.sparse_fill), the best classical fill of text: the fit
-        # has its content by iteration 200 at lr 0.02 and a short average (0.01 and 0.99 were
-        # still climbing at 800). Stopped, and chosen against its start and their blends, on 2 %
-        # of the known pixels within 8 pixels of the mask (tasks.near_mask).
-        "fast": FitConfig(
-            net=replace(_FAST_SKIP, channels_skip=(16, 16, 16, 16, 16), upsample="nearest"),
-            input="estimate",
-            input_depth=8,
-            lr=0.02,
-            iterations=500,
-            reg_noise_std=0.03,
-            ema=0.9,
-            stop_rule="holdout",
-            stop_patience=200,
-            holdout=0.02,
-            stop_start=_FILL_STOP_START,
-            select_start=True,
-            sgld_noise=_FAST_SGLD_NOISE,
-        ),
+        "fast": _FAST_FILL,
     },
     "hole": {
         # Large holes (vase): meshgrid input, hourglass without skips, nearest upsampling.
@@ -182,23 +184,9 @@ PRESETS: dict[str, dict[str, FitConfig]] = {
             reg_noise_std=0.03,
             ema=0.0,
         ),
-        # From the mean of three classical fills (estimates.mean_fill): a fit from the meshgrid
-        # drew flat, wrong-coloured blobs in holes on photographs.
-        "fast": FitConfig(
-            net=replace(_FAST_SKIP, channels_skip=(16, 16, 16, 16, 16), upsample="nearest"),
-            input="estimate",
-            input_depth=8,
-            lr=0.02,
-            iterations=500,
-            reg_noise_std=0.03,
-            ema=0.9,
-            stop_rule="holdout",
-            stop_patience=200,
-            holdout=0.02,
-            stop_start=_FILL_STOP_START,
-            select_start=True,
-            sgld_noise=_FAST_SGLD_NOISE,
-        ),
+        # From the mean of five fills, where a fit from the meshgrid drew flat, wrong-coloured
+        # blobs in holes on photographs.
+        "fast": _FAST_FILL,
     },
     "reconstruct": {
         # Restoration with 50 % of pixels dropped: lr 0.001, 11000 iterations.
