@@ -298,6 +298,22 @@ def test_inpainting_holds_out_known_pixels_near_the_mask_only():
     assert held.any() and not (held & ~near).any()
 
 
+def test_a_hole_is_checked_on_a_copy_of_it_elsewhere_held_out_whole():
+    from deepprior.degrade import hole_mask
+    from deepprior.estimates import probe_mask
+    from deepprior.fitting import hold_out_pixels
+    from deepprior.presets import get_preset
+
+    fill = hole_mask((128, 128), seed=0)
+    probe = probe_mask(fill)
+    assert not (probe & fill).any() and probe.sum() > 0.5 * fill.sum()
+    problem = tasks.Inpaint(mask=fill, mode="hole").problem(Image(np.random.default_rng(0).random((128, 128, 3),
+                                                                                                  np.float32)))
+    assert hold_out_pixels(problem, get_preset("hole", "fast"), seed=0)
+    held = problem.held[0, 0].numpy() > 0
+    assert not (held & ~probe).any() and held.sum() >= 0.98 * probe.sum()  # nearly all of the copy
+
+
 def test_holdout_rule_returns_the_result_at_its_lowest_held_out_loss(rgb32):
     noisy = add_noise(Image(rgb32), 25, 0)
     ov = dict(iterations=300, stop_rule="holdout", holdout=0.1, stop_patience=40, stop_start=0)

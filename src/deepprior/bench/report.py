@@ -420,10 +420,11 @@ def reproduce_command(data: dict) -> str:
 
 
 def dip_against_best(rows, metric: str) -> str | None:
-    """One sentence: on how many images DIP beats every other method of the run, and by how much
-    its mean differs from the best other method's mean."""
+    """How DIP stands: on how many images it beats every other method of the run and by how much
+    its mean differs from the best other mean; where the run also scored DIP's own classical
+    start, the same against that start alone (the start is not counted among the others)."""
     images, methods = _ordered(rows)
-    others = [m for m in methods if m != "dip"]
+    others = [m for m in methods if m not in ("dip", "start")]
     cell = {(r["image"], r["method"]): r.get(metric) for r in rows}
     if "dip" not in methods or not others:
         return None
@@ -434,8 +435,14 @@ def dip_against_best(rows, metric: str) -> str | None:
     means = {m: _mean([cell[(im, m)] for im in complete]) for m in methods}
     best = max(others, key=lambda m: means[m])
     label = baselines.METHODS[best].label if best in baselines.METHODS else best
-    return (f"DIP beats every other method on {wins} of {len(complete)} images; its mean is "
+    text = (f"DIP beats every other method on {wins} of {len(complete)} images; its mean is "
             f"{means['dip'] - means[best]:+.2f} against the best other mean ({label}, {_fmt(means[best])}).")
+    if "start" in methods:
+        above = sum(cell[(im, "dip")] > cell[(im, "start")] for im in complete)
+        below = sum(cell[(im, "dip")] < cell[(im, "start")] for im in complete)
+        text += (f" Against its own start: {means['dip'] - means['start']:+.2f} on the mean, above it on {above} "
+                 f"images, under it on {below}.")
+    return text
 
 
 def colour_against_best(rows) -> str | None:
