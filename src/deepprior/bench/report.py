@@ -403,7 +403,7 @@ def reproduce_command(data: dict) -> str:
     rows = data["rows"]
     _, methods = _ordered(rows)
     parts = ["deepprior bench", str(cfg.get("suite"))]
-    if str(cfg.get("suite", "")).startswith("sr-"):
+    if str(cfg.get("suite", "")).startswith("sr-") or cfg.get("set") != suites.get_suite(cfg["suite"]).set_name:
         parts.append(f"--set {cfg.get('set')}")
     parts.append("--methods " + ",".join(methods))
     dip = next((r for r in rows if r["method"] == "dip"), None)
@@ -473,7 +473,8 @@ def suite_section(data: dict) -> str:
     time row, how DIP stands against the best other method, the machine and the command."""
     rows = data["rows"]
     cfg = data.get("config", {})
-    suite = suites.get_suite(cfg["suite"], cfg.get("set") if str(cfg["suite"]).startswith("sr-") else None)
+    suite = suites.get_suite(cfg["suite"], cfg.get("set") if cfg.get("set") != suites.get_suite(cfg["suite"]).set_name
+                             else None)
     metric = suite.metric
     images, methods = _ordered(rows)
     table = metric_table(rows, metric, suite.paper)
