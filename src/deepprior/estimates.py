@@ -28,10 +28,6 @@ def biharmonic_fill(pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
     return _per_image(inpaint_biharmonic, pixels, np.asarray(fill, dtype=bool))
 
 
-def _to_uint8(pixels: np.ndarray) -> np.ndarray:
-    return (np.clip(pixels, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
 def opencv_fill(pixels: np.ndarray, fill: np.ndarray, method: str = "telea", radius: int = 3) -> np.ndarray:
     """OpenCV's inpainting of the pixels where ``fill`` is True: "telea" (fast marching, Telea 2004),
     "ns" (Navier-Stokes, Bertalmio et al. 2001) or "fsr" (xphoto's frequency-selective
@@ -40,9 +36,10 @@ def opencv_fill(pixels: np.ndarray, fill: np.ndarray, method: str = "telea", rad
     are quantised; the known pixels are put back unquantised."""
     import cv2
 
+    from .images import Image
+
     fill = np.asarray(fill, dtype=bool)
-    img = _to_uint8(pixels)
-    img = img[:, :, 0] if img.shape[2] == 1 else img
+    img = Image(pixels).to_array(np.uint8)  # (H, W) for grey, as OpenCV wants it
     if method == "fsr":
         out = np.zeros_like(img)
         cv2.xphoto.inpaint(img, (~fill).astype(np.uint8), out, cv2.xphoto.INPAINT_FSR_FAST)

@@ -146,7 +146,7 @@ def _start_choice(problem) -> dict | None:
     if chosen is None:
         return None
     return {"fills": list(chosen),
-            "probe_errors": {"+".join(c): round(e, 8) for c, e in getattr(start, "errors", {}).items()}}
+            "probe_errors": {"+".join(c): round(e, 8) for c, e in start.errors.items()}}
 
 
 def _returned(o: FitOutcome) -> dict:
