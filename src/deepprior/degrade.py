@@ -71,14 +71,17 @@ def random_mask(shape: tuple[int, int], fraction: float, seed: int = 0) -> np.nd
     return rng.random(shape) < fraction
 
 
-def text_mask(shape: tuple[int, int], words: str, seed: int = 0) -> np.ndarray:
-    """Lines of ``words`` written over the whole image, like the paper's text-inpainting mask."""
+def text_mask(shape: tuple[int, int], words: str, seed: int = 0, size: int | None = None) -> np.ndarray:
+    """Lines of ``words`` written over the whole image, like the paper's text-inpainting mask,
+    in letters ``size`` pixels high (default: a twelfth of the image's height)."""
     if not words.strip():
         raise DeepPriorError("text for the mask is empty")
     h, w = shape
     canvas = PILImage.new("L", (w, h), 0)
     draw = ImageDraw.Draw(canvas)
-    size = max(8, h // 12)
+    size = max(8, h // 12) if size is None else size
+    if size < 1:
+        raise DeepPriorError(f"text size must be positive, got {size}")
     font = ImageFont.load_default(size=size)
     rng = np.random.default_rng(seed)
     y = int(rng.integers(0, max(1, size // 2)))
