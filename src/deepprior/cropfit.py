@@ -1,7 +1,7 @@
 """Large images: fit the network on random crops, then restore the whole image in one tiled pass.
 
-When the network's input is an estimate of the image (denoising, super-resolution and
-reconstruction start from one: ``input="estimate"``), the fitted network is a local map from
+When the network's input is an estimate of the image (``input="estimate"``: the fast presets of
+denoising, super-resolution and text filling fit on crops), the fitted network is a local map from
 the estimate, and a few channels of fixed noise, to the image. Such a map can be learned from
 random crops, a batch of them per Adam step with the data term restricted to each
 (:meth:`~deepprior.tasks.Problem.window_loss`), and then applied to the whole image tile by tile.
@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .fitting import (FitOutcome, Progress, build_optimizer, choose_result, ema_decay, hold_out_pixels,
-                      init_weights, make_input, resolve_device, to_numpy, total_variation)
+from .fitting import (FitOutcome, Progress, build_optimizer, ema_decay, hold_out_pixels, init_weights, make_input,
+                      resolve_device, select_against_start, to_numpy, total_variation)
 from .networks import build_network, padded_size
 from .presets import FitConfig
 from .tasks import Problem
@@ -303,8 +303,7 @@ def fit_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu",
     returned, weight, errors = "fit", 1.0, None
     if cfg.select_start and held_out:
         target = problem.target.device
-        result, weight, errors = choose_result(problem, out.to(target), start_tensor.to(target))
-        returned = "fit" if weight == 1.0 else ("start" if weight == 0.0 else "blend")
+        result, weight, errors, returned = select_against_start(problem, out.to(target), start_tensor.to(target))
     return FitOutcome(
         output=np.clip(to_numpy(result), 0.0, 1.0),
         iterations=crops.iterations,

@@ -373,6 +373,19 @@ def choose_result(problem: Problem, fitted: torch.Tensor, start: torch.Tensor) -
     return best[0], best[1], errors
 
 
+def select_against_start(problem: Problem, fitted: torch.Tensor, start: torch.Tensor
+                         ) -> tuple[torch.Tensor, float, dict, str]:
+    """:func:`choose_result`, then the start (or the start's share of a blend) made again from
+    every pixel, held-out ones included: those only ranked the candidates. Returns the result,
+    its fit weight, every candidate's error and what was returned ("fit", "start" or "blend")."""
+    result, weight, errors = choose_result(problem, fitted, start)
+    returned = "fit" if weight == 1.0 else ("start" if weight == 0.0 else "blend")
+    if weight < 1.0 and problem.full_estimate is not None:
+        full = _as_tensor(problem.full_estimate(), fitted.device)
+        result = full if weight == 0.0 else weight * fitted + (1 - weight) * full
+    return result, weight, errors, returned
+
+
 def _as_tensor(pixels: np.ndarray, device) -> torch.Tensor:
     """(H, W, C) pixels as a (1, C, H, W) float tensor on ``device``."""
     return torch.from_numpy(np.ascontiguousarray(np.moveaxis(pixels, -1, 0)))[None].float().to(device)
@@ -497,13 +510,7 @@ def fit(
     elapsed = time.perf_counter() - start
     returned, weight, errors = "fit", 1.0, None
     if cfg.select_start and held_out and start_image is not None and uncertainty is None:
-        fitted = result
-        result, weight, errors = choose_result(problem, fitted, _as_tensor(start_image, device))
-        returned = "fit" if weight == 1.0 else ("start" if weight == 0.0 else "blend")
-        if weight < 1.0 and problem.full_estimate is not None:
-            # The held-out pixels only ranked the candidates: the start returned is made from all of them.
-            full = _as_tensor(problem.full_estimate(), device)
-            result = full if weight == 0.0 else weight * fitted + (1 - weight) * full
+        result, weight, errors, returned = select_against_start(problem, result, _as_tensor(start_image, device))
     return FitOutcome(
         output=np.clip(to_numpy(result), 0.0, 1.0),
         iterations=it,
