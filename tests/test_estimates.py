@@ -129,6 +129,36 @@ def test_each_inpainting_starts_from_its_chosen_fills_and_keeps_the_choice(rgb32
     assert tasks.START_FILLS["hole"] == (estimates.FILLS,)
 
 
+def test_a_large_inpainting_starts_without_the_slow_fills(monkeypatch):
+    monkeypatch.setattr(tasks, "LARGE_START_PIXELS", 24 * 24)
+    small, large = np.zeros((24, 24), bool), np.zeros((25, 24), bool)
+    small[4:8, 4:8] = large[4:8, 4:8] = True
+    assert tasks.Inpaint(mask=small, mode="text").start_fills == tasks.START_FILLS["text"]
+    assert tasks.Inpaint(mask=large, mode="text").start_fills == (("fsr",),)
+    assert tasks.Inpaint(mask=large, mode="hole").start_fills == (("telea", "ns", "fsr"),)
+
+
+def test_a_large_upscale_starts_from_the_quick_upscale(monkeypatch, rgb32):
+    small = np.ascontiguousarray(rgb32)
+    problem = tasks.SuperResolution(scale=2).problem(Image(small))
+    monkeypatch.setattr(tasks, "LARGE_START_PIXELS", 64 * 64)
+    np.testing.assert_allclose(problem.estimate(), estimates.regularised_upscale(small, 2), atol=1e-6)
+    monkeypatch.setattr(tasks, "LARGE_START_PIXELS", 64 * 64 - 1)
+    quick = estimates.quick_upscale(small, 2)
+    np.testing.assert_allclose(problem.estimate(), quick, atol=1e-6)
+    assert not np.allclose(quick, estimates.regularised_upscale(small, 2), atol=1e-3)
+
+
+def test_a_text_mask_can_be_written_in_letters_of_a_given_size():
+    from deepprior.degrade import text_mask
+
+    big, small = text_mask((200, 300), "dip", size=40), text_mask((200, 300), "dip", size=12)
+    rows = lambda m: np.flatnonzero(m.any(axis=1))  # noqa: E731
+    assert big.mean() > small.mean() and np.diff(rows(big)).max() > np.diff(rows(small)).max()
+    with pytest.raises(DeepPriorError, match="text size"):
+        text_mask((200, 300), "dip", size=0)
+
+
 def test_upscale_has_the_size_and_keeps_a_flat_image_flat():
     flat = np.full((5, 7, 3), 0.25, np.float32)
     out = upscale(flat, 4)
