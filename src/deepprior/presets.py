@@ -116,6 +116,7 @@ _FAST_FILL = FitConfig(
     stop_start=_FILL_STOP_START,
     select_start=True,
     sgld_noise=_FAST_SGLD_NOISE,
+    crop_iterations=_CROP_ITERATIONS,
 )
 
 # Every number behind a `fast` value is in BENCHMARKS.md, "Why the presets are what they are".
@@ -155,7 +156,8 @@ PRESETS: dict[str, dict[str, FitConfig]] = {
         # perturbation, so their running average is returned; its warm-up lets the first (random)
         # outputs leave the average early, for good previews and early stops.
         "fast": FitConfig(net=_FAST_SKIP, input="estimate", lr=0.01, iterations=500, reg_noise_std=0.03, ema=0.99,
-                          ema_warmup=10, stop_start=_ESTIMATE_STOP_START, sgld_noise=_FAST_SGLD_NOISE),
+                          ema_warmup=10, stop_start=_ESTIMATE_STOP_START, sgld_noise=_FAST_SGLD_NOISE,
+                          crop_iterations=_CROP_ITERATIONS),
     },
     "sr8": {
         "paper": FitConfig(net=_PAPER_SKIP, lr=0.01, iterations=4000, reg_noise_std=0.05, ema=0.0),
@@ -187,7 +189,8 @@ PRESETS: dict[str, dict[str, FitConfig]] = {
         # From the mean of five fills, where a fit from the meshgrid drew flat, wrong-coloured
         # blobs in holes on photographs. Checked on a copy of the hole elsewhere, held out whole
         # (tasks.Inpaint.check_region): scattered pixels of it would be filled from their neighbours.
-        "fast": replace(_FAST_FILL, holdout=0.99),
+        # Large images are filled tile by tile: a crop inside a large hole holds no known pixel.
+        "fast": replace(_FAST_FILL, holdout=0.99, crop_iterations=0),
     },
     "reconstruct": {
         # Restoration with 50 % of pixels dropped: lr 0.001, 11000 iterations.
