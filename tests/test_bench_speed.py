@@ -356,20 +356,38 @@ def test_cli_speed_and_stopping(data, tmp_path, capsys):
 def test_the_photo_tables_hold_each_method_and_judge_the_targets():
     from deepprior.bench import photo
 
-    data = {"photo": {"width": 4000, "height": 3000, "sigma": 25, "seed": 0, "window": 512,
-                      "windows": [[200, 300], [1200, 1800]]},
-            "rows": {"start": {"seconds": 40.0, "psnr": 33.0, "windows": [34.0, 34.2]},
-                     "crops": {"seconds": 300.0, "peak_gb": 2.5, "psnr": 34.0, "windows": [35.1, 35.2],
-                               "fit_seconds": 280.0, "iterations": 600,
-                               "tiling": {"method": "crops", "crops": 4800, "crop_size": [128, 128]}},
-                     "tiles": {"windows": [35.2, 35.2], "window_seconds": [300.0, 320.0],
-                               "seconds_estimated": 14190.0}}}
-    results, targets = photo.tables(data)
+    crops = {"seconds": 300.0, "peak_gb": 2.5, "psnr": 34.0, "windows": [35.1, 35.2], "fit_seconds": 280.0,
+             "iterations": 600, "tiling": {"method": "crops", "crops": 4800, "crop_size": [128, 128]}}
+    data = {"sources": list(photo.SOURCES), "seed": 0, "window": 512, "windows": [[200, 300], [1200, 1800]],
+            "cases": {"denoise": {"width": 4000, "height": 3000, "input": [4000, 3000], "minutes": 10, "rows": {
+                "start": {"seconds": 40.0, "psnr": 33.0, "windows": [34.0, 34.2]},
+                "crops": crops,
+                "tiles": {"windows": [35.2, 35.2], "window_seconds": [300.0, 320.0], "seconds_estimated": 14190.0}}},
+                "upscale": {"width": 4608, "height": 3456, "input": [1152, 864], "minutes": 15, "rows": {
+                    "crops": dict(crops, seconds=800.0, returned="fit")}}}}
+    results, targets, up_results, up_targets = photo.tables(data)
     assert [r[0].split(":")[0] for r in results.rows] == ["start", "fit on crops, one tiled pass (default)",
                                                          "fit tile by tile (every tile fitted whole)"]
     assert "(estimated)" in results.rows[2][1]
     met = {r[0]: r[2] for r in targets.rows}
     assert list(met.values()) == ["met", "met", "met"]  # 300 s, 2.5 GB, -0.05 dB
-    data["rows"]["crops"]["windows"] = [34.8, 35.0]  # -0.30 dB: too far under the tile fit
-    _, targets = photo.tables(data)
+    # each case is judged by its own time target: 800 s is within 15 minutes, not within 10
+    assert up_targets.rows[0][0].startswith("16 MP upscaled x4") and up_targets.rows[0][2] == "met"
+    assert "returned the fit" in up_results.notes[-1] and "1152x864" in up_results.notes[0]
+    assert "600 steps of 8 crops of 128x128" in up_results.notes[-1]
+    data["cases"]["denoise"]["rows"]["crops"]["windows"] = [34.8, 35.0]  # -0.30 dB: too far under the tile fit
+    _, targets, _, _ = photo.tables(data)
     assert targets.rows[-1][1] == "-0.30 dB" and targets.rows[-1][2] == "NOT met"
+    data["cases"]["denoise"]["rows"]["crops"]["seconds"] = 800.0
+    _, targets, _, _ = photo.tables(data)
+    assert targets.rows[0][2] == "NOT met"
+
+
+def test_the_photo_bench_refuses_unknown_cases_and_other_suites_refuse_a_device(tmp_path):
+    from deepprior.bench import photo
+    from deepprior.cli import main
+
+    with pytest.raises(DeepPriorError, match="unknown photo case"):
+        photo.run_photo(None, tmp_path, cases=("sharpen",))
+    assert main(["bench", "photo", "--cases", "sharpen", "--out", str(tmp_path / "p")]) == 2
+    assert main(["bench", "sr-x4", "--device", "cuda", "--out", str(tmp_path / "s")]) == 2

@@ -572,14 +572,14 @@ def batch(
 
 @app.command()
 def bench(
-    suite: Annotated[str, typer.Argument(help="sr-x2, sr-x3, sr-x4, sr-x8, denoise-15, denoise-25, denoise-50, inpaint-50, inpaint-text or inpaint-hole; or speed (fast against paper preset: time, PSNR at equal time, memory), stopping (auto-stop against the true PSNR peak), app (the web app under load from many clients), photo (a 12-megapixel photo denoised on crops beside tile by tile: time, memory, PSNR), or report (markdown tables of finished suite runs).", show_default=False)],
+    suite: Annotated[str, typer.Argument(help="sr-x2, sr-x3, sr-x4, sr-x8, denoise-15, denoise-25, denoise-50, inpaint-50, inpaint-text or inpaint-hole; or speed (fast against paper preset: time, PSNR at equal time, memory), stopping (auto-stop against the true PSNR peak), app (the web app under load from many clients), photo (a 12-megapixel photo denoised, a 1-megapixel one upscaled x4 or a 12-megapixel one's text filled, on crops beside tile by tile: time, memory, PSNR), or report (markdown tables of finished suite runs).", show_default=False)],
     folders: Annotated[Optional[list[Path]], typer.Argument(help="report: the --out folders of suite runs.", show_default=False)] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Benchmark data folder (default: ../shared/data, else $DEEPPRIOR_DATA).")] = None,
     set_name: Annotated[Optional[str], typer.Option("--set", help="Image set: Set5 (default) or Set14 for super-resolution; Set14+Heide11 (default), Set5+Kodak or dip_paper (the paper's own examples) for inpaint-text and inpaint-hole.")] = None,
     methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods (default: every method of the suite).")] = None,
     preset: PresetOpt = PresetName.fast,
     images: Annotated[Optional[str], typer.Option("--images", help="Comma-separated image names (default: the whole set; photo: four CBM3D_color9 images of one size, default the Kodak four).")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N images.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N images (photo: the first N of its 4 windows).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: bench-out/SUITE).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the results in --out, skipping finished (image, method) pairs.")] = False,
     seed: Seed = 0,
@@ -587,13 +587,14 @@ def bench(
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Real-ESRGAN weights: an RRDBNet .pth (basicsr key names) or an ncnn .param.")] = None,
     threads: Threads = None,
     quiet: Quiet = False,
-    cases: Annotated[Optional[str], typer.Option("--cases", help="speed/stopping: comma-separated cases (speed: house, cbm3d, set5, heide11, memory; stopping: cbm3d, set5, heide11; default: all).")] = None,
+    cases: Annotated[Optional[str], typer.Option("--cases", help="speed/stopping/photo: comma-separated cases (speed: house, cbm3d, set5, heide11, memory; stopping: cbm3d, set5, heide11; default: all; photo: denoise, upscale, inpaint; default: denoise).")] = None,
     paper_iters: Annotated[Optional[int], typer.Option("--paper-iters", help="speed: iterations that time the paper preset's seconds per iteration (default 30).")] = None,
     paper_equal_time: Annotated[Optional[bool], typer.Option("--paper-equal-time/--no-paper-equal-time", help="speed: also run the paper preset for as long as the fast run took, for its PSNR at equal time (default: on).", show_default=False)] = None,
     bayes: Annotated[Optional[bool], typer.Option("--bayes/--no-bayes", help="stopping: also run the Bayesian (SGLD) mode, for its PSNR and time (default: off).", show_default=False)] = None,
     stop_rule: Annotated[Optional[StopRule], typer.Option("--stop-rule", help="stopping: the rule to measure (variance or holdout; default: each preset's).", show_default=False)] = None,
     observe_from: Annotated[Optional[list[Path]], typer.Option("--observe-from", help="stopping: a suite run's folder (deepprior bench SUITE --out) whose DIP fits, where they ran exactly the observed fit (fast preset, rule never fired, cap reached), stand in for it. Repeatable.")] = None,
     into: Annotated[Optional[Path], typer.Option("--into", help="report: replace each run's marked block in this markdown file (e.g. BENCHMARKS.md) instead of printing.")] = None,
+    device: Annotated[str, typer.Option("--device", help="photo: where the restorations run (auto, cpu or cuda).")] = "cpu",
     clients: Annotated[Optional[int], typer.Option("--clients", help="app: API clients sending one request each, all at once (default 10, at most 50).", show_default=False)] = None,
     abandoned: Annotated[Optional[int], typer.Option("--abandoned", help="app: how many of them ask for a long fit and give up after 5 s (default 3).", show_default=False)] = None,
 ):
@@ -616,8 +617,9 @@ def bench(
     measure = suite in bench_mod.MEASURES
     app_only = [n for n, v in (("--clients", clients), ("--abandoned", abandoned)) if v is not None]
     if suite in ("app", "photo"):
-        wrong = [n for n, v in (("--set", set_name), ("--methods", methods), ("--weights", weights), ("--cases", cases),
-                                ("--images", images if suite == "app" else None), ("--limit", limit), ("--iters", iters), ("--resume", resume or None),
+        wrong = [n for n, v in (("--set", set_name), ("--methods", methods), ("--weights", weights),
+                                ("--cases", cases if suite == "app" else None), ("--images", images if suite == "app" else None),
+                                ("--limit", limit if suite == "app" else None), ("--iters", iters), ("--resume", resume or None),
                                 ("--paper-iters", paper_iters), ("--paper-equal-time", paper_equal_time),
                                 ("--bayes", bayes), ("--observe-from", observe_from), ("--stop-rule", stop_rule))
                  if v is not None] + (["--preset"] if preset != PresetName.fast else [])
@@ -634,6 +636,8 @@ def bench(
         wrong = [n for n, v in (("--cases", cases), ("--paper-iters", paper_iters), ("--paper-equal-time", paper_equal_time),
                                 ("--bayes", bayes), ("--observe-from", observe_from), ("--stop-rule", stop_rule))
                  if v is not None] + app_only
+    if suite != "photo" and device != "cpu":
+        wrong.append("--device")
     if wrong:
         raise DeepPriorError(f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to bench {suite}")
     progress = None
@@ -661,8 +665,11 @@ def bench(
                 options.update({k: v for k, v in (("clients", clients), ("abandoned", abandoned)) if v is not None})
                 results, path = bench_mod.measure(suite, out=out, **options)
             elif suite == "photo":
-                results, path = bench_mod.measure(suite, data=data, out=out, names=split(images), seed=seed,
-                                                  threads=threads, progress=on_pair, log=log)
+                options = dict(cases=split(cases) or ["denoise"], names=split(images), seed=seed, threads=threads,
+                               device=str(resolve_device(device)), progress=on_pair, log=log)
+                if limit is not None:
+                    options["windows"] = limit
+                results, path = bench_mod.measure(suite, data=data, out=out, **options)
             elif measure:
                 options = dict(cases=split(cases), limit=limit, iters=iters, seed=seed, resume=resume, threads=threads,
                                progress=on_pair, fit_callback=on_fit, log=log)
