@@ -83,12 +83,12 @@ def test_tiles_crop_the_task_data(rgb32):
     fill[::4] = True
     tiled = Inpaint(mask=fill).crop(4, 8, 10, 12)
     assert tiled.mask.shape == (10, 12) and tiled.mask[0].all() and not tiled.mask[1].any()
-    r = restore(image, Inpaint(mask=fill), iterations=2, threads=1, max_fit_pixels=400)
+    r = restore(image, Inpaint(mask=fill), iterations=2, threads=1, max_fit_pixels=400, large="tiles")
     known = ~fill
     np.testing.assert_array_equal(r.image.pixels[known], image.pixels[known])  # put back after blending
     flash = FlashNoFlash(flash=Image(rgb32 * 0.5)).crop(2, 3, 5, 6)
     np.testing.assert_array_equal(flash.flash.pixels, rgb32[2:7, 3:9] * 0.5)
-    up = restore(Image(rgb32), SuperResolution(scale=2), iterations=2, threads=1, max_fit_pixels=1600)
+    up = restore(Image(rgb32), SuperResolution(scale=2), iterations=2, threads=1, max_fit_pixels=1600, large="tiles")
     assert up.image.pixels.shape == (64, 64, 3) and up.report()["tiling"]["tiles"] > 1
 
 
