@@ -19,6 +19,7 @@ from torch import nn
 from . import estimates, operators
 from .errors import DeepPriorError
 from .images import Image, load_image
+from .tiling import DEFAULT_MAX_FIT_PIXELS
 
 
 @dataclass
@@ -118,10 +119,10 @@ def _tensor(pixels: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.moveaxis(pixels, -1, 0)))[None].float()
 
 
-#: Results above this many pixels start from quicker estimates: super-resolution from
-#: estimates.quick_upscale (the regularised upscale takes about 95 s per megapixel on 2 cores, 25
-#: minutes at 16 megapixels), inpainting without the SLOW_FILLS.
-LARGE_START_PIXELS = 2_000_000
+#: Results above this many pixels (the default fit-whole size: larger ones are fitted on crops)
+#: start from quicker estimates: super-resolution from estimates.quick_upscale (the regularised
+#: upscale takes about 95 s per megapixel on 2 cores), inpainting without the SLOW_FILLS.
+LARGE_START_PIXELS = DEFAULT_MAX_FIT_PIXELS
 
 
 # The tasks' classical estimates; ``exclude`` marks pixels held out of the fit (Problem.hold_out).

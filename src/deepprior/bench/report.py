@@ -397,13 +397,18 @@ def section_key(data: dict) -> str:
     return f"{cfg.get('suite')}/{cfg.get('set')}"
 
 
+def _set_asked(cfg: dict) -> str | None:
+    """The ``--set`` a suite run was asked for; None where it ran its suite's default set."""
+    return cfg.get("set") if cfg.get("set") != suites.get_suite(cfg["suite"]).set_name else None
+
+
 def reproduce_command(data: dict) -> str:
     """The ``deepprior bench`` command line that makes the rows of ``data`` again."""
     cfg = data.get("config", {})
     rows = data["rows"]
     _, methods = _ordered(rows)
     parts = ["deepprior bench", str(cfg.get("suite"))]
-    if str(cfg.get("suite", "")).startswith("sr-") or cfg.get("set") != suites.get_suite(cfg["suite"]).set_name:
+    if str(cfg.get("suite", "")).startswith("sr-") or _set_asked(cfg) is not None:
         parts.append(f"--set {cfg.get('set')}")
     parts.append("--methods " + ",".join(methods))
     dip = next((r for r in rows if r["method"] == "dip"), None)
@@ -473,8 +478,7 @@ def suite_section(data: dict) -> str:
     time row, how DIP stands against the best other method, the machine and the command."""
     rows = data["rows"]
     cfg = data.get("config", {})
-    suite = suites.get_suite(cfg["suite"], cfg.get("set") if cfg.get("set") != suites.get_suite(cfg["suite"]).set_name
-                             else None)
+    suite = suites.get_suite(cfg["suite"], _set_asked(cfg))
     metric = suite.metric
     images, methods = _ordered(rows)
     table = metric_table(rows, metric, suite.paper)
