@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from deepprior import restore
-from deepprior.cropfit import fit_crops, fit_on_crops, forward_tiled, receptive_radius
+from deepprior.cropfit import fit_crops, fit_on_crops, forward_tiled, make_canvas, receptive_radius
 from deepprior.errors import DeepPriorError
-from deepprior.fitting import init_weights
+from deepprior.fitting import init_weights, make_input
 from deepprior.images import Image
 from deepprior.networks import NetConfig, build_network
 from deepprior.presets import get_preset
@@ -82,7 +82,7 @@ def test_the_crop_fit_gives_its_network_on_the_whole_image_and_is_reproducible(h
     fitted = fit_on_crops(Denoise(sigma=25).problem(image), cfg, seed=5)
     assert not fitted.net.training and fitted.iterations == 4
     with torch.no_grad():
-        whole = fitted.net(fitted.z)
+        whole = fitted.net(fitted.z.full())
     tiled, _ = forward_tiled(fitted.net, fitted.z, tile=16, context=receptive_radius(fitted.net), factor=8)
     torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
     a = fit_crops(Denoise(sigma=25).problem(image), cfg, seed=5, tile=16, context=48)
@@ -92,6 +92,26 @@ def test_the_crop_fit_gives_its_network_on_the_whole_image_and_is_reproducible(h
     assert not np.array_equal(a.output, c.output)
     assert a.output.shape == (64, 96, 3)
 
+
+def test_the_compact_canvas_keeps_the_estimate_exact_and_rounds_only_the_noise(house):
+    image = Image(np.ascontiguousarray(house[:64, :96]))
+    problem = Denoise(sigma=25).problem(image)
+    cfg = small_config()
+    start = problem.estimate()
+    canvas = make_canvas(cfg, problem, (64, 96), torch.Generator().manual_seed(0), estimate=start)
+    assert canvas.shape == (1, 5, 64, 96) and canvas.exact.dtype == torch.float32
+    assert canvas.noise.dtype == torch.float16 and canvas.noise.shape[1] == 2
+    full = canvas.full()
+    torch.testing.assert_close(full[0, :3], torch.from_numpy(np.moveaxis(start, -1, 0)), atol=0, rtol=0)
+    assert 0 <= float(full[:, 3:].min()) and float(full[:, 3:].max()) <= cfg.input_scale
+    assert full[:, 3:].std() > 0.2 * cfg.input_scale  # noise, not a constant
+    torch.testing.assert_close(canvas.window(8, 16, 24, 40), full[..., 8:32, 16:56], atol=0, rtol=0)
+    # The same input as the whole fit's, but for the noise's rounding.
+    whole = make_input(cfg, problem, (64, 96), torch.Generator().manual_seed(0), estimate=start)
+    torch.testing.assert_close(full[:, :3], whole[:, :3], atol=0, rtol=0)
+    # An optimised input stays whole, in float32 (Adam steps it).
+    kept = make_canvas(replace(cfg, optimize_input=True), problem, (64, 96), torch.Generator().manual_seed(0))
+    assert kept.noise.shape[1] == 0 and kept.exact.shape == (1, 5, 64, 96) and kept.exact.dtype == torch.float32
 
 def test_the_fit_starts_at_the_estimate_and_a_stop_keeps_it_where_no_tile_ran(house):
     image = Image(np.ascontiguousarray(house[:64, :96]))

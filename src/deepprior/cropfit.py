@@ -37,12 +37,12 @@ import torch
 from torch import nn
 
 from .fitting import (FitOutcome, Progress, build_optimizer, ema_decay, hold_out_pixels, init_weights, make_input,
-                      resolve_device, select_against_start, to_numpy, total_variation)
+                      pad_to, resolve_device, select_against_start, to_numpy, total_variation)
 from .networks import build_network, padded_size
 from .presets import FitConfig
 from .tasks import Problem
 
-TILE = 1024  # core of a tile of the final pass, output pixels (a multiple of the downsampling factor)
+TILE = 512  # core of a tile of the final pass, output pixels (a multiple of the downsampling factor)
 CONTEXT = 96  # pixels of neighbouring tiles each tile sees on every side
 BN_BATCHES = 16  # crop batches whose statistics BatchNorm keeps for the final pass
 
@@ -62,13 +62,51 @@ def receptive_radius(net: nn.Module) -> int:
     return radius
 
 
+class Canvas:
+    """The network's input over the padded canvas, in less memory than one float32 tensor: the
+    ``exact`` channels (the estimate: an unfitted network returns it exactly) in float32, the
+    ``noise`` channels in float16. At 16 megapixels the fast presets' 32-channel input is 2.1 GB
+    in float32 and 1.1 GB so; fixed noise loses nothing by being rounded."""
+
+    def __init__(self, exact: torch.Tensor, noise: torch.Tensor | None = None):
+        self.exact = exact
+        self.noise = noise if noise is not None else exact.new_empty(1, 0, *exact.shape[2:])
+        self.shape = (1, exact.shape[1] + self.noise.shape[1], *exact.shape[2:])
+
+    def window(self, top: int, left: int, height: int, width: int) -> torch.Tensor:
+        """The (1, D, height, width) float32 input at (``top``, ``left``)."""
+        rows, cols = slice(top, top + height), slice(left, left + width)
+        if not self.noise.shape[1]:
+            return self.exact[..., rows, cols]
+        return torch.cat([self.exact[..., rows, cols], self.noise[..., rows, cols].float()], 1)
+
+    def full(self) -> torch.Tensor:
+        return self.window(0, 0, *self.shape[2:])
+
+
+def make_canvas(cfg: FitConfig, problem: Problem, size: tuple[int, int], gen: torch.Generator,
+                estimate: np.ndarray | None = None) -> Canvas:
+    """The input of :func:`~deepprior.fitting.make_input` as a compact :class:`Canvas` (the
+    estimate and float16 noise, drawn a band of rows at a time so no float32 copy is ever whole);
+    kept whole in float32 when the input is optimised, as Adam needs it so."""
+    if cfg.input != "estimate" or cfg.optimize_input:
+        return Canvas(make_input(cfg, problem, size, gen, estimate=estimate))
+    exact = pad_to(problem.estimate() if estimate is None else estimate, size)
+    hp, wp = size
+    noise = torch.empty(1, max(cfg.input_depth - exact.shape[1], 0), hp, wp, dtype=torch.float16)
+    for r in range(0, hp, 256):
+        band = noise[..., r : r + 256, :]
+        band.copy_(torch.empty(band.shape).uniform_(0, 1, generator=gen).mul_(cfg.input_scale))
+    return Canvas(exact, noise)
+
+
 @dataclass
 class CropFit:
     """What the fit on crops leaves: the network (evaluation mode), its input z over the padded
     canvas, and where the image lies on that canvas."""
 
     net: nn.Module
-    z: torch.Tensor  # (1, D, hp, wp), on the CPU
+    z: Canvas  # (1, D, hp, wp), on the CPU
     top: int
     left: int
     iterations: int
@@ -85,7 +123,7 @@ def _crop_trim(start: int, size: int, canvas: int, image_start: int, image_size:
     return lo, hi, before, after
 
 
-def draw_crops(z: torch.Tensor, size: tuple[int, int], count: int, factor: int, gen: torch.Generator
+def draw_crops(z: Canvas, size: tuple[int, int], count: int, factor: int, gen: torch.Generator
                ) -> tuple[list[tuple[int, int]], torch.Tensor]:
     """``count`` crops of ``size`` from the canvas ``z``, at random offsets on the ``factor`` grid:
     their corners (y, x) and the (count, D, h, w) batch of their inputs."""
@@ -93,7 +131,7 @@ def draw_crops(z: torch.Tensor, size: tuple[int, int], count: int, factor: int, 
     ys = torch.randint(0, (hp - size[0]) // factor + 1, (count,), generator=gen) * factor
     xs = torch.randint(0, (wp - size[1]) // factor + 1, (count,), generator=gen) * factor
     corners = list(zip(ys.tolist(), xs.tolist()))
-    return corners, torch.stack([z[0, :, y : y + size[0], x : x + size[1]] for y, x in corners])
+    return corners, torch.cat([z.window(y, x, *size) for y, x in corners])
 
 
 def fit_on_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu", start_image=None,
@@ -116,12 +154,12 @@ def fit_on_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu
     size_y, size_x = min(cfg.crop_size, hp), min(cfg.crop_size, wp)
 
     gen = torch.Generator().manual_seed(seed)
-    z = make_input(cfg, problem, (hp, wp), gen, estimate=start_image)
+    z = make_canvas(cfg, problem, (hp, wp), gen, estimate=start_image)
     net = build_network(replace(cfg.net, residual=True), z.shape[1], problem.channels)
     init_weights(net, gen)
     net.to(device).train()
     problem.to(device)
-    opt = build_optimizer(cfg, net, z)
+    opt = build_optimizer(cfg, net, z.exact)
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
     averaged = [p.detach().clone() for p in net.parameters()] if cfg.ema else None
     noise = torch.empty(cfg.crop_batch, z.shape[1], size_y, size_x, device=device)
@@ -183,7 +221,7 @@ def fit_on_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu
     return CropFit(net, z, top, left, it, losses, reason)
 
 
-def _settle_batchnorm(net: nn.Module, z: torch.Tensor, cfg: FitConfig, gen: torch.Generator, device,
+def _settle_batchnorm(net: nn.Module, z: Canvas, cfg: FitConfig, gen: torch.Generator, device,
                       size: tuple[int, int], factor: int) -> None:
     """Give every BatchNorm the mean and variance of its input over :data:`BN_BATCHES` batches of
     crops (unperturbed, as the final pass sees them), then switch the network to evaluation mode."""
@@ -206,7 +244,7 @@ def tiles_of(length: int, tile: int) -> list[tuple[int, int]]:
     return [(i * tile, min(length, (i + 1) * tile)) for i in range(count)]
 
 
-def forward_tiled(net: nn.Module, z: torch.Tensor, *, tile: int = TILE, context: int = CONTEXT, factor: int = 32,
+def forward_tiled(net: nn.Module, z: Canvas | torch.Tensor, *, tile: int = TILE, context: int = CONTEXT, factor: int = 32,
                   device="cpu", window: tuple[int, int, int, int] | None = None,
                   on_tile: Callable[[int, int], bool | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``net(z)`` computed tile by tile, on the canvas rows and columns of ``window`` (top, left,
@@ -217,6 +255,7 @@ def forward_tiled(net: nn.Module, z: torch.Tensor, *, tile: int = TILE, context:
     the output (1, C, height, width) on the CPU and a (height, width) boolean map of the pixels
     computed (all of them unless stopped).
     """
+    z = z if isinstance(z, Canvas) else Canvas(z)
     hp, wp = z.shape[2:]
     top, left, height, width = window or (0, 0, hp, wp)
     tile = -(-tile // factor) * factor
@@ -232,7 +271,7 @@ def forward_tiled(net: nn.Module, z: torch.Tensor, *, tile: int = TILE, context:
                 for c0, c1 in cols:
                     a0, a1 = max(0, r0 - context), min(hp, r1 + context)
                     b0, b1 = max(0, c0 - context), min(wp, c1 + context)
-                    y = net(z[:, :, a0:a1, b0:b1].to(device))[:, :, r0 - a0 : r1 - a0, c0 - b0 : c1 - b0].cpu()
+                    y = net(z.window(a0, b0, a1 - a0, b1 - b0).to(device))[:, :, r0 - a0 : r1 - a0, c0 - b0 : c1 - b0].cpu()
                     i0, i1 = max(r0, top), min(r1, top + height)
                     j0, j1 = max(c0, left), min(c1, left + width)
                     out[..., i0 - top : i1 - top, j0 - left : j1 - left] = y[..., i0 - r0 : i1 - r0, j0 - c0 : j1 - c0]

@@ -145,12 +145,12 @@ def make_input(cfg: FitConfig, problem: Problem, size: tuple[int, int], generato
     if cfg.input == "image":
         if problem.fixed_input is None:
             raise DeepPriorError("this preset wants an image input but the task supplies none")
-        return _pad_to(problem.fixed_input, size)
+        return pad_to(problem.fixed_input, size)
     if cfg.input == "estimate":
         if problem.estimate is None:
             raise DeepPriorError("input 'estimate' needs a task with a classical estimate "
                                  "(denoise, inpaint, reconstruct or upscale)")
-        est = _pad_to(problem.estimate() if estimate is None else estimate, size)
+        est = pad_to(problem.estimate() if estimate is None else estimate, size)
         c = est.shape[1]
         # Filled in place: at 16 megapixels each 32-channel copy is 2 GB.
         z = torch.empty(1, max(cfg.input_depth, c), hp, wp)
@@ -160,7 +160,7 @@ def make_input(cfg: FitConfig, problem: Problem, size: tuple[int, int], generato
     raise ValueError(f"unknown input kind {cfg.input!r}")
 
 
-def _pad_to(pixels: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+def pad_to(pixels: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     """An (H, W, C) image as a (1, C, hp, wp) tensor, centred and reflect-padded to ``size``."""
     hp, wp = size
     img = torch.from_numpy(np.ascontiguousarray(np.moveaxis(pixels, -1, 0)))[None].float()
