@@ -331,3 +331,38 @@ def test_ray_batch_matches_local_and_resumes(tmp_path, ray_cluster, capsys):
     assert main(["batch", str(src), "--out", str(out), "--executor", "ray", *opts]) == 1
     assert "1 done, 2 skipped, 1 failed" in capsys.readouterr().err
     assert _outputs(out) == _outputs(local)
+
+
+def test_the_tiles_of_one_large_image_fitted_on_ray_match_a_local_run(tmp_path, ray_cluster, rgb32):
+    from deepprior import restore
+    from deepprior.images import Image
+    from deepprior.tasks import Denoise
+
+    image = Image(np.ascontiguousarray(np.tile(rgb32, (1, 2, 1))))  # 32x64: several tiles at 600 pixels
+    kw = dict(iterations=3, seed=4, threads=1, max_fit_pixels=600, large="tiles")
+    local = restore(image, Denoise(), **kw)
+    seen = []
+    spread = restore(image, Denoise(), executor="ray", callback=lambda p: seen.append((p.tile, p.tiles)), **kw)
+    np.testing.assert_array_equal(spread.image.pixels, local.image.pixels)
+    tiles = local.report()["tiling"]["tiles"]
+    assert tiles > 1 and spread.report()["tiling"]["executor"] == "ray"
+    assert seen == [(k, tiles) for k in range(1, tiles + 1)]  # told of each tile as it finished
+    assert ray_cluster.is_initialized()  # a cluster it did not start is left running
+
+    # Stopped after the first tile: the rest come from the input, as in a local run.
+    stopped = restore(image, Denoise(), executor="ray", callback=lambda p: True, **kw)
+    assert stopped.outcome.stop_reason == "callback" and stopped.report()["tiling"]["tiles_done"] == 1
+    assert stopped.image.pixels.shape == image.pixels.shape
+
+
+def test_the_cli_fits_tiles_on_ray(tmp_path, ray_cluster, rgb32, capsys):
+    photo = tmp_path / "photo.png"
+    PILImage.fromarray((rgb32 * 255).round().astype(np.uint8)).save(photo)
+    opts = ["--iters", "2", "-q", "--threads", "1", "--max-fit-pixels", "400", "--large", "tiles"]
+    assert main(["denoise", str(photo), "-o", str(tmp_path / "ray.png"), "--executor", "ray", *opts]) == 0
+    assert main(["denoise", str(photo), "-o", str(tmp_path / "local.png"), *opts]) == 0
+    assert (tmp_path / "ray.png").read_bytes() == (tmp_path / "local.png").read_bytes()
+    code = main(["denoise", str(photo), "-o", str(tmp_path / "x.png"), "--executor", "slurm", "-q"])
+    err = capsys.readouterr().err
+    assert code != 0 and "unknown executor" in err and "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()

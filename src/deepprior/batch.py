@@ -547,11 +547,12 @@ class ProcessPool:
 
 
 class RayCluster:
-    """Each image a Ray task; results stream back with ``ray.wait`` as they finish."""
+    """Each job (by default an image: :func:`run_job`; ``fn`` for other work) a Ray task;
+    results stream back with ``ray.wait`` as they finish."""
 
     name = "ray"
 
-    def __init__(self, address: str | None, cpus_per_job: int | None, njobs: int, device: str = "auto"):
+    def __init__(self, address: str | None, cpus_per_job: int | None, njobs: int, device: str = "auto", fn=None):
         try:
             import ray
         except ImportError:
@@ -589,13 +590,13 @@ class RayCluster:
         self.slots = slots
         self.capacity = 2 * slots  # keep the next images on their way while the current ones fit
         self.cpus = cpus
-        self._remote = ray.remote(run_job).options(
+        self._remote = ray.remote(fn or run_job).options(
             num_cpus=cpus_per_job, num_gpus=1 if self.gpus else 0, max_retries=0
         )
         self._refs: dict = {}
 
-    def submit(self, job, payload):
-        self._refs[self._remote.remote(payload)] = job
+    def submit(self, job, *args, **kwargs):
+        self._refs[self._remote.remote(*args, **kwargs)] = job
 
     def next_result(self):
         ray = self.ray

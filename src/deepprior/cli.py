@@ -102,18 +102,27 @@ Large = Annotated[LargeMethod, typer.Option(
          "run over the whole image: minutes at 12 megapixels), tiles (every tile fitted on its own, blended), "
          "auto (crops where the preset can).")]
 
+RayAddress = Annotated[Optional[str], typer.Option(
+    "--ray-address", help="Join this Ray cluster ('auto': the one started here with ray start); default: start a local one.")]
+TileExecutor = Annotated[str, typer.Option(
+    "--executor",
+    help="local, or ray: the tiles of a tiled restoration (--large tiles, or hole filling of a large image) "
+         "are fitted as Ray tasks, with the same result as here for the same seed and --threads. A whole fit "
+         "or a fit on crops runs here either way.")]
+
 
 class Common:
     """The shared options, bundled so each command passes them on in one piece."""
 
     def __init__(self, output, preset, iters, seed, device, threads, stop, reference, report, quiet, max_pixels,
                  bayes=False, uncertainty=None, npz=None, max_fit_pixels=DEFAULT_MAX_FIT_PIXELS, stop_rule=None,
-                 large=LargeMethod.auto):
+                 large=LargeMethod.auto, executor="local", ray_address=None):
         self.output, self.preset, self.iters, self.seed = output, preset.value, iters, seed
         self.device, self.threads, self.stop = device, threads, stop.value if stop else None
         self.reference, self.report, self.quiet, self.max_pixels = reference, report, quiet, max_pixels
         self.bayes, self.uncertainty, self.npz = bayes, uncertainty, npz
         self.max_fit_pixels, self.large = max_fit_pixels, large.value
+        self.executor, self.ray_address = executor, ray_address
         self.stop_rule = stop_rule.value if stop_rule else None
 
 
@@ -271,6 +280,8 @@ def _restore_and_write(task_factory, input_path: Path, c: Common, extra_inputs=(
                 bayes=c.bayes or None,
                 max_fit_pixels=c.max_fit_pixels or None,
                 large=c.large,
+                executor=c.executor,
+                ray_address=c.ray_address,
             )
         except (MemoryError, RuntimeError) as e:
             if isinstance(e, RuntimeError) and not _out_of_memory(e):
@@ -364,6 +375,8 @@ _SHARED_OPTIONS = [
     _P("npz", _P.KEYWORD_ONLY, annotation=Npz, default=None),
     _P("max_fit_pixels", _P.KEYWORD_ONLY, annotation=MaxFitPixels, default=DEFAULT_MAX_FIT_PIXELS),
     _P("large", _P.KEYWORD_ONLY, annotation=Large, default=LargeMethod.auto),
+    _P("executor", _P.KEYWORD_ONLY, annotation=TileExecutor, default="local"),
+    _P("ray_address", _P.KEYWORD_ONLY, annotation=RayAddress, default=None),
 ]
 
 
@@ -546,7 +559,7 @@ def batch(
     iters: Iters = None,
     seed: Seed = 0,
     executor: Annotated[str, typer.Option("--executor", help="local (this machine) or ray (a Ray cluster).")] = "local",
-    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Join this Ray cluster ('auto': the one started here with ray start); default: start a local one.")] = None,
+    ray_address: RayAddress = None,
     cpus_per_job: Annotated[Optional[int], typer.Option("--cpus-per-job", help="Threads (Ray CPUs) per image; default: the cores shared out over the images.")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="local: at most this many images at once (default: cores // cpus-per-job).")] = None,
     retries: Annotated[int, typer.Option("--retries", help="Retry a job that failed for a reason other than its input this many times.")] = 0,

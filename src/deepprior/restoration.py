@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from . import __version__, estimates
+from .batch import EXECUTORS
 from .errors import DeepPriorError
 from .cropfit import fit_crops
 from .fitting import FitOutcome, Progress, fit, resolve_device
@@ -238,6 +239,8 @@ def restore(
     max_fit_pixels: int | None = DEFAULT_MAX_FIT_PIXELS,
     tile_overlap: int = DEFAULT_OVERLAP,
     large: str = "auto",
+    executor: str = "local",
+    ray_address: str | None = None,
     **overrides,
 ) -> Result:
     """Restore ``image`` (anything :func:`load_image` reads) for ``task``.
@@ -256,9 +259,17 @@ def restore(
         on random crops and runs it over the image in tiles (minutes at 12 megapixels), "tiles"
         fits every overlapping tile on its own (``tile_overlap`` input pixels shared) and blends
         them; "auto" takes crops when the preset can. The report's ``tiling`` says how.
+    executor : "local", or "ray": the tiles of a tiled restoration run as Ray tasks
+        (``ray_address`` joins a running cluster; default: a local Ray instance), with the same
+        result as a local run given the same seed and threads per fit. A whole fit, or a fit on
+        crops, is one optimisation and runs in this process either way.
     overrides : any :class:`~deepprior.presets.FitConfig` field, e.g. ``iterations=500``,
         ``stop="off"``, ``lr=0.005``.
     """
+    if executor not in EXECUTORS:
+        raise DeepPriorError(f"unknown executor {executor!r}; choose {' or '.join(EXECUTORS)}")
+    if ray_address and executor != "ray":
+        raise DeepPriorError("a Ray address goes with the ray executor")
     image = load_image(image)
     cfg = configure(task, preset, **overrides)
     if threads is not None:
@@ -297,7 +308,8 @@ def restore(
     else:
         del problem  # it checked the inputs; each tile builds its own, and the whole one would only hold memory
         outcome, tiling = _fit_tiles(image, task, cfg, tiles, scale, seed=seed, device=dev, callback=callback,
-                                     callback_every=callback_every, reference=ref)
+                                     callback_every=callback_every, reference=ref, executor=executor,
+                                     ray_address=ray_address, threads=threads)
     pixels = task.finish(image, outcome.output)
     restored = image.with_pixels(pixels)
     metrics = {}
@@ -322,36 +334,68 @@ def restore(
     )
 
 
+def _fit_tile(pixels: np.ndarray, bit_depth: int, task: Task, cfg: FitConfig, *, seed: int, device, reference=None,
+              threads: int | None = None, callback=None, callback_every: int = 10) -> FitOutcome:
+    """Fit one tile (``pixels``, already cut, and ``task`` cropped to it) as an image of its own:
+    the same call in this process and in a Ray task, so both give the same tile."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    problem = task.problem(Image(pixels, bit_depth=bit_depth))
+    return fit(problem, cfg, seed=seed, device=device, reference=reference, callback=callback,
+               callback_every=callback_every)
+
+
 def _fit_tiles(image: Image, task: Task, cfg: FitConfig, tiles: list[Tile], scale: int, *, seed, device, callback,
-               callback_every, reference) -> tuple[FitOutcome, dict]:
+               callback_every, reference, executor: str = "local", ray_address: str | None = None,
+               threads: int | None = None) -> tuple[FitOutcome, dict]:
     """Fit every tile as an image of its own and blend the results (see :mod:`deepprior.tiling`).
 
-    A callback asking to stop, or Ctrl-C, ends the current tile with its best result so far and
-    skips the rest, whose pixels then come from the degraded input (upscaled for super-resolution).
+    With ``executor="ray"`` the tiles are Ray tasks of ``threads`` CPUs each (default: the
+    cluster's cores shared out over the tiles; ``ray_address``: see
+    :class:`deepprior.batch.RayCluster`), the callback hears of each as it finishes, and the
+    tiles are blended in the same order as here, so the result is the same as a local run's
+    with the same seed and threads. A callback asking to stop, or Ctrl-C, ends the
+    current tile with its best result so far (on Ray: cancels the tiles not finished) and skips
+    the rest, whose pixels then come from the degraded input (upscaled for super-resolution).
     """
     h, w, c = image.pixels.shape
     blend = Blender(tiles, h, w, c, scale)
     spread = Blender(tiles, h, w, c, scale) if cfg.bayes else None
-    per_tile: list[dict] = []
-    reasons: list[str] = []
     start = time.perf_counter()
-    outcome = None
-    for i, t in enumerate(tiles, 1):
-        crop = Image(image.pixels[t.top : t.top + t.height, t.left : t.left + t.width], bit_depth=image.bit_depth)
-        sub = task.crop(t.top, t.left, t.height, t.width)
+
+    def tile_args(t: Tile) -> tuple:
         ref = None
         if reference is not None:
             ref = reference[t.top * scale : (t.top + t.height) * scale, t.left * scale : (t.left + t.width) * scale]
-        tile_start = time.perf_counter()
+        pixels = np.ascontiguousarray(image.pixels[t.top : t.top + t.height, t.left : t.left + t.width])
+        return pixels, image.bit_depth, task.crop(t.top, t.left, t.height, t.width), ref
 
-        def tile_callback(p: Progress, i=i, tile_start=tile_start):
-            done = tile_start - start
-            per_tile_s = (done / (i - 1)) if i > 1 else p.elapsed_s + p.eta_s
-            return callback(replace(p, elapsed_s=done + p.elapsed_s, eta_s=p.eta_s + per_tile_s * (len(tiles) - i),
-                                    tile=i, tiles=len(tiles)))
+    stopped = None
+    if executor == "ray":
+        outcomes, stopped = _fit_tiles_on_ray(tiles, tile_args, cfg, seed=seed, device=device, callback=callback,
+                                              ray_address=ray_address, threads=threads, started=start)
+    else:
+        outcomes = []
+        for i, t in enumerate(tiles, 1):
+            pixels, bit_depth, sub, ref = tile_args(t)
+            tile_start = time.perf_counter()
 
-        outcome = fit(sub.problem(crop), cfg, seed=seed, device=device, reference=ref,
-                      callback=tile_callback if callback is not None else None, callback_every=callback_every)
+            def tile_callback(p: Progress, i=i, tile_start=tile_start):
+                done = tile_start - start
+                per_tile_s = (done / (i - 1)) if i > 1 else p.elapsed_s + p.eta_s
+                return callback(replace(p, elapsed_s=done + p.elapsed_s, eta_s=p.eta_s + per_tile_s * (len(tiles) - i),
+                                        tile=i, tiles=len(tiles)))
+
+            outcome = _fit_tile(pixels, bit_depth, sub, cfg, seed=seed, device=device, reference=ref,
+                                callback=tile_callback if callback is not None else None, callback_every=callback_every)
+            outcomes.append(outcome)
+            if outcome.stop_reason in ("callback", "interrupted"):
+                break
+    per_tile: list[dict] = []
+    reasons: list[str] = []
+    for t, outcome in zip(tiles, outcomes):
+        if outcome is None:  # a Ray run stopped before this tile finished
+            continue
         blend.add(t, outcome.output)
         if spread is not None and outcome.uncertainty is not None:
             spread.add(t, outcome.uncertainty)
@@ -361,38 +405,77 @@ def _fit_tiles(image: Image, task: Task, cfg: FitConfig, tiles: list[Tile], scal
                          "backtracks": outcome.backtracks, "samples": outcome.samples,
                          "returned": outcome.returned, "fit_weight": outcome.fit_weight})
         reasons.append(outcome.stop_reason)
-        if outcome.stop_reason in ("callback", "interrupted"):
-            break
+    if stopped:
+        reasons.append(stopped)
     fallback = estimates.upscale(image.pixels, scale) if scale > 1 else image.pixels
-    samples = min(r["samples"] for r in per_tile)  # every tile's posterior has at least this many
+    samples = min((r["samples"] for r in per_tile), default=0)  # every tile's posterior has at least this many
     stop = next((r for r in reasons if r in ("callback", "interrupted")), None)
     if stop is None:
         stop = "auto" if all(r == "auto" for r in reasons) else "completed"
     combined = FitOutcome(
         output=np.clip(blend.result(fallback), 0.0, 1.0),
         iterations=sum(r["iterations"] for r in per_tile),
-        stopped_at=max(r["stopped_at"] for r in per_tile),
+        stopped_at=max((r["stopped_at"] for r in per_tile), default=0),
         stop_reason=stop,
         elapsed_s=time.perf_counter() - start,
         history=[],
         backtracks=sum(r["backtracks"] for r in per_tile),
         stop_curve=[],
-        parameters=outcome.parameters,
+        parameters=next((o.parameters for o in outcomes if o is not None), 0),
         uncertainty=spread.result(np.zeros_like(fallback)) if spread is not None and samples else None,
         samples=samples,
         returned=_tiles_returned(per_tile),
-        fit_weight=float(np.mean([r["fit_weight"] for r in per_tile])),
+        fit_weight=float(np.mean([r["fit_weight"] for r in per_tile])) if per_tile else 0.0,
     )
     tiling = {"method": "tiles", "tiles": len(tiles), "tiles_done": len(per_tile),
               "iterations_asked": cfg.iterations * len(tiles),
               "tile_size": [tiles[0].height, tiles[0].width], "overlap_min": _min_overlap(tiles),
-              "per_tile": per_tile}
+              "executor": executor, "per_tile": per_tile}
     return combined, tiling
 
 
+def _fit_tiles_on_ray(tiles: list[Tile], tile_args, cfg: FitConfig, *, seed, device, callback, ray_address,
+                      threads: int | None, started: float) -> tuple[list[FitOutcome | None], str | None]:
+    """Every tile's :func:`_fit_tile` as a Ray task: the outcomes in tile order (None for a tile
+    not finished when a callback or Ctrl-C stopped the run) and what stopped it ("callback",
+    "interrupted" or None)."""
+    from .batch import RayCluster
+
+    pool = RayCluster(ray_address, threads, len(tiles), str(device), fn=_fit_tile)
+    outcomes: list[FitOutcome | None] = [None] * len(tiles)
+    stopped = None
+    try:
+        for i, t in enumerate(tiles):
+            pixels, bit_depth, sub, ref = tile_args(t)
+            pool.submit(i, pixels, bit_depth, sub, cfg, seed=seed, device="cpu" if not pool.gpus else device,
+                        reference=ref, threads=pool.cpus_per_job)
+        for done in range(1, len(tiles) + 1):
+            i, res = pool.next_result()
+            if isinstance(res, dict):  # the task or its worker died
+                raise DeepPriorError(f"tile {i + 1} of {len(tiles)} failed: {res['error']}")
+            outcomes[i] = res
+            if callback is not None:
+                elapsed = time.perf_counter() - started
+                progress = Progress(res.iterations, cfg.iterations, res.history[-1]["loss"] if res.history else float("nan"),
+                                    None, elapsed, elapsed / done * (len(tiles) - done),
+                                    torch.from_numpy(np.moveaxis(res.output, -1, 0).copy())[None], tile=done,
+                                    tiles=len(tiles))
+                if callback(progress):
+                    stopped = "callback"
+                    break
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+    finally:
+        pool.close(cancel=stopped is not None or None in outcomes)
+    return outcomes, stopped
+
+
 def _tiles_returned(per_tile: list[dict]) -> str:
-    """One word when every tile returned the same kind of result, else the count of each."""
+    """One word when every tile returned the same kind of result, else the count of each
+    ("input" when no tile finished)."""
     kinds = [r["returned"] for r in per_tile]
+    if not kinds:
+        return "input"
     if len(set(kinds)) == 1:
         return kinds[0]
     return ", ".join(f"{k} on {kinds.count(k)} tiles" for k in dict.fromkeys(kinds))
