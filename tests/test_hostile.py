@@ -371,6 +371,8 @@ def test_api_refuses_bad_options_with_deeprior_error():
         (dict(lr=-0.1), "learning rate"),
         (dict(stop="sometimes"), "stop must be"),
         (dict(wibble=3), "unknown fit option"),
+        (dict(executor="slurm"), "unknown executor"),
+        (dict(ray_address="auto"), "goes with the ray executor"),
     ):
         with pytest.raises(DeepPriorError, match=fragment):
             restore(image, tasks.Denoise(), **kwargs)
