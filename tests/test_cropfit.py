@@ -109,6 +109,7 @@ def test_the_compact_canvas_keeps_the_estimate_exact_and_rounds_only_the_noise(h
     # The same input as the whole fit's, but for the noise's rounding.
     whole = make_input(cfg, problem, (64, 96), torch.Generator().manual_seed(0), estimate=start)
     torch.testing.assert_close(full[:, :3], whole[:, :3], atol=0, rtol=0)
+    torch.testing.assert_close(canvas.noise, whole[:, 3:].half(), atol=0, rtol=0)
     # An optimised input stays whole, in float32 (Adam steps it).
     kept = make_canvas(replace(cfg, optimize_input=True), problem, (64, 96), torch.Generator().manual_seed(0))
     assert kept.noise.shape[1] == 0 and kept.exact.shape == (1, 5, 64, 96) and kept.exact.dtype == torch.float32

@@ -86,17 +86,19 @@ class Canvas:
 
 def make_canvas(cfg: FitConfig, problem: Problem, size: tuple[int, int], gen: torch.Generator,
                 estimate: np.ndarray | None = None) -> Canvas:
-    """The input of :func:`~deepprior.fitting.make_input` as a compact :class:`Canvas` (the
-    estimate and float16 noise, drawn a band of rows at a time so no float32 copy is ever whole);
+    """The input of :func:`~deepprior.fitting.make_input` as a compact :class:`Canvas`: the
+    estimate, and the same noise rounded to float16 (drawn a band of rows at a time, in the same
+    order, so no float32 copy of it is ever whole);
     kept whole in float32 when the input is optimised, as Adam needs it so."""
     if cfg.input != "estimate" or cfg.optimize_input:
         return Canvas(make_input(cfg, problem, size, gen, estimate=estimate))
     exact = pad_to(problem.estimate() if estimate is None else estimate, size)
     hp, wp = size
     noise = torch.empty(1, max(cfg.input_depth - exact.shape[1], 0), hp, wp, dtype=torch.float16)
-    for r in range(0, hp, 256):
-        band = noise[..., r : r + 256, :]
-        band.copy_(torch.empty(band.shape).uniform_(0, 1, generator=gen).mul_(cfg.input_scale))
+    for c in range(noise.shape[1]):  # in make_input's order, so the same seed draws the same noise
+        for r in range(0, hp, 256):
+            band = noise[0, c, r : r + 256]
+            band.copy_(torch.empty(band.shape).uniform_(0, 1, generator=gen).mul_(cfg.input_scale))
     return Canvas(exact, noise)
 
 
