@@ -6,7 +6,7 @@ the estimate, and a few channels of fixed noise, to the image. Such a map can be
 random crops, a batch of them per Adam step with the data term restricted to each
 (:meth:`~deepprior.tasks.Problem.window_loss`), and then applied to the whole image tile by tile.
 The fit then costs the same at 1 and at 12 megapixels; only the start and the final pass grow
-with the area (about a second per megapixel for the fast network on 2 cores).
+with the area (about two seconds per megapixel for the final pass of the fast network on 2 cores).
 
 Two things make the tiled pass agree with a forward pass over the whole image:
 
