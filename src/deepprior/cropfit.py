@@ -65,8 +65,8 @@ def receptive_radius(net: nn.Module) -> int:
 class Canvas:
     """The network's input over the padded canvas, in less memory than one float32 tensor: the
     ``exact`` channels (the estimate: an unfitted network returns it exactly) in float32, the
-    ``noise`` channels in float16. At 16 megapixels the fast presets' 32-channel input is 2.1 GB
-    in float32 and 1.1 GB so; fixed noise loses nothing by being rounded."""
+    ``noise`` channels in float16. At 16 megapixels the fast super-resolution preset's 32-channel
+    input is 2.1 GB in float32 and 1.1 GB so; fixed noise loses nothing by being rounded."""
 
     def __init__(self, exact: torch.Tensor, noise: torch.Tensor | None = None):
         self.exact = exact
@@ -88,8 +88,8 @@ def make_canvas(cfg: FitConfig, problem: Problem, size: tuple[int, int], gen: to
                 estimate: np.ndarray | None = None) -> Canvas:
     """The input of :func:`~deepprior.fitting.make_input` as a compact :class:`Canvas`: the
     estimate, and the same noise rounded to float16 (drawn a band of rows at a time, in the same
-    order, so no float32 copy of it is ever whole);
-    kept whole in float32 when the input is optimised, as Adam needs it so."""
+    order, so no float32 copy of it is ever whole); kept whole in float32 when the input is
+    optimised, as Adam needs it so."""
     if cfg.input != "estimate" or cfg.optimize_input:
         return Canvas(make_input(cfg, problem, size, gen, estimate=estimate))
     exact = pad_to(problem.estimate() if estimate is None else estimate, size)
