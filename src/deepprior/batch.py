@@ -582,7 +582,8 @@ class RayCluster:
             cpus_per_job = 1 if self.gpus else max(1, min(biggest, cpus // max(1, min(njobs, cpus))))
         if cpus_per_job > biggest:
             self.close()
-            raise DeepPriorError(f"--cpus-per-job {cpus_per_job}: no node of the Ray cluster has that many CPUs (largest: {biggest})")
+            raise DeepPriorError(f"{cpus_per_job} CPUs per job (--cpus-per-job; --threads for the tiles of one image): "
+                                 f"no node of the Ray cluster has that many (largest: {biggest})")
         self.cpus_per_job = cpus_per_job
         slots = max(1, cpus // cpus_per_job)
         if self.gpus:

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .fitting import (FitOutcome, Progress, build_optimizer, ema_decay, hold_out_pixels, init_weights, make_input,
-                      pad_to, resolve_device, select_against_start, to_numpy, total_variation)
+from .fitting import (FitOutcome, Progress, build_optimizer, ema_decay, fill_noise, hold_out_pixels, init_weights,
+                      make_input, pad_to, resolve_device, select_against_start, to_numpy, total_variation)
 from .networks import build_network, padded_size
 from .presets import FitConfig
 from .tasks import Problem
@@ -87,19 +87,14 @@ class Canvas:
 def make_canvas(cfg: FitConfig, problem: Problem, size: tuple[int, int], gen: torch.Generator,
                 estimate: np.ndarray | None = None) -> Canvas:
     """The input of :func:`~deepprior.fitting.make_input` as a compact :class:`Canvas`: the
-    estimate, and the same noise rounded to float16 (drawn a band of rows at a time, in the same
-    order, so no float32 copy of it is ever whole); kept whole in float32 when the input is
-    optimised, as Adam needs it so."""
+    estimate, and the same noise (:func:`~deepprior.fitting.fill_noise`) rounded to float16;
+    kept whole in float32 when the input is optimised, as Adam needs it so."""
     if cfg.input != "estimate" or cfg.optimize_input:
         return Canvas(make_input(cfg, problem, size, gen, estimate=estimate))
     exact = pad_to(problem.estimate() if estimate is None else estimate, size)
     hp, wp = size
     noise = torch.empty(1, max(cfg.input_depth - exact.shape[1], 0), hp, wp, dtype=torch.float16)
-    for c in range(noise.shape[1]):  # in make_input's order, so the same seed draws the same noise
-        for r in range(0, hp, 256):
-            band = noise[0, c, r : r + 256]
-            band.copy_(torch.empty(band.shape).uniform_(0, 1, generator=gen).mul_(cfg.input_scale))
-    return Canvas(exact, noise)
+    return Canvas(exact, fill_noise(noise, gen, cfg.input_scale))
 
 
 @dataclass

@@ -155,9 +155,20 @@ def make_input(cfg: FitConfig, problem: Problem, size: tuple[int, int], generato
         # Filled in place: at 16 megapixels each 32-channel copy is 2 GB.
         z = torch.empty(1, max(cfg.input_depth, c), hp, wp)
         z[:, :c] = est
-        z[:, c:].uniform_(0, 1, generator=generator).mul_(cfg.input_scale)
+        fill_noise(z[:, c:], generator, cfg.input_scale)
         return z
     raise ValueError(f"unknown input kind {cfg.input!r}")
+
+
+def fill_noise(out: torch.Tensor, generator: torch.Generator, scale: float) -> torch.Tensor:
+    """Fill ``out`` (1, D, H, W) with uniform noise times ``scale``, a channel at a time in bands
+    of rows: the same values from the same generator whatever dtype ``out`` holds them in (the
+    fit on crops keeps them in float16), and never a float32 copy of them all."""
+    for c in range(out.shape[1]):
+        for r in range(0, out.shape[2], 256):
+            band = out[0, c, r : r + 256]
+            band.copy_(torch.empty(band.shape).uniform_(0, 1, generator=generator).mul_(scale))
+    return out
 
 
 def pad_to(pixels: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
