@@ -227,7 +227,10 @@ def test_unknown_suite_set_and_method_are_one_line_errors():
     with pytest.raises(DeepPriorError, match="Set5 or Set14"):
         suites.get_suite("sr-x4", "Urban100")
     with pytest.raises(DeepPriorError, match="only to the super-resolution"):
-        suites.get_suite("denoise-25", "Set5")
+        suites.get_suite("inpaint-50", "Set5")
+    with pytest.raises(DeepPriorError, match="CBM3D_color9, Set5, Set14"):
+        suites.get_suite("denoise-25", "Urban100")
+    assert suites.get_suite("denoise-25", "Set5").set_name == "Set5"
     suite = suites.get_suite("denoise-25")
     with pytest.raises(DeepPriorError, match="does not apply"):
         baselines.resolve_methods(suite, ["bicubic"])

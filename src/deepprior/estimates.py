@@ -395,6 +395,33 @@ def nlm_denoise(pixels: np.ndarray, sigma: float | None = None) -> np.ndarray:
     return np.clip(out @ _OPPONENT, 0.0, 1.0).astype(np.float32)
 
 
+def bm3d_available() -> bool:
+    """Whether the optional ``bm3d`` package (non-commercial licence: the ``bm3d`` extra) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("bm3d") is not None
+
+
+def bm3d_denoise(pixels: np.ndarray, sigma: float | None = None) -> np.ndarray:
+    """BM3D (Dabov et al.; CBM3D in its opponent colour space for colour), from the optional
+    ``bm3d`` package, ``sigma`` on 0-255 (estimated when None): the strongest classical denoiser
+    installable here, about 1 dB above :func:`nlm_denoise` at sigma 25 for ten times its time
+    (about 5 s at 256x256 on 2 cores). Run on one thread: with more its sums are added in a
+    varying order and a seed would not repeat a restoration bit for bit."""
+    import bm3d
+    from bm3d.profiles import BM3DProfile
+
+    s = noise_sigma(pixels) if sigma is None else sigma / 255.0
+    if s <= 0:
+        return pixels.astype(np.float32)
+    profile = BM3DProfile()
+    profile.num_threads = 1
+    p = pixels.astype(np.float64)
+    out = (bm3d.bm3d_rgb(p, s, profile=profile) if p.shape[2] == 3
+           else bm3d.bm3d(p[:, :, 0], s, profile=profile)[:, :, None])
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
 def _per_image(fn, pixels: np.ndarray, *args, **kwargs) -> np.ndarray:
     """Call a scikit-image function on (H, W, C) pixels: grey as a 2-D image, colour with its
     channel axis; the result back as (H, W, C) float32 in [0, 1]."""

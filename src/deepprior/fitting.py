@@ -367,20 +367,18 @@ def stopping_rule(problem: Problem, cfg: FitConfig, seed: int, held_out: bool):
                             start=cfg.stop_start)
 
 
-#: The fit's shares tried by :func:`choose_result` between the start (0) and the fit (1).
-BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
-
-
-def choose_result(problem: Problem, fitted: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, float, dict]:
+def choose_result(problem: Problem, fitted: torch.Tensor, start: torch.Tensor,
+                  weights: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> tuple[torch.Tensor, float, dict]:
     """The candidate with the least error on the held-out pixels: the fit, its classical start,
-    or a blend w * fit + (1 - w) * start (:data:`BLEND_WEIGHTS`). The held-out pixels' noise is
+    or a blend w * fit + (1 - w) * start, for the fit's shares ``weights`` (0: the start, 1: the
+    fit; ``FitConfig.blend_weights``). The held-out pixels' noise is
     independent of every candidate (neither the fit nor the start saw them), so this error ranks
     the candidates as their true error would, without the ground truth. Returns the chosen
     image, its fit weight and every candidate's error."""
     errors = {}
     best = None
     with torch.no_grad():
-        for w in BLEND_WEIGHTS:
+        for w in weights:
             candidate = fitted if w == 1.0 else (start if w == 0.0 else w * fitted + (1 - w) * start)
             errors[w] = float(problem.held_out_loss(candidate))
             if best is None or errors[w] < errors[best[1]]:
@@ -388,12 +386,13 @@ def choose_result(problem: Problem, fitted: torch.Tensor, start: torch.Tensor) -
     return best[0], best[1], errors
 
 
-def select_against_start(problem: Problem, fitted: torch.Tensor, start: torch.Tensor
+def select_against_start(problem: Problem, fitted: torch.Tensor, start: torch.Tensor,
+                         weights: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
                          ) -> tuple[torch.Tensor, float, dict, str]:
-    """:func:`choose_result`, then the start (or the start's share of a blend) made again from
+    """:func:`choose_result` among ``weights``, then the start (or the start's share of a blend) made again from
     every pixel, held-out ones included: those only ranked the candidates. Returns the result,
     its fit weight, every candidate's error and what was returned ("fit", "start" or "blend")."""
-    result, weight, errors = choose_result(problem, fitted, start)
+    result, weight, errors = choose_result(problem, fitted, start, weights)
     returned = "fit" if weight == 1.0 else ("start" if weight == 0.0 else "blend")
     if weight < 1.0 and problem.full_estimate is not None:
         full = _as_tensor(problem.full_estimate(), fitted.device)
@@ -525,7 +524,8 @@ def fit(
     elapsed = time.perf_counter() - start
     returned, weight, errors = "fit", 1.0, None
     if cfg.select_start and held_out and start_image is not None and uncertainty is None:
-        result, weight, errors, returned = select_against_start(problem, result, _as_tensor(start_image, device))
+        result, weight, errors, returned = select_against_start(
+            problem, result, _as_tensor(start_image, device), cfg.blend_weights)
     return FitOutcome(
         output=np.clip(to_numpy(result), 0.0, 1.0),
         iterations=it,

@@ -139,15 +139,19 @@ class Result:
         atomic_write_bytes(path, json.dumps(self.report(), indent=2, default=_json_default).encode())
 
 
-def _start_choice(problem) -> dict | None:
-    """Which classical fills an inpainting started from, and how each candidate did on the probe
-    pixels (tasks.FillStart); None for other tasks."""
+def _start_choice(problem, cfg: FitConfig) -> dict | None:
+    """The classical estimate the fit started from: its name (denoising), or which fills an
+    inpainting took and how each candidate did on the probe pixels (tasks.FillStart); None when
+    the fit did not start from an estimate."""
+    if cfg.input != "estimate":
+        return None
+    out = {"estimate": problem.estimate_name} if problem.estimate_name else {}
     start = problem.full_estimate or problem.estimate
     chosen = getattr(start, "chosen", None)
-    if chosen is None:
-        return None
-    return {"fills": list(chosen),
-            "probe_errors": {"+".join(c): round(e, 8) for c, e in start.errors.items()}}
+    if chosen is not None:
+        out.update({"fills": list(chosen),
+                    "probe_errors": {"+".join(c): round(e, 8) for c, e in start.errors.items()}})
+    return out or None
 
 
 def _returned(o: FitOutcome) -> dict:
@@ -190,6 +194,11 @@ def configure(task: Task, preset: str = "fast", **overrides) -> FitConfig:
         raise DeepPriorError(f"holdout fraction must be between 0 and 1, got {overrides['holdout']}")
     if "lr" in overrides and not float(overrides["lr"]) > 0:
         raise DeepPriorError(f"learning rate must be positive, got {overrides['lr']}")
+    if "blend_weights" in overrides:
+        w = tuple(float(x) for x in overrides["blend_weights"])
+        if not w or not all(0 <= x <= 1 for x in w):
+            raise DeepPriorError(f"blend weights must be fit shares between 0 and 1, got {overrides['blend_weights']}")
+        overrides["blend_weights"] = w
     return replace(cfg, **overrides)
 
 
@@ -317,7 +326,7 @@ def restore(
         scale = task.scale if isinstance(task, SuperResolution) else None
         metrics = quality(restored.pixels, ref, sr_scale=scale)
     params = {"task": task.params(), "fit": cfg.to_dict()}
-    start = _start_choice(problem) if method == "whole" else None
+    start = _start_choice(problem, cfg) if method in ("whole", "crops") else None
     if start:
         params["start"] = start
     return Result(

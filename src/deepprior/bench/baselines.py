@@ -18,7 +18,6 @@ known degradation (the noise sigma, the mask), never tuned on a benchmark image'
 from __future__ import annotations
 
 import functools
-import importlib.util
 from dataclasses import dataclass
 from typing import Callable
 
@@ -162,16 +161,15 @@ def nlm(case: Case, **_) -> np.ndarray:
 
 def bm3d(case: Case, **_) -> np.ndarray:
     """BM3D (CBM3D for colour) from the ``bm3d`` package, with the true sigma."""
-    import bm3d as _bm3d
+    from ..estimates import bm3d_denoise
 
-    p = case.degraded.pixels.astype(np.float64)
-    s = case.sigma / 255.0
-    out = _bm3d.bm3d_rgb(p, s) if p.shape[2] == 3 else _bm3d.bm3d(p[:, :, 0], s)
-    return _unsqueeze(out)
+    return bm3d_denoise(case.degraded.pixels, case.sigma)
 
 
 def _bm3d_missing(**_) -> str | None:
-    if importlib.util.find_spec("bm3d") is None:
+    from ..estimates import bm3d_available
+
+    if not bm3d_available():
         return "the bm3d package is not installed (pip install 'deepprior[bm3d]'; note its non-commercial licence)"
     return None
 
