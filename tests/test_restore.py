@@ -414,6 +414,7 @@ def test_denoising_starts_from_bm3d_where_installed_else_non_local_means(rgb32, 
     monkeypatch.setattr(estimates, "bm3d_available", lambda: False)
     r = restore(noisy, tasks.Denoise(sigma=25), iterations=5, stop="off", threads=1)
     assert r.report()["params"]["start"] == {"estimate": "nlm"}
+    assert set(r.outcome.held_out_errors) == {0.0, 0.5, 1.0}  # the fit, the start or their even mean
     assert r.report()["params"]["task"]["start"] == "auto"
     with pytest.raises(DeepPriorError, match="bm3d package"):
         tasks.Denoise(sigma=25, start="bm3d")
@@ -430,7 +431,9 @@ def test_the_bm3d_start_is_bm3d_and_large_images_take_non_local_means(rgb32, mon
     noisy = np.clip(rgb32 + np.random.default_rng(2).normal(0, 0.1, rgb32.shape), 0, 1).astype(np.float32)
     task = tasks.Denoise(sigma=25)
     problem = task.problem(Image(noisy))
-    assert problem.estimate_name == "bm3d"
+    assert problem.estimate_name == "bm3d" and problem.blend_weights == (0.0, 0.5)
+    r = restore(noisy, task, iterations=5, stop="off", threads=1)
+    assert set(r.outcome.held_out_errors) == {0.0, 0.5}
     np.testing.assert_array_equal(problem.estimate(), estimates.bm3d_denoise(noisy, 25))
     monkeypatch.setattr(tasks, "LARGE_START_PIXELS", 32 * 32 - 1)
     assert task.denoiser(32 * 32) == "nlm" and tasks.Denoise(start="bm3d").denoiser(32 * 32) == "bm3d"

@@ -367,18 +367,23 @@ def stopping_rule(problem: Problem, cfg: FitConfig, seed: int, held_out: bool):
                             start=cfg.stop_start)
 
 
+#: The fit's shares :func:`choose_result` weighs unless told otherwise: the start, three blends, the fit.
+BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
 def choose_result(problem: Problem, fitted: torch.Tensor, start: torch.Tensor,
-                  weights: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> tuple[torch.Tensor, float, dict]:
+                  weights: tuple[float, ...] | None = None) -> tuple[torch.Tensor, float, dict]:
     """The candidate with the least error on the held-out pixels: the fit, its classical start,
     or a blend w * fit + (1 - w) * start, for the fit's shares ``weights`` (0: the start, 1: the
-    fit; ``FitConfig.blend_weights``). The held-out pixels' noise is
-    independent of every candidate (neither the fit nor the start saw them), so this error ranks
-    the candidates as their true error would, without the ground truth. Returns the chosen
-    image, its fit weight and every candidate's error."""
+    fit; default :data:`BLEND_WEIGHTS`). The held-out pixels' noise is independent of every
+    candidate (neither the fit nor the start saw them), so this error ranks the candidates without
+    the ground truth; it rates the fit somewhat better than its error over the whole image, where
+    it has fitted some of the noise (see tasks.DENOISE_BLENDS). Returns the chosen image, its fit
+    weight and every candidate's error."""
     errors = {}
     best = None
     with torch.no_grad():
-        for w in weights:
+        for w in weights or BLEND_WEIGHTS:
             candidate = fitted if w == 1.0 else (start if w == 0.0 else w * fitted + (1 - w) * start)
             errors[w] = float(problem.held_out_loss(candidate))
             if best is None or errors[w] < errors[best[1]]:
@@ -387,10 +392,9 @@ def choose_result(problem: Problem, fitted: torch.Tensor, start: torch.Tensor,
 
 
 def select_against_start(problem: Problem, fitted: torch.Tensor, start: torch.Tensor,
-                         weights: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-                         ) -> tuple[torch.Tensor, float, dict, str]:
-    """:func:`choose_result` among ``weights``, then the start (or the start's share of a blend) made again from
-    every pixel, held-out ones included: those only ranked the candidates. Returns the result,
+                         weights: tuple[float, ...] | None = None) -> tuple[torch.Tensor, float, dict, str]:
+    """:func:`choose_result` among ``weights``, then the start (or the start's share of a blend)
+    made again from every pixel, held-out ones included: those only ranked the candidates. Returns the result,
     its fit weight, every candidate's error and what was returned ("fit", "start" or "blend")."""
     result, weight, errors = choose_result(problem, fitted, start, weights)
     returned = "fit" if weight == 1.0 else ("start" if weight == 0.0 else "blend")
@@ -525,7 +529,7 @@ def fit(
     returned, weight, errors = "fit", 1.0, None
     if cfg.select_start and held_out and start_image is not None and uncertainty is None:
         result, weight, errors, returned = select_against_start(
-            problem, result, _as_tensor(start_image, device), cfg.blend_weights)
+            problem, result, _as_tensor(start_image, device), cfg.blend_weights or problem.blend_weights)
     return FitOutcome(
         output=np.clip(to_numpy(result), 0.0, 1.0),
         iterations=it,

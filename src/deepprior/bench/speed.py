@@ -228,7 +228,8 @@ def step_fast(suite: suites.Suite, case: suites.Case, *, iters: int | None, seed
     With ``limit_s`` (the case's time limit for this image, in wall seconds) the result the fit
     holds is also scored at the first progress report (every 5 iterations) past each of
     ``LIMIT_MARKS`` x the limit (``fast_curve``: [seconds, iteration, metric]); the one at the limit
-    itself is ``fast_at_limit``, None when the fit finished within the limit.
+    itself is ``fast_at_limit``, None when the fit finished within the limit. Those score the fit as
+    it is held, before a preset's choice against its start (``select_start``) is made.
     """
     start = time.perf_counter()
     marks = [m * limit_s for m in LIMIT_MARKS] if limit_s is not None else []
