@@ -132,6 +132,8 @@ LARGE_START_PIXELS = DEFAULT_MAX_FIT_PIXELS
 # The tasks' classical estimates; ``exclude`` marks pixels held out of the fit (Problem.hold_out).
 #: The classical denoisers a denoising fit can start from (Denoise.start).
 DENOISERS = {"bm3d": estimates.bm3d_denoise, "nlm": estimates.nlm_denoise}
+#: The smallest side BM3D is run on (the bm3d package segfaults on an 8x8 image; 16x16 ran).
+BM3D_MIN_SIDE = 16
 #: What a denoising fit is chosen among, by its start: the fit's shares (0: the start, 1: the fit).
 #: From BM3D the fit alone ended under BM3D on the nine CBM3D images (sigma 25) and their even
 #: mean above it on eight; the held-out noisy pixels, which the fit never fitted, rate the fit
@@ -212,15 +214,19 @@ class Denoise(Task):
             raise DeepPriorError("the BM3D start needs the bm3d package: pip install 'deepprior[bm3d]' "
                                  "(non-commercial licence)")
 
-    def denoiser(self, pixels: int) -> str:
-        """The classical denoiser the fit starts from on an image of ``pixels`` pixels."""
+    def denoiser(self, height: int, width: int) -> str:
+        """The classical denoiser the fit starts from on an image of ``height`` x ``width``.
+        Images under :data:`BM3D_MIN_SIDE` on a side take non-local means whatever ``start`` asks:
+        the bm3d package crashes the process on them."""
+        if min(height, width) < BM3D_MIN_SIDE:
+            return "nlm"
         if self.start != "auto":
             return self.start
-        return "bm3d" if estimates.bm3d_available() and pixels <= LARGE_START_PIXELS else "nlm"
+        return "bm3d" if estimates.bm3d_available() and height * width <= LARGE_START_PIXELS else "nlm"
 
     def problem(self, image: Image) -> Problem:
         p = super().problem(image)
-        p.estimate_name = self.denoiser(image.height * image.width)
+        p.estimate_name = self.denoiser(image.height, image.width)
         p.estimate = partial(_denoised_estimate, image.pixels, self.sigma, p.estimate_name)
         p.blend_weights = DENOISE_BLENDS[p.estimate_name]
         return p
