@@ -129,7 +129,6 @@ def _tensor(pixels: np.ndarray) -> torch.Tensor:
 LARGE_START_PIXELS = DEFAULT_MAX_FIT_PIXELS
 
 
-# The tasks' classical estimates; ``exclude`` marks pixels held out of the fit (Problem.hold_out).
 #: The classical denoisers a denoising fit can start from (Denoise.start).
 DENOISERS = {"bm3d": estimates.bm3d_denoise, "nlm": estimates.nlm_denoise}
 #: The smallest side BM3D is run on (the bm3d package segfaults on an 8x8 image; 16x16 ran).
@@ -142,6 +141,7 @@ BM3D_MIN_SIDE = 16
 DENOISE_BLENDS = {"bm3d": (0.0, 0.5), "nlm": (0.0, 0.5, 1.0)}
 
 
+# The tasks' classical estimates; ``exclude`` marks pixels held out of the fit (Problem.hold_out).
 def _denoised_estimate(pixels, sigma, denoiser, exclude=None):
     return DENOISERS[denoiser](estimates.fill_from_neighbours(pixels, exclude), sigma)
 
