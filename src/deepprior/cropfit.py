@@ -340,7 +340,7 @@ def fit_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu",
     if cfg.select_start and held_out:
         target = problem.target.device
         result, weight, errors, returned = select_against_start(
-            problem, out.to(target), start_tensor.to(target), cfg.blend_weights or problem.blend_weights)
+            problem, out.to(target), start_tensor.to(target), cfg.blend_weights)
     return FitOutcome(
         output=np.clip(to_numpy(result), 0.0, 1.0),
         iterations=crops.iterations,

@@ -375,7 +375,7 @@ def choose_result(problem: Problem, fitted: torch.Tensor, start: torch.Tensor,
                   weights: tuple[float, ...] | None = None) -> tuple[torch.Tensor, float, dict]:
     """The candidate with the least error on the held-out pixels: the fit, its classical start,
     or a blend w * fit + (1 - w) * start, for the fit's shares ``weights`` (0: the start, 1: the
-    fit; default :data:`BLEND_WEIGHTS`). The held-out pixels' noise is independent of every
+    fit; default: the task's ``problem.blend_weights``, else :data:`BLEND_WEIGHTS`). The held-out pixels' noise is independent of every
     candidate (neither the fit nor the start saw them), so this error ranks the candidates without
     the ground truth; it rates the fit somewhat better than its error over the whole image, where
     it has fitted some of the noise (see tasks.DENOISE_BLENDS). Returns the chosen image, its fit
@@ -383,7 +383,7 @@ def choose_result(problem: Problem, fitted: torch.Tensor, start: torch.Tensor,
     errors = {}
     best = None
     with torch.no_grad():
-        for w in weights or BLEND_WEIGHTS:
+        for w in weights or problem.blend_weights or BLEND_WEIGHTS:
             candidate = fitted if w == 1.0 else (start if w == 0.0 else w * fitted + (1 - w) * start)
             errors[w] = float(problem.held_out_loss(candidate))
             if best is None or errors[w] < errors[best[1]]:
@@ -529,7 +529,7 @@ def fit(
     returned, weight, errors = "fit", 1.0, None
     if cfg.select_start and held_out and start_image is not None and uncertainty is None:
         result, weight, errors, returned = select_against_start(
-            problem, result, _as_tensor(start_image, device), cfg.blend_weights or problem.blend_weights)
+            problem, result, _as_tensor(start_image, device), cfg.blend_weights)
     return FitOutcome(
         output=np.clip(to_numpy(result), 0.0, 1.0),
         iterations=it,
