@@ -63,11 +63,33 @@ def test_window_averaging_without_a_threshold_is_the_identity_whatever_the_chunk
         np.testing.assert_allclose(estimates._threshold_windows(x, t, d).numpy(), w.numpy(), atol=1e-5)
 
 
-def test_reconstruction_starts_from_the_sparse_fill(rgb32):
+def test_reconstruction_starts_from_the_sparse_fill_without_the_bm3d_extra(rgb32, monkeypatch):
+    monkeypatch.setattr(estimates, "bm3d_available", lambda: False)
     fill = random_mask(rgb32.shape[:2], 0.5, seed=0)
     damaged = rgb32 * ~fill[:, :, None]
     problem = tasks.Reconstruct(mask=fill).problem(Image(damaged))
+    assert problem.estimate_name == "sparse"
     np.testing.assert_allclose(problem.estimate(), estimates.sparse_fill(damaged, fill), atol=1e-6)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_reconstruction_starts_from_the_bm3d_fill_where_installed(rgb32, channels, monkeypatch):
+    pytest.importorskip("bm3d")
+    img = rgb32 if channels == 3 else np.ascontiguousarray(rgb32.mean(axis=2, keepdims=True))
+    fill = random_mask(img.shape[:2], 0.5, seed=0)
+    damaged = img * ~fill[:, :, None]
+    problem = tasks.Reconstruct(mask=fill).problem(Image(damaged))
+    assert problem.estimate_name == "bm3d"
+    start = problem.estimate()
+    np.testing.assert_array_equal(start, estimates.bm3d_fill(damaged, fill))
+    assert start.shape == img.shape and start.dtype == np.float32
+    np.testing.assert_array_equal(start[~fill], damaged[~fill])  # the known pixels kept exactly
+    assert 0 <= start.min() and start.max() <= 1
+    assert np.abs(start - estimates.sparse_fill(damaged, fill))[fill].max() > 0  # BM3D moved the fill
+    # Too small for the bm3d package, or large enough to cost minutes: the sparse-DCT fill.
+    assert tasks.Reconstruct(mask=fill[:8, :8]).start_fills == (("sparse",),)
+    monkeypatch.setattr(tasks, "LARGE_START_PIXELS", fill.size - 1)
+    assert tasks.Reconstruct(mask=fill).start_fills == (("sparse",),)
 
 
 @pytest.mark.parametrize("channels", [1, 3])

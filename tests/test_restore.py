@@ -386,6 +386,21 @@ def test_a_failing_fit_returns_its_start_not_something_worse(rgb32):
     assert psnr(r.image.pixels, img) > psnr(plain.image.pixels, img) + 3
 
 
+def test_reconstruction_is_chosen_against_its_start_on_held_out_known_pixels(rgb32):
+    img = np.ascontiguousarray(np.tile(rgb32, (2, 2, 1)))  # 64x64: pixels to spare for a hold-out
+    fill = random_mask(img.shape[:2], 0.5, seed=4)
+    damaged = img * ~fill[:, :, None]
+    task = tasks.Reconstruct(mask=fill)
+    r = restore(damaged, task, iterations=20, lr=50.0, seed=0, threads=1)
+    o = r.outcome
+    assert o.returned == "start" and set(o.held_out_errors) == {0.0, 0.25, 0.5, 0.75, 1.0}
+    held = r.report()["returned"]
+    assert held["result"] == "start" and held["why"] == "least error on the held-out pixels"
+    # The start returned is the one made from every known pixel; the known pixels are kept.
+    np.testing.assert_allclose(r.image.pixels, task.problem(Image(damaged)).estimate(), atol=1e-6)
+    np.testing.assert_array_equal(r.image.pixels[~fill], damaged[~fill])
+
+
 def test_a_good_fit_is_kept_or_blended_by_the_held_out_check(rgb32):
     img = np.ascontiguousarray(np.tile(rgb32, (2, 2, 1)))
     noisy = np.clip(img + np.random.default_rng(1).normal(0, 0.1, img.shape), 0, 1).astype(np.float32)

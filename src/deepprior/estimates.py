@@ -71,10 +71,12 @@ def mean_fill(pixels: np.ndarray, fill: np.ndarray, methods: tuple[str, ...] = F
             parts.append(biharmonic_fill(pixels, fill))
         elif m == "sparse":
             parts.append(sparse_fill(pixels, fill))
+        elif m == "bm3d":
+            parts.append(bm3d_fill(pixels, fill))
         elif m in ("telea", "ns", "fsr"):
             parts.append(opencv_fill(pixels, fill, m))
         else:
-            raise ValueError(f"unknown fill {m!r}; choose from {', '.join(FILLS)}")
+            raise ValueError(f"unknown fill {m!r}; choose from {', '.join(FILLS + ('bm3d',))}")
     return np.where(fill[:, :, None], sum(parts) / len(parts), pixels).astype(np.float32)
 
 
@@ -420,6 +422,32 @@ def bm3d_denoise(pixels: np.ndarray, sigma: float | None = None) -> np.ndarray:
     out = (bm3d.bm3d_rgb(p, s, profile=profile) if p.shape[2] == 3
            else bm3d.bm3d(p[:, :, 0], s, profile=profile)[:, :, None])
     return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+# Plug-and-play BM3D for scattered missing pixels (after Venkatakrishnan et al., "Plug-and-play
+# priors", 2013): from the sparse-DCT fill, denoise with BM3D at a noise level falling
+# geometrically and put the known pixels back after each pass. Chosen on 256x256 crops of Heide11
+# (50 % dropped): 10 to 1 in 8 passes lifted house, barbara, Cameraman256 and peppers256 by
+# 0.45-1.54 dB over the sparse-DCT fill (mean +1.09); 20 to 1 in 12 passes did the same on the mean
+# (barbara better, house worse) for half as much again; BM3D's hard-thresholding stage alone lost
+# 1 dB on house.
+BM3D_FILL_SIGMAS = (10.0, 1.0)  # first and last noise level, on 0-255
+BM3D_FILL_PASSES = 8
+
+
+def bm3d_fill(pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """Fill the pixels where ``fill`` is True: the sparse-DCT fill refined by plug-and-play BM3D
+    (the optional ``bm3d`` package). Exact on the known pixels. Scattered missing pixels: about
+    1 dB above :func:`sparse_fill` on Heide11 with 50 % dropped, for 8 BM3D runs (about 90 s for a
+    512x512 grey image on 2 cores)."""
+    fill = np.asarray(fill, dtype=bool)
+    x = sparse_fill(pixels, fill)
+    if not fill.any():
+        return x
+    known = ~fill[:, :, None]
+    for sigma in np.geomspace(*BM3D_FILL_SIGMAS, BM3D_FILL_PASSES):
+        x = np.where(known, pixels, bm3d_denoise(x, float(sigma)))
+    return x.astype(np.float32)
 
 
 def _per_image(fn, pixels: np.ndarray, *args, **kwargs) -> np.ndarray:

@@ -398,9 +398,19 @@ class Reconstruct(Inpaint):
     def preset_key(self):
         return "reconstruct"
 
+    def problem(self, image: Image) -> Problem:
+        p = super().problem(image)
+        p.estimate_name = self.start_fills[0][0]
+        return p
+
     @property
     def start_fills(self) -> tuple[tuple[str, ...], ...]:
-        # Scattered missing pixels: the sparse-DCT fill keeps texture the smooth fills lose.
+        # Scattered missing pixels: the sparse-DCT fill keeps texture the smooth fills lose; with
+        # the bm3d extra, plug-and-play BM3D refines it (estimates.bm3d_fill: +1 dB on Heide11).
+        mask = np.asarray(self.mask)
+        if (estimates.bm3d_available() and mask.size <= LARGE_START_PIXELS
+                and min(mask.shape) >= BM3D_MIN_SIDE):
+            return (("bm3d",),)
         return (("sparse",),)
 
 

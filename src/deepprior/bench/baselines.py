@@ -11,8 +11,10 @@ known degradation (the noise sigma, the mask), never tuned on a benchmark image'
   luminance and 0.7 on the colour differences, 5x5 patches, 13x13 search window; chosen on Set14
   and Set5, which no denoising suite uses, see :func:`deepprior.estimates.nlm_denoise`) and total variation (Chambolle), whose weight per sigma
   was tuned once on two images that are in no suite (see :data:`TV_WEIGHTS`).
-* inpainting: OpenCV's Telea and Navier-Stokes (radius 3), scikit-image's biharmonic, and the
-  biharmonic fill refined in the 8x8 DCT (``sparse``, the fast reconstruction preset's start).
+* inpainting: OpenCV's Telea and Navier-Stokes (radius 3), scikit-image's biharmonic, the
+  biharmonic fill refined in the 8x8 DCT (``sparse``), OpenCV xphoto's frequency-selective
+  reconstruction (``fsr``) and, for scattered missing pixels, the sparse-DCT fill refined by
+  plug-and-play BM3D (``bm3d-fill``, the ``bm3d`` extra), the fast reconstruction preset's start.
 """
 
 from __future__ import annotations
@@ -206,6 +208,14 @@ def sparse_dct(case: Case, **_) -> np.ndarray:
     return sparse_fill(case.degraded.pixels, case.mask)
 
 
+def bm3d_fill(case: Case, **_) -> np.ndarray:
+    """The sparse-DCT fill refined by plug-and-play BM3D (``bm3d`` package): the start of the
+    ``fast`` reconstruction preset where that package is installed."""
+    from ..estimates import bm3d_fill as fill
+
+    return fill(case.degraded.pixels, case.mask)
+
+
 def fsr(case: Case, **_) -> np.ndarray:
     """OpenCV xphoto's frequency-selective reconstruction (Genser et al. 2018), fast mode."""
     from ..estimates import opencv_fill
@@ -259,6 +269,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("biharmonic", "Biharmonic", ("inpaint", "text", "hole"), biharmonic),
     Method("sparse", "Sparse DCT (Guleryuz)", ("inpaint", "text", "hole"), sparse_dct),
     Method("fsr", "FSR (OpenCV xphoto)", ("inpaint", "text", "hole"), fsr),
+    Method("bm3d-fill", "BM3D fill (plug-and-play)", ("inpaint",), bm3d_fill, _bm3d_missing),
     Method("start", "DIP's start (chosen fills)", ("text", "hole"), start_fill),
 )}
 

@@ -361,8 +361,8 @@ def _notes(suite: suites.Suite, data: dict) -> list[str]:
         notes.append(f"{m} was skipped: {why}.")
     methods = {r["method"] for r in data["rows"]}
     if suite.kind == "inpaint":
-        notes.append("DIP is run with keep_known=False: its network output is scored over the whole image, known "
-                     "pixels included (the paper's convention). The classical methods keep the known pixels.")
+        notes.append("Every method keeps the known pixels, DIP as a user gets its result; the paper's numbers "
+                     "score its network output, known pixels included.")
     if suite.kind in suites.FILL_KINDS:
         notes.append("Every method keeps the known pixels, so the whole-image scores differ only inside the mask.")
     if "realesrgan" in methods:

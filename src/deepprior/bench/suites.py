@@ -9,7 +9,8 @@ Image Prior paper's numbers (see the data folder's README):
   filter (8-bit, as the paper's inputs); PSNR/SSIM on the BT.601 Y channel (16-235) with an
   N-pixel border cropped, RGB PSNR/SSIM as well.
 * ``denoise-S``: additive white Gaussian noise of sigma S on 0-255, clipped; RGB PSNR/SSIM.
-* ``inpaint-50``: a Bernoulli mask drops 50 % of the pixels; PSNR/SSIM over the whole image.
+* ``inpaint-50``: a Bernoulli mask drops 50 % of the pixels; PSNR/SSIM over the whole image, with
+  the known pixels kept.
 * ``inpaint-text`` and ``inpaint-hole``: lines of text (``degrade.text_mask``) or one large
   elliptical hole over 12 % (``degrade.hole_mask``) on 256x256 centre crops of Set14 and of
   three grey Heide11 images; PSNR/SSIM inside the mask (the headline) and over the image, with
@@ -109,8 +110,8 @@ class Suite:
                     f"clipped to [0, 255] (not quantised). PSNR/SSIM on RGB in [0, 1], whole image.")
         if self.kind == "inpaint":
             return (f"Inpainting on {self.set_name}: a Bernoulli mask drops {self.value} % of the pixels. "
-                    f"PSNR/SSIM over the whole image. DIP runs with keep_known=False (the paper's convention: "
-                    f"the network output itself is scored, known pixels included).")
+                    f"PSNR/SSIM over the whole image, known pixels kept as a user gets them (the paper scored "
+                    f"its network output, known pixels included).")
         what = (f"lines of '{TEXT_MASK_WORDS}' written over the image (degrade.text_mask)" if self.kind == "text"
                 else "one elliptical hole over about 12 % of the image (degrade.hole_mask)")
         scoring = ("PSNR/SSIM inside the mask (headline) and over the whole image, known pixels kept as a user "
@@ -130,7 +131,7 @@ class Suite:
         if self.kind == "denoise":
             return Denoise(sigma=float(self.value))
         if self.kind == "inpaint":
-            return Reconstruct(mask=mask, keep_known=False)
+            return Reconstruct(mask=mask)
         return Inpaint(mask=mask, mode=self.kind)
 
     def degrade(self, clean: Image, name: str, seed: int) -> Case:
