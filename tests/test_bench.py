@@ -140,6 +140,10 @@ def test_inpainting_suites_drop_pixels_and_keep_the_known_ones():
     assert case.mask.shape == (64, 64) and 0.4 < case.mask.mean() < 0.6
     assert np.all(case.degraded.pixels[case.mask] == 0)
     assert case.task.keep_known is True and case.task.name == "reconstruct"
+    # The check set is colour: its images are reconstructed in luminance, as Heide11's are grey.
+    check = suites.get_suite("inpaint-50", "Set5").degrade(_image(64, 64, 3), "x", 0)
+    assert check.clean.channels == 1 and check.degraded.channels == 1
+    np.testing.assert_array_equal(check.mask, case.mask)
     text = suites.get_suite("inpaint-text").degrade(_image(96, 96), "x", 0)
     assert text.mask.any() and text.mask.mean() < 0.5
     assert np.all(text.degraded.pixels[text.mask] == 1.0)
@@ -226,8 +230,8 @@ def test_unknown_suite_set_and_method_are_one_line_errors():
         suites.get_suite("sr-x5")
     with pytest.raises(DeepPriorError, match="Set5 or Set14"):
         suites.get_suite("sr-x4", "Urban100")
-    with pytest.raises(DeepPriorError, match="only to the super-resolution"):
-        suites.get_suite("inpaint-50", "Set5")
+    with pytest.raises(DeepPriorError, match="Heide11_gray, Set5"):
+        suites.get_suite("inpaint-50", "Set14")
     with pytest.raises(DeepPriorError, match="CBM3D_color9, Set5, Set14"):
         suites.get_suite("denoise-25", "Urban100")
     assert suites.get_suite("denoise-25", "Set5").set_name == "Set5"

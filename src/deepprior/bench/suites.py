@@ -109,7 +109,8 @@ class Suite:
             return (f"Gaussian denoising on {self.set_name}: additive white noise, sigma {self.value} on 0-255, "
                     f"clipped to [0, 255] (not quantised). PSNR/SSIM on RGB in [0, 1], whole image.")
         if self.kind == "inpaint":
-            return (f"Inpainting on {self.set_name}: a Bernoulli mask drops {self.value} % of the pixels. "
+            grey = " in luminance (ITU-R BT.601)" if self.set_name != "Heide11_gray" else ""
+            return (f"Inpainting on {self.set_name}{grey}: a Bernoulli mask drops {self.value} % of the pixels. "
                     f"PSNR/SSIM over the whole image, known pixels kept as a user gets them (the paper scored "
                     f"its network output, known pixels included).")
         what = (f"lines of '{TEXT_MASK_WORDS}' written over the image (degrade.text_mask)" if self.kind == "text"
@@ -145,6 +146,9 @@ class Suite:
         if self.kind == "denoise":
             return Case(name, clean, degrade.add_noise(clean, self.value, s), self.task(), sigma=float(self.value), seed=s)
         if self.kind == "inpaint":
+            if clean.channels == 3:
+                luma = clean.pixels @ np.array([0.299, 0.587, 0.114], np.float32)
+                clean = Image(np.ascontiguousarray(luma[:, :, None]), None, clean.bit_depth)
             mask = degrade.random_mask(shape, self.value / 100.0, s)
             return Case(name, clean, degrade.apply_mask(clean, mask), self.task(mask), mask=mask, seed=s)
         clean = centre_crop(clean, FILL_CROP)
@@ -172,6 +176,9 @@ def centre_crop(image: Image, size: int) -> Image:
 
 
 SR_SETS = ("Set5", "Set14")
+#: Reconstruction runs on the paper's grey set; Set5, in luminance (ITU-R BT.601, 0-1), checks the
+#: preset on photographs it was not chosen on.
+RECONSTRUCT_SETS = ("Heide11_gray", "Set5")
 #: Denoising runs on the paper's colour set; Set5 and Set14 (in no denoising suite) check the preset
 #: on photographs it was not chosen on.
 DENOISE_SETS = ("CBM3D_color9", "Set5", "Set14")
@@ -201,13 +208,11 @@ def suite_names() -> list[str]:
 
 def get_suite(name: str, set_name: str | None = None) -> Suite:
     """The suite called ``name``; ``set_name`` picks Set5 or Set14 for super-resolution, one of
-    :data:`DENOISE_SETS` for denoising and one of :data:`FILL_SETS` for the text and hole suites."""
+    :data:`DENOISE_SETS` for denoising, of :data:`RECONSTRUCT_SETS` for reconstruction and of
+    :data:`FILL_SETS` for the text and hole suites."""
     if name not in suite_names():
         raise DeepPriorError(f"unknown suite {name!r}; choose one of {', '.join(suite_names())}")
     kind, _, value = name.partition("-")
-    fill = kind == "inpaint" and value in FILL_KINDS
-    if set_name is not None and kind not in ("sr", "denoise") and not fill:
-        raise DeepPriorError("--set applies only to the super-resolution, denoising, inpaint-text and inpaint-hole suites")
     if kind == "sr":
         set_name = set_name or "Set5"
         if set_name not in SR_SETS:
@@ -219,7 +224,10 @@ def get_suite(name: str, set_name: str | None = None) -> Suite:
             raise DeepPriorError(f"unknown set {set_name!r} for {name}; choose {', '.join(DENOISE_SETS)}")
         return Suite(name, "denoise", int(value), set_name)
     if value == "50":
-        return Suite(name, "inpaint", 50, "Heide11_gray")
+        set_name = set_name or "Heide11_gray"
+        if set_name not in RECONSTRUCT_SETS:
+            raise DeepPriorError(f"unknown set {set_name!r} for {name}; choose {', '.join(RECONSTRUCT_SETS)}")
+        return Suite(name, "inpaint", 50, set_name)
     set_name = set_name or "Set14+Heide11"
     if set_name not in FILL_SETS:
         raise DeepPriorError(f"unknown set {set_name!r} for {name}; choose {', '.join(FILL_SETS)}")
