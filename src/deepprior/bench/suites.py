@@ -147,8 +147,8 @@ class Suite:
             return Case(name, clean, degrade.add_noise(clean, self.value, s), self.task(), sigma=float(self.value), seed=s)
         if self.kind == "inpaint":
             if clean.channels == 3:
-                luma = clean.pixels @ np.array([0.299, 0.587, 0.114], np.float32)
-                clean = Image(np.ascontiguousarray(luma[:, :, None]), None, clean.bit_depth)
+                luma = np.round(clean.pixels @ np.array([0.299, 0.587, 0.114], np.float32) * 255) / 255
+                clean = Image(np.ascontiguousarray(luma[:, :, None], dtype=np.float32), None, 8)  # an 8-bit grey photo
             mask = degrade.random_mask(shape, self.value / 100.0, s)
             return Case(name, clean, degrade.apply_mask(clean, mask), self.task(mask), mask=mask, seed=s)
         clean = centre_crop(clean, FILL_CROP)
