@@ -68,7 +68,7 @@ def test_reconstruction_starts_from_the_sparse_fill_without_the_bm3d_extra(rgb32
     fill = random_mask(rgb32.shape[:2], 0.5, seed=0)
     damaged = rgb32 * ~fill[:, :, None]
     problem = tasks.Reconstruct(mask=fill).problem(Image(damaged))
-    assert problem.estimate_name == "sparse"
+    assert problem.estimate_name == "sparse" and problem.blend_weights is None
     np.testing.assert_allclose(problem.estimate(), estimates.sparse_fill(damaged, fill), atol=1e-6)
 
 
@@ -79,7 +79,7 @@ def test_reconstruction_starts_from_the_bm3d_fill_where_installed(rgb32, channel
     fill = random_mask(img.shape[:2], 0.5, seed=0)
     damaged = img * ~fill[:, :, None]
     problem = tasks.Reconstruct(mask=fill).problem(Image(damaged))
-    assert problem.estimate_name == "bm3d"
+    assert problem.estimate_name == "bm3d" and problem.blend_weights == (0.0, 0.25)
     start = problem.estimate()
     np.testing.assert_array_equal(start, estimates.bm3d_fill(damaged, fill))
     assert start.shape == img.shape and start.dtype == np.float32
