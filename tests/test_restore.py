@@ -6,6 +6,7 @@ import torch
 
 from deepprior import DeepPriorError, Image, load_image, restore, tasks
 from deepprior.degrade import add_noise, downscale, random_mask
+from deepprior.fitting import BLEND_WEIGHTS
 from deepprior.metrics import psnr
 
 FEW = dict(iterations=30, stop="off")
@@ -393,8 +394,6 @@ def test_reconstruction_is_chosen_against_its_start_on_held_out_known_pixels(rgb
     task = tasks.Reconstruct(mask=fill)
     r = restore(damaged, task, iterations=20, lr=50.0, seed=0, threads=1)
     o = r.outcome
-    from deepprior.fitting import BLEND_WEIGHTS
-
     assert o.returned == "start"
     assert set(o.held_out_errors) == set(task.problem(Image(damaged)).blend_weights or BLEND_WEIGHTS)
     held = r.report()["returned"]

@@ -206,8 +206,9 @@ PRESETS: dict[str, dict[str, FitConfig]] = {
         # From the sparse-DCT fill (estimates.sparse_fill; plug-and-play BM3D on it with the bm3d
         # extra), near its plateau by iteration 400; from noise the fast network was still rising
         # after 3000. A light input perturbation (the fill is an image, not a code) and a short
-        # average (less lag at this cap). The fit alone ended under the sparse-DCT fill on Heide11,
-        # so it is chosen against its start and their blends on 2 % of the known pixels.
+        # average (less lag at this cap). The fit alone ends under its start on Heide11 (0.34-0.82
+        # dB under the BM3D fill), so it is chosen against it and their blends on 2 % of the known
+        # pixels (tasks.RECONSTRUCT_BLENDS).
         "fast": FitConfig(net=_FAST_SKIP, input="estimate", lr=0.01, iterations=400, reg_noise_std=0.01, ema=0.9,
                           stop_start=_ESTIMATE_STOP_START, sgld_noise=_FAST_SGLD_NOISE,
                           select_start=True, holdout=0.02),
