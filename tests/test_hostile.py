@@ -412,7 +412,7 @@ def test_interrupt_while_writing_leaves_nothing(photo, capfd, monkeypatch):
 
 
 # A real process, signalled once the fit has begun: the wrapper prints FITTING at the first
-# progress callback (every 5 iterations), then the test sends the signal.
+# progress callback of the fit itself (every 5 iterations), then the test sends the signal.
 WRAPPER = textwrap.dedent(
     """
     import sys
@@ -424,7 +424,7 @@ WRAPPER = textwrap.dedent(
         told = []
 
         def tell(progress):
-            if not told:
+            if not told and progress.stage == "fit":
                 told.append(1)
                 print("FITTING", flush=True)
             return callback(progress) if callback else None

@@ -1,5 +1,7 @@
 """Every task end to end through the Python API, on tiny crops of a real photo."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -115,13 +117,39 @@ def test_callback_sees_progress_and_can_stop(rgb32):
     seen = []
 
     def cb(p):
-        seen.append((p.iteration, p.loss, p.preview().shape))
+        if p.stage == "fit":
+            seen.append((p.iteration, p.loss, p.preview().shape))
         return p.iteration >= 10
 
     r = restore(rgb32, tasks.Denoise(), iterations=100, stop="off", callback=cb, callback_every=5)
     assert [s[0] for s in seen] == [5, 10]
     assert seen[0][2] == rgb32.shape
     assert r.outcome.stop_reason == "callback" and r.iterations == 10
+
+
+def test_callback_hears_while_the_start_is_made(rgb32):
+    """A classical start can take minutes: the callback is told when it is made, before the first
+    iteration and again (from every pixel) after the last when the choice returns it."""
+    img = np.ascontiguousarray(np.tile(rgb32, (2, 2, 1)))  # 64x64: pixels to spare for a hold-out
+    noisy = np.clip(img + np.random.default_rng(0).normal(0, 0.1, img.shape), 0, 1).astype(np.float32)
+    seen = []
+
+    def cb(p):
+        seen.append(p)
+        return True  # asked to stop: ignored while the start is made, honoured at the first iteration after
+
+    r = restore(noisy, tasks.Denoise(sigma=25), iterations=40, lr=50.0, select_start=True, stop="off", seed=3,
+                threads=1, callback=cb, callback_every=5)
+    assert [p.stage for p in seen] == ["start", "fit", "restart"]
+    assert seen[1].iteration == 5 and r.outcome.stop_reason == "callback"
+    for p in (seen[0], seen[2]):
+        assert p.preview() is None and math.isnan(p.loss) and math.isnan(p.eta_s)
+    assert seen[0].iteration == 0 and seen[2].iteration == 5
+    assert r.outcome.returned == "start"
+    plain = []
+    restore(noisy, tasks.Denoise(sigma=25), input="noise", iterations=5, stop="off", callback=plain.append,
+            callback_every=5)
+    assert [p.stage for p in plain] == ["fit"]  # no start to make
 
 
 def test_report_has_the_documented_keys(rgb32):
@@ -468,3 +496,29 @@ def test_the_choice_is_made_among_the_presets_blend_weights(rgb32):
     assert r.outcome.fit_weight in (0.0, 0.5)
     with pytest.raises(DeepPriorError, match="blend weights"):
         restore(noisy, tasks.Denoise(sigma=25), iterations=3, blend_weights=(0.5, 2.0))
+
+
+def test_a_margin_keeps_the_start_unless_the_held_out_pixels_tell_the_fit_apart(rgb32):
+    """choose_result with a margin: a candidate whose lead over the start is within the held-out
+    pixels' chance spread is not taken; one clearly better is."""
+    from deepprior.fitting import choose_result, margin_ratio
+
+    img = np.ascontiguousarray(np.tile(rgb32, (2, 2, 1)))
+    problem = tasks.Denoise(sigma=25).problem(Image(img))
+    held = np.zeros(img.shape[:2], dtype=bool)
+    held[::4, ::4] = True
+    problem.hold_out(held)
+    truth = torch.from_numpy(np.moveaxis(img, -1, 0))[None]
+    rng = torch.Generator().manual_seed(0)
+    start = truth + 0.05 * torch.randn(truth.shape, generator=rng)
+    close = start.clone()  # the start, but right on one held-out pixel: better, by a lead chance could give
+    close[..., 0, 0] = truth[..., 0, 0]
+    better = truth + 0.02 * torch.randn(truth.shape, generator=rng)
+    for fitted, lead_expected in ((close, False), (better, True)):
+        _, w0, errors, leads = choose_result(problem, fitted, start, (0.0, 1.0))
+        _, w3, _, leads3 = choose_result(problem, fitted, start, (0.0, 1.0), margin=3.0)
+        assert leads == {} and set(leads3) == {1.0}
+        assert errors[1.0] < errors[0.0] and w0 == 1.0  # no margin: the least error, however slight
+        assert w3 == (1.0 if lead_expected else 0.0) and (leads3[1.0] >= 3.0) == lead_expected
+    assert margin_ratio(torch.tensor([-1.0, -1.0])) == math.inf and margin_ratio(torch.tensor([0.5])) == 0.0
+    assert margin_ratio(torch.tensor([-1.0, -3.0])) == pytest.approx(2.0)  # mean -2, standard error 1

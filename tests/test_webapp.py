@@ -6,6 +6,7 @@ handful of iterations, so each fit takes a second or two.
 
 from __future__ import annotations
 
+import math
 import socket
 from pathlib import Path
 
@@ -274,3 +275,18 @@ def test_large_results_are_shown_shrunk_and_downloaded_whole():
     assert abs(shown.shape[1] / shown.shape[0] - 2000 / 1500) < 0.01
     small = big[:100, :120]
     assert webapp.for_display(small).shape == (100, 120, 3)
+
+
+def test_the_status_line_names_the_stages_without_iterations():
+    """While the classical start is made there is no loss, ETA or preview yet: the line says what runs."""
+    from deepprior.webapp import _progress_frame
+
+    snap = {"it": 0, "max": 500, "loss": math.nan, "elapsed": 3.0, "eta": math.nan, "tile": 1, "tiles": 1,
+            "stage": "start"}
+    line = _progress_frame(snap, [], False)[0]
+    assert "Making the classical start" in line and "left" not in line and "nan" not in line.lower()
+    snap.update(stage="restart", it=500, eta=12.0, tile=2, tiles=3)
+    line = _progress_frame(snap, [], False)[0]
+    assert "Tile 2 / 3" in line and "again from every pixel" in line and "0:12 left" in line
+    snap.update(stage="fit", it=10, loss=0.01)
+    assert "Iteration 10 / 500" in _progress_frame(snap, [], False)[0]

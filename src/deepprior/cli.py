@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import os
 import signal
 import sys
@@ -25,7 +26,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 from . import __version__, degrade as deg
 from .errors import DeepPriorError
 from .images import DEFAULT_MAX_PIXELS, check_output_path, check_output_size, load_image, save_image
-from .fitting import resolve_device
+from .fitting import STAGE_LINES, START_STAGES, resolve_device, why_returned
 from .restoration import restore
 try:  # typer >= 0.20 vendors its own click
     from typer._click import exceptions as _cx
@@ -255,6 +256,10 @@ def _restore_and_write(task_factory, input_path: Path, c: Common, extra_inputs=(
             tile = f"tile {p.tile}/{p.tiles} " if p.tiles > 1 else ""
             if p.stage == "apply":
                 tile = f"applying the fit, tile {p.tile}/{p.tiles} "
+            if p.stage in START_STAGES:
+                progress.update(bar, completed=p.iteration, total=p.max_iterations, it=tile + STAGE_LINES[p.stage],
+                                loss="-", psnr="", eta=_fmt_time(p.eta_s))
+                return
             progress.update(
                 bar,
                 completed=p.iteration,
@@ -324,7 +329,7 @@ def _restore_and_write(task_factory, input_path: Path, c: Common, extra_inputs=(
         fit_line = f"{o.iterations} iterations, {how}, result from iteration {o.stopped_at}, {o.elapsed_s:.1f} s"
     line = f"wrote {c.output} ({result.image.width}x{result.image.height} {result.image.mode}); {fit_line}"
     if o.held_out_errors:
-        line += f"; returned the {returned_phrase(o)} (least error on held-out pixels)"
+        line += f"; returned the {returned_phrase(o)} ({why_returned(o)})"
     if result.metrics:
         line += "; " + ", ".join(f"{k.upper()} {v:.4g}" for k, v in result.metrics.items())
     err.print(line, highlight=False, soft_wrap=True)
@@ -357,6 +362,8 @@ def _same_path(a: Path, b) -> bool:
 
 
 def _fmt_time(s: float) -> str:
+    if not math.isfinite(s):
+        return "-"
     s = int(round(s))
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
@@ -674,6 +681,9 @@ def bench(
 
     def on_fit(p):
         if progress is not None:
+            if p.stage in START_STAGES:
+                progress.update(bar, fit=f"DIP {STAGE_LINES[p.stage]}")
+                return
             progress.update(bar, fit=f"DIP it {p.iteration}/{p.max_iterations}"
                             + (f" PSNR {p.psnr:.2f}" if p.psnr is not None else ""))
 

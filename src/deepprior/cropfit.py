@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .fitting import (FitOutcome, Progress, build_optimizer, ema_decay, fill_noise, hold_out_pixels, init_weights,
+from .fitting import (FitOutcome, Progress, announce, build_optimizer, ema_decay, fill_noise, hold_out_pixels, init_weights,
                       make_input, pad_to, resolve_device, select_against_start, to_numpy, total_variation)
 from .networks import build_network, padded_size
 from .presets import FitConfig
@@ -309,6 +309,7 @@ def fit_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu",
     """
     device = resolve_device(device)
     held_out = hold_out_pixels(problem, cfg, seed) if cfg.select_start else False
+    announce(callback, "start", cfg.crop_iterations)
     start_image = problem.estimate()
     h, w = problem.out_size
     started = time.perf_counter()
@@ -336,11 +337,13 @@ def fit_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu",
         out = torch.where(computed, out, start_tensor)
         reason = "callback" if reason == "completed" else reason
     result = out
-    returned, weight, errors = "fit", 1.0, None
+    returned, weight, errors, leads = "fit", 1.0, None, None
     if cfg.select_start and held_out:
         target = problem.target.device
-        result, weight, errors, returned = select_against_start(
-            problem, out.to(target), start_tensor.to(target), cfg.blend_weights)
+        result, weight, errors, leads, returned = select_against_start(
+            problem, out.to(target), start_tensor.to(target), cfg.blend_weights, cfg.choice_margin,
+            on_restart=lambda: announce(callback, "restart", cfg.crop_iterations, crops.iterations,
+                                        time.perf_counter() - started))
     return FitOutcome(
         output=np.clip(to_numpy(result), 0.0, 1.0),
         iterations=crops.iterations,
@@ -354,4 +357,6 @@ def fit_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu",
         returned=returned,
         fit_weight=weight,
         held_out_errors=errors,
+        held_out_leads=leads or None,
+        choice_margin=cfg.choice_margin,
     )

@@ -42,18 +42,37 @@ class Progress:
     psnr: float | None
     elapsed_s: float
     eta_s: float
-    _candidate: torch.Tensor = field(repr=False)
+    _candidate: torch.Tensor | None = field(repr=False)
     auto_stop_at: int | None = None  # the iteration at which the stopping rule fired, once it has
     tile: int = 1  # when a large image is restored in tiles: which one is being fitted (1-based)
     tiles: int = 1
-    stage: str = "fit"  # "fit", or "apply": the fitted network is being run over a large image's tiles
+    # "fit"; "apply": the fitted network is being run over a large image's tiles; "start": the
+    # classical start is being made, before the first iteration; "restart": it is being made again
+    # from every pixel, after the last (see select_against_start). The last two have no loss
+    # (NaN), no ETA (NaN) and no preview: they are reported so that a display is not silent through them.
+    stage: str = "fit"
 
-    def preview(self) -> np.ndarray:
+    def preview(self) -> np.ndarray | None:
         """The current result (H, W, C) in [0, 1]: what would be returned if the fit ended now
-        (for a fit on crops, the start with the latest crops' results pasted in).
+        (for a fit on crops, the start with the latest crops' results pasted in); None while the
+        start is being made.
 
         A copy: the fit goes on updating its own buffer (the running average) in place."""
-        return to_numpy(self._candidate).copy()
+        return None if self._candidate is None else to_numpy(self._candidate).copy()
+
+
+#: The stages of a restoration that run no iterations of the fit (Progress.stage), in words for a display.
+STAGE_LINES = {"start": "making the classical start", "restart": "making the start again from every pixel"}
+START_STAGES = tuple(STAGE_LINES)
+
+
+def announce(callback: Callable[[Progress], bool | None] | None, stage: str, max_iterations: int,
+             iteration: int = 0, elapsed_s: float = 0.0) -> None:
+    """Tell ``callback`` that a stage without iterations begins (one of :data:`START_STAGES`).
+    Its answer is not asked: making a classical estimate cannot be cut short, and a callback
+    that wants the fit to end says so again at the next iteration."""
+    if callback is not None:
+        callback(Progress(iteration, max_iterations, math.nan, None, elapsed_s, math.nan, None, stage=stage))
 
 
 @dataclass
@@ -73,6 +92,8 @@ class FitOutcome:
     returned: str = "fit"  # "fit", "start" or "blend" (see choose_result)
     fit_weight: float = 1.0  # the fit's share of the returned image (the start has the rest)
     held_out_errors: dict | None = None  # candidate -> its error on the held-out pixels, when compared
+    held_out_leads: dict | None = None  # candidate -> standard errors its error lies under the start's (a margin's)
+    choice_margin: float = 0.0  # the lead a candidate needed over the start to be taken
 
 
 def ema_decay(ema: float, warmup: int, iteration: int) -> float:
@@ -372,36 +393,80 @@ BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def choose_result(problem: Problem, fitted: torch.Tensor, start: torch.Tensor,
-                  weights: tuple[float, ...] | None = None) -> tuple[torch.Tensor, float, dict]:
+                  weights: tuple[float, ...] | None = None, margin: float = 0.0) -> tuple[torch.Tensor, float, dict]:
     """The candidate with the least error on the held-out pixels: the fit, its classical start,
     or a blend w * fit + (1 - w) * start, for the fit's shares ``weights`` (0: the start, 1: the
-    fit; default: the task's ``problem.blend_weights``, else :data:`BLEND_WEIGHTS`). The held-out pixels' noise is independent of every
-    candidate (neither the fit nor the start saw them), so this error ranks the candidates without
-    the ground truth; it rates the fit somewhat better than its error over the whole image, where
-    it has fitted some of the noise (see tasks.DENOISE_BLENDS). Returns the chosen image, its fit
-    weight and every candidate's error."""
-    errors = {}
+    fit; default: the task's ``problem.blend_weights``, else :data:`BLEND_WEIGHTS`). The held-out
+    pixels' noise is independent of every candidate (neither the fit nor the start saw them), so
+    this error ranks the candidates without the ground truth; it rates the fit somewhat better than
+    its error over the whole image, where it has fitted some of the noise (see tasks.DENOISE_BLENDS).
+
+    With ``margin`` > 0 a candidate other than the start is taken only if its mean error lies more
+    than ``margin`` standard errors under the start's, pixel by pixel (a paired comparison): a
+    lead a few held-out pixels could give by chance does not replace the start.
+    Returns the chosen image, its fit weight, every candidate's error and, with a margin, every
+    candidate's lead over the start in standard errors (:func:`margin_ratio`)."""
+    errors, leads = {}, {}
     best = None
     with torch.no_grad():
+        start_errors = problem.held_out_errors(start).double() if margin > 0 else None
         for w in weights or problem.blend_weights or BLEND_WEIGHTS:
             candidate = fitted if w == 1.0 else (start if w == 0.0 else w * fitted + (1 - w) * start)
             errors[w] = float(problem.held_out_loss(candidate))
+            if start_errors is not None and w != 0.0:
+                leads[w] = margin_ratio(problem.held_out_errors(candidate).double() - start_errors)
+                if leads[w] < margin:
+                    continue
             if best is None or errors[w] < errors[best[1]]:
                 best = (candidate, w)
-    return best[0], best[1], errors
+    if best is None:  # the start was not among the weights and no candidate beat it clearly
+        best = (start, 0.0)
+        errors.setdefault(0.0, float(problem.held_out_loss(start)))
+    return best[0], best[1], errors, leads
+
+
+def why_returned(o: FitOutcome) -> str:
+    """Why the choice against the start returned what it did, in words for a report."""
+    if o.held_out_leads is None:
+        return "least error on the held-out pixels"
+    if o.returned != "start":
+        return (f"least error on the held-out pixels, {o.held_out_leads[o.fit_weight]:.1f} standard errors "
+                f"under the start's (at least {o.choice_margin:g} needed)")
+    if o.held_out_errors[0.0] == min(o.held_out_errors.values()):
+        return "least error on the held-out pixels"
+    return (f"no other candidate's error on the held-out pixels lay {o.choice_margin:g} standard errors "
+            "under the start's")
+
+
+def margin_ratio(differences: torch.Tensor) -> float:
+    """How many standard errors the mean of paired ``differences`` (a candidate's error minus the
+    start's, per held-out pixel) lies under zero: positive when the candidate does better."""
+    n = differences.numel()
+    if n < 2:
+        return 0.0
+    spread = float(differences.std()) / math.sqrt(n)
+    mean = float(differences.mean())
+    if spread == 0.0:
+        return math.inf if mean < 0 else 0.0
+    return -mean / spread
 
 
 def select_against_start(problem: Problem, fitted: torch.Tensor, start: torch.Tensor,
-                         weights: tuple[float, ...] | None = None) -> tuple[torch.Tensor, float, dict, str]:
-    """:func:`choose_result` among ``weights``, then the start (or the start's share of a blend)
-    made again from every pixel, held-out ones included: those only ranked the candidates. Returns the result,
-    its fit weight, every candidate's error and what was returned ("fit", "start" or "blend")."""
-    result, weight, errors = choose_result(problem, fitted, start, weights)
+                         weights: tuple[float, ...] | None = None, margin: float = 0.0,
+                         on_restart: Callable[[], None] | None = None) -> tuple[torch.Tensor, float, dict, str]:
+    """:func:`choose_result` among ``weights`` (with ``margin``), then the start (or the start's
+    share of a blend) made again from every pixel, held-out ones included: those only ranked the
+    candidates (``on_restart`` is called before it is). Returns the result, its fit weight, every
+    candidate's error, their leads over the start (with a margin) and what was returned ("fit",
+    "start" or "blend")."""
+    result, weight, errors, leads = choose_result(problem, fitted, start, weights, margin)
     returned = "fit" if weight == 1.0 else ("start" if weight == 0.0 else "blend")
     if weight < 1.0 and problem.full_estimate is not None:
+        if on_restart is not None:
+            on_restart()
         full = _as_tensor(problem.full_estimate(), fitted.device)
         result = full if weight == 0.0 else weight * fitted + (1 - weight) * full
-    return result, weight, errors, returned
+    return result, weight, errors, leads, returned
 
 
 def _as_tensor(pixels: np.ndarray, device) -> torch.Tensor:
@@ -448,7 +513,10 @@ def fit(
     gen = torch.Generator().manual_seed(seed)
     held_out = hold_out_pixels(problem, cfg, seed)
     rule = stopping_rule(problem, cfg, seed, held_out)
-    start_image = problem.estimate() if cfg.input == "estimate" and problem.estimate is not None else None
+    start_image = None
+    if cfg.input == "estimate" and problem.estimate is not None:
+        announce(callback, "start", cfg.iterations)
+        start_image = problem.estimate()
     z = make_input(cfg, problem, (hp, wp), gen, estimate=start_image).to(device)
     net = build_network(cfg.net, z.shape[1], problem.channels)
     init_weights(net, gen)
@@ -526,10 +594,11 @@ def fit(
     else:
         result, stopped_at = running.current, it
     elapsed = time.perf_counter() - start
-    returned, weight, errors = "fit", 1.0, None
+    returned, weight, errors, leads = "fit", 1.0, None, None
     if cfg.select_start and held_out and start_image is not None and uncertainty is None:
-        result, weight, errors, returned = select_against_start(
-            problem, result, _as_tensor(start_image, device), cfg.blend_weights)
+        result, weight, errors, leads, returned = select_against_start(
+            problem, result, _as_tensor(start_image, device), cfg.blend_weights, cfg.choice_margin,
+            on_restart=lambda: announce(callback, "restart", cfg.iterations, it, elapsed))
     return FitOutcome(
         output=np.clip(to_numpy(result), 0.0, 1.0),
         iterations=it,
@@ -546,6 +615,8 @@ def fit(
         returned=returned,
         fit_weight=weight,
         held_out_errors=errors,
+        held_out_leads=leads or None,
+        choice_margin=cfg.choice_margin,
     )
 
 

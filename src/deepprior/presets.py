@@ -44,6 +44,10 @@ class FitConfig:
     # The fit's shares among which select_start chooses (0 is the start, 1 the fit, others blends);
     # None: the task's choice for its start (tasks.Problem.blend_weights).
     blend_weights: tuple[float, ...] | None = None
+    # How many standard errors (of the held-out pixels' paired differences) a candidate's mean error
+    # must fall below the start's for select_start to prefer it: 0 takes the least error, however
+    # slight its lead; more keeps the start unless the held-out pixels tell the others apart from it.
+    choice_margin: float = 0.0
     stop_window: int = 100
     stop_patience: int = 400
     stop_start: int = 0  # the rule's minima before this iteration are not taken (see stopping.py)

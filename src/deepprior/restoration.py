@@ -9,6 +9,7 @@ input) with a report of how it was obtained.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import time
 from dataclasses import dataclass, field, fields, replace
@@ -21,7 +22,7 @@ from . import __version__, estimates
 from .batch import EXECUTORS
 from .errors import DeepPriorError
 from .cropfit import fit_crops
-from .fitting import FitOutcome, Progress, fit, resolve_device
+from .fitting import START_STAGES, FitOutcome, Progress, fit, resolve_device, why_returned
 from .images import Image, atomic_write_bytes, colormap, load_image, save_image
 from .metrics import quality
 from .networks import padded_size
@@ -159,7 +160,9 @@ def _returned(o: FitOutcome) -> dict:
     out = {"result": o.returned, "fit_weight": o.fit_weight}
     if o.held_out_errors:
         out["held_out_errors"] = {f"fit weight {w:g}": e for w, e in o.held_out_errors.items()}
-        out["why"] = "least error on the held-out pixels"
+        if o.held_out_leads:
+            out["held_out_leads"] = {f"fit weight {w:g}": round(v, 3) for w, v in o.held_out_leads.items()}
+        out["why"] = why_returned(o)
     return out
 
 
@@ -391,9 +394,13 @@ def _fit_tiles(image: Image, task: Task, cfg: FitConfig, tiles: list[Tile], scal
 
             def tile_callback(p: Progress, i=i, tile_start=tile_start):
                 done = tile_start - start
-                per_tile_s = (done / (i - 1)) if i > 1 else p.elapsed_s + p.eta_s
-                return callback(replace(p, elapsed_s=done + p.elapsed_s, eta_s=p.eta_s + per_tile_s * (len(tiles) - i),
-                                        tile=i, tiles=len(tiles)))
+                if p.stage in START_STAGES:  # no ETA of its own: the tiles done so far tell the rest's
+                    left = len(tiles) - i + (p.stage == "start")
+                    eta = done / (i - 1) * left if i > 1 else math.nan
+                else:
+                    per_tile_s = (done / (i - 1)) if i > 1 else p.elapsed_s + p.eta_s
+                    eta = p.eta_s + per_tile_s * (len(tiles) - i)
+                return callback(replace(p, elapsed_s=done + p.elapsed_s, eta_s=eta, tile=i, tiles=len(tiles)))
 
             outcome = _fit_tile(pixels, bit_depth, sub, cfg, seed=seed, device=device, reference=ref,
                                 callback=tile_callback if callback is not None else None, callback_every=callback_every)

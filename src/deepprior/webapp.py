@@ -51,6 +51,7 @@ import numpy as np  # noqa: E402
 from PIL import Image as PILImage  # noqa: E402
 
 from .errors import DeepPriorError  # noqa: E402
+from .fitting import STAGE_LINES, START_STAGES, why_returned  # noqa: E402
 from .images import Image, colormap, encode_image, load_image  # noqa: E402
 from .presets import PRESET_NAMES, get_preset  # noqa: E402
 from .restoration import large_image_method, planned_work, restore  # noqa: E402
@@ -359,7 +360,7 @@ def summary(result) -> str:
     if o.held_out_errors:
         kind = {"start": "the classical start, which", "fit": "the fit, which"}.get(
             o.returned, f"a blend of {o.fit_weight:.0%} fit and {1 - o.fit_weight:.0%} classical start, which")
-        source += f"; it is {kind} had the least error on pixels held out of the fit"
+        source += f"; it is {kind} was chosen on pixels held out of the fit: {why_returned(o)}"
     return (
         f"**Done** in {o.elapsed_s:.1f} s: {o.iterations} iterations, {how}; the result is {source}. "
         f"{result.image.width}x{result.image.height} {result.image.mode}, "
@@ -374,6 +375,8 @@ def uncertainty_image(result) -> np.ndarray | None:
 
 
 def _fmt_time(s: float) -> str:
+    if not math.isfinite(s):
+        return "-"
     s = int(round(max(s, 0.0)))
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
@@ -428,13 +431,13 @@ class FitRun:
         return self._thread.is_alive()
 
     def _callback(self, p) -> bool:
-        if self.job is not None:
+        if self.job is not None and math.isfinite(p.eta_s):
             self.job.eta_s = p.eta_s
         if self._preview_every is not None:
             snap = {"it": p.iteration, "max": p.max_iterations, "loss": p.loss, "elapsed": p.elapsed_s,
                     "eta": p.eta_s, "tile": p.tile, "tiles": p.tiles, "stage": p.stage}
             now = time.monotonic()
-            if now - self._last_preview >= self._preview_every:
+            if p.stage not in START_STAGES and now - self._last_preview >= self._preview_every:
                 snap["preview"] = p.preview()
                 self._last_preview = now
             self.updates.put(snap)
@@ -598,7 +601,7 @@ class Handlers:
                 if snap["stage"] == "fit":
                     curve.append(((snap["tile"] - 1) * snap["max"] + snap["it"], snap["loss"]))
                 now = time.monotonic()
-                if "preview" not in snap and now - last_yield < 1.0:
+                if "preview" not in snap and snap["stage"] not in START_STAGES and now - last_yield < 1.0:
                     continue
                 last_yield = now
                 yield _progress_frame(snap, curve, stop.is_set())
@@ -686,11 +689,15 @@ def _progress_frame(snap: dict, curve, stopping: bool) -> tuple:
     """The page's outputs while a fit runs: the status line, and the preview and curve when due."""
     no_change = gr.update()
     tile = f"Tile {snap['tile']} / {snap['tiles']} · " if snap["tiles"] > 1 else ""
-    text = (f"{tile}Iteration {snap['it']} / {snap['max']} · loss {snap['loss']:.5f} · "
-            f"{_fmt_time(snap['elapsed'])} elapsed · at most {_fmt_time(snap['eta'])} left")
     if snap["stage"] == "apply":
         text = (f"Applying the fitted network: tile {snap['tile']} / {snap['tiles']} · "
                 f"{_fmt_time(snap['elapsed'])} elapsed · about {_fmt_time(snap['eta'])} left")
+    elif snap["stage"] in START_STAGES:
+        left = f" · about {_fmt_time(snap['eta'])} left" if math.isfinite(snap["eta"]) else ""
+        text = f"{tile}{STAGE_LINES[snap['stage']].capitalize()}... · {_fmt_time(snap['elapsed'])} elapsed{left}"
+    else:
+        text = (f"{tile}Iteration {snap['it']} / {snap['max']} · loss {snap['loss']:.5f} · "
+                f"{_fmt_time(snap['elapsed'])} elapsed · at most {_fmt_time(snap['eta'])} left")
     if stopping:
         text = "Stopping: keeping the best result so far..."
     preview, plot = no_change, no_change

@@ -271,7 +271,8 @@ def _run_pair(suite, case, method, *, preset, seed, iters, weights, dip_callback
         row.update(preset=preset, iters=iters, iterations=result.iterations, stopped_at=result.stopped_at,
                    stop_reason=result.outcome.stop_reason, history=result.history,
                    fit_params=result.params, stop_curve=thinned_stop_curve(result.outcome),
-                   returned=result.outcome.returned, fit_weight=result.outcome.fit_weight)
+                   returned=result.outcome.returned, fit_weight=result.outcome.fit_weight,
+                   held_out_errors=result.outcome.held_out_errors, held_out_leads=result.outcome.held_out_leads)
     else:
         estimate = baselines.METHODS[method].run(case, weights=weights)
     seconds = time.perf_counter() - start

@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import DeepPriorError
-from ..fitting import resolve_device
+from ..fitting import START_STAGES, resolve_device
 from ..presets import get_preset
 from ..restoration import restore
 from . import resumable, runner, suites
@@ -203,7 +203,8 @@ def step_paper_rate(case: suites.Case, *, paper_iters: int, seed: int, device: s
     stamps: list[tuple[int, float]] = []
 
     def stamp(p):
-        stamps.append((p.iteration, time.perf_counter()))
+        if p.stage not in START_STAGES:
+            stamps.append((p.iteration, time.perf_counter()))
 
     result = restore(case.degraded, case.task, "paper", seed=seed, device=device, callback=_chain(stamp, fit_callback),
                      callback_every=1, iterations=paper_iters, stop="off")
@@ -237,7 +238,7 @@ def step_fast(suite: suites.Suite, case: suites.Case, *, iters: int | None, seed
 
     def watch(p):
         now = time.perf_counter() - start
-        if len(curve) < len(marks) and now >= marks[len(curve)]:
+        if p.stage not in START_STAGES and len(curve) < len(marks) and now >= marks[len(curve)]:
             cut = case.task.finish(case.degraded, np.clip(p.preview(), 0.0, 1.0))
             metric = suite.score(runner._quantise(cut), case.clean.pixels)[suite.metric]
             while len(curve) < len(marks) and now >= marks[len(curve)]:  # a slow report may pass two marks
