@@ -310,9 +310,11 @@ def fit_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu",
     device = resolve_device(device)
     held_out = hold_out_pixels(problem, cfg, seed) if cfg.select_start else False
     announce(callback, "start", cfg.crop_iterations)
+    made = time.perf_counter()
     start_image = problem.estimate()
     h, w = problem.out_size
     started = time.perf_counter()
+    start_s = started - made
     start_tensor = torch.from_numpy(np.ascontiguousarray(np.moveaxis(start_image, -1, 0)))[None]
     preview = start_tensor.clone()
 
@@ -343,7 +345,7 @@ def fit_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu",
         result, weight, errors, leads, returned = select_against_start(
             problem, out.to(target), start_tensor.to(target), cfg.blend_weights, cfg.choice_margin,
             on_restart=lambda: announce(callback, "restart", cfg.crop_iterations, crops.iterations,
-                                        time.perf_counter() - started))
+                                        time.perf_counter() - started, start_s))
     return FitOutcome(
         output=np.clip(to_numpy(result), 0.0, 1.0),
         iterations=crops.iterations,

@@ -49,7 +49,8 @@ class Progress:
     # "fit"; "apply": the fitted network is being run over a large image's tiles; "start": the
     # classical start is being made, before the first iteration; "restart": it is being made again
     # from every pixel, after the last (see select_against_start). The last two have no loss
-    # (NaN), no ETA (NaN) and no preview: they are reported so that a display is not silent through them.
+    # (NaN) and no preview, and an ETA only for "restart" (the first start's time; else NaN): they
+    # are reported so that a display is not silent through them.
     stage: str = "fit"
 
     def preview(self) -> np.ndarray | None:
@@ -67,12 +68,13 @@ START_STAGES = tuple(STAGE_LINES)
 
 
 def announce(callback: Callable[[Progress], bool | None] | None, stage: str, max_iterations: int,
-             iteration: int = 0, elapsed_s: float = 0.0) -> None:
-    """Tell ``callback`` that a stage without iterations begins (one of :data:`START_STAGES`).
+             iteration: int = 0, elapsed_s: float = 0.0, eta_s: float = math.nan) -> None:
+    """Tell ``callback`` that a stage without iterations begins (one of :data:`START_STAGES`);
+    ``eta_s``, its length where known (the start made again takes as long as it took the first time).
     Its answer is not asked: making a classical estimate cannot be cut short, and a callback
     that wants the fit to end says so again at the next iteration."""
     if callback is not None:
-        callback(Progress(iteration, max_iterations, math.nan, None, elapsed_s, math.nan, None, stage=stage))
+        callback(Progress(iteration, max_iterations, math.nan, None, elapsed_s, eta_s, None, stage=stage))
 
 
 @dataclass
@@ -513,10 +515,12 @@ def fit(
     gen = torch.Generator().manual_seed(seed)
     held_out = hold_out_pixels(problem, cfg, seed)
     rule = stopping_rule(problem, cfg, seed, held_out)
-    start_image = None
+    start_image, start_s = None, math.nan
     if cfg.input == "estimate" and problem.estimate is not None:
         announce(callback, "start", cfg.iterations)
+        made = time.perf_counter()
         start_image = problem.estimate()
+        start_s = time.perf_counter() - made
     z = make_input(cfg, problem, (hp, wp), gen, estimate=start_image).to(device)
     net = build_network(cfg.net, z.shape[1], problem.channels)
     init_weights(net, gen)
@@ -598,7 +602,7 @@ def fit(
     if cfg.select_start and held_out and start_image is not None and uncertainty is None:
         result, weight, errors, leads, returned = select_against_start(
             problem, result, _as_tensor(start_image, device), cfg.blend_weights, cfg.choice_margin,
-            on_restart=lambda: announce(callback, "restart", cfg.iterations, it, elapsed))
+            on_restart=lambda: announce(callback, "restart", cfg.iterations, it, elapsed, start_s))
     return FitOutcome(
         output=np.clip(to_numpy(result), 0.0, 1.0),
         iterations=it,

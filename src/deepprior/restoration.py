@@ -22,7 +22,7 @@ from . import __version__, estimates
 from .batch import EXECUTORS
 from .errors import DeepPriorError
 from .cropfit import fit_crops
-from .fitting import START_STAGES, FitOutcome, Progress, fit, resolve_device, why_returned
+from .fitting import FitOutcome, Progress, fit, resolve_device, why_returned
 from .images import Image, atomic_write_bytes, colormap, load_image, save_image
 from .metrics import quality
 from .networks import padded_size
@@ -394,9 +394,8 @@ def _fit_tiles(image: Image, task: Task, cfg: FitConfig, tiles: list[Tile], scal
 
             def tile_callback(p: Progress, i=i, tile_start=tile_start):
                 done = tile_start - start
-                if p.stage in START_STAGES:  # no ETA of its own: the tiles done so far tell the rest's
-                    left = len(tiles) - i + (p.stage == "start")
-                    eta = done / (i - 1) * left if i > 1 else math.nan
+                if p.stage == "start":  # nothing of this tile timed yet: the tiles done so far tell the rest's
+                    eta = done / (i - 1) * (len(tiles) - i + 1) if i > 1 else math.nan
                 else:
                     per_tile_s = (done / (i - 1)) if i > 1 else p.elapsed_s + p.eta_s
                     eta = p.eta_s + per_tile_s * (len(tiles) - i)
