@@ -241,31 +241,31 @@ def _restore_and_write(task_factory, input_path: Path, c: Common, extra_inputs=(
         progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
-            TextColumn("it {task.fields[it]}"),
-            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[what]}"),
+            TextColumn("{task.fields[loss]}"),
             TextColumn("{task.fields[psnr]}"),
             TextColumn("ETA {task.fields[eta]}"),
             console=err,
             transient=False,
         )
         progress.start()
-        bar = progress.add_task(task.name, total=None, it="-", loss="-", psnr="", eta="-")
+        bar = progress.add_task(task.name, total=None, what="starting", loss="", psnr="", eta="-")
 
     def on_progress(p):
         if progress is not None:
             tile = f"tile {p.tile}/{p.tiles} " if p.tiles > 1 else ""
             if p.stage == "apply":
-                tile = f"applying the fit, tile {p.tile}/{p.tiles} "
-            if p.stage in START_STAGES:
-                progress.update(bar, completed=p.iteration, total=p.max_iterations, it=tile + STAGE_LINES[p.stage],
-                                loss="-", psnr="", eta=_fmt_time(p.eta_s))
-                return
+                what = f"applying the fit, tile {p.tile}/{p.tiles}"
+            elif p.stage in START_STAGES:
+                what = tile + STAGE_LINES[p.stage]
+            else:
+                what = f"{tile}it {p.iteration}/{p.max_iterations}"
             progress.update(
                 bar,
                 completed=p.iteration,
                 total=p.max_iterations,
-                it=f"{tile}{p.iteration}/{p.max_iterations}",
-                loss=f"{p.loss:.5f}",
+                what=what,
+                loss=f"loss {p.loss:.5f}" if math.isfinite(p.loss) else "",
                 psnr=f"PSNR {p.psnr:.2f} dB" if p.psnr is not None else "",
                 eta=_fmt_time(p.eta_s),
             )
