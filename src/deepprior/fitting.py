@@ -94,7 +94,7 @@ class FitOutcome:
     returned: str = "fit"  # "fit", "start" or "blend" (see choose_result)
     fit_weight: float = 1.0  # the fit's share of the returned image (the start has the rest)
     held_out_errors: dict | None = None  # candidate -> its error on the held-out pixels, when compared
-    held_out_leads: dict | None = None  # candidate -> standard errors its error lies under the start's (a margin's)
+    held_out_leads: dict | None = None  # candidate -> standard errors its error lies under the start's (with a margin)
     choice_margin: float = 0.0  # the lead a candidate needed over the start to be taken
 
 
@@ -395,7 +395,8 @@ BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def choose_result(problem: Problem, fitted: torch.Tensor, start: torch.Tensor,
-                  weights: tuple[float, ...] | None = None, margin: float = 0.0) -> tuple[torch.Tensor, float, dict]:
+                  weights: tuple[float, ...] | None = None,
+                  margin: float = 0.0) -> tuple[torch.Tensor, float, dict, dict]:
     """The candidate with the least error on the held-out pixels: the fit, its classical start,
     or a blend w * fit + (1 - w) * start, for the fit's shares ``weights`` (0: the start, 1: the
     fit; default: the task's ``problem.blend_weights``, else :data:`BLEND_WEIGHTS`). The held-out
@@ -455,7 +456,8 @@ def margin_ratio(differences: torch.Tensor) -> float:
 
 def select_against_start(problem: Problem, fitted: torch.Tensor, start: torch.Tensor,
                          weights: tuple[float, ...] | None = None, margin: float = 0.0,
-                         on_restart: Callable[[], None] | None = None) -> tuple[torch.Tensor, float, dict, str]:
+                         on_restart: Callable[[], None] | None = None
+                         ) -> tuple[torch.Tensor, float, dict, dict, str]:
     """:func:`choose_result` among ``weights`` (with ``margin``), then the start (or the start's
     share of a blend) made again from every pixel, held-out ones included: those only ranked the
     candidates (``on_restart`` is called before it is). Returns the result, its fit weight, every
