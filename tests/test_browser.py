@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import os
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +172,35 @@ def test_denoise_shows_a_live_preview_then_the_result_as_a_png_download(page, ph
         assert im.format == "PNG" and im.size == (64, 48) and im.mode == "RGB"
         restored = np.asarray(im, dtype=np.float32)
     assert restored.std() > 5  # a picture, not a blank
+
+
+def test_the_status_says_while_the_classical_start_is_made(page, photo, monkeypatch):
+    """A start that takes seconds (BM3D on a large photo takes minutes): the status line names it,
+    and its clock runs on though the fit reports nothing until its first iteration."""
+    from deepprior import tasks
+
+    def slow(real):
+        def denoise(*args, **kwargs):
+            time.sleep(2.5)
+            return real(*args, **kwargs)
+        return denoise
+
+    for name, real in list(tasks.DENOISERS.items()):
+        monkeypatch.setitem(tasks.DENOISERS, name, slow(real))
+    upload(page, photo)
+    set_iterations(page, 10)
+    page.evaluate(
+        """() => {
+            window.__status = [];
+            const box = document.querySelector('#status');
+            new MutationObserver(() => window.__status.push(box.textContent.trim()))
+                .observe(box, {subtree: true, childList: true, characterData: true});
+        }"""
+    )
+    run_to_the_end(page)
+    making = [t for t in page.evaluate("window.__status") if "Making the classical start" in t]
+    assert making, page.evaluate("window.__status")
+    assert any(re.search(r"0:0[12] elapsed", t) for t in making), making
 
 
 def test_bayesian_mode_shows_an_uncertainty_map(page, photo):

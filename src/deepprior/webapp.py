@@ -586,6 +586,7 @@ class Handlers:
         watcher = asyncio.ensure_future(self.queue.watch(job, fit, stop))
         curve: list[tuple[int, float]] = []
         last_yield = 0.0
+        making = None  # (snapshot, when it came) while a classical start is being made: no updates then
         try:
             hide = gr.update(visible=False)
             yield (status_html("Starting the fit..."), gr.update(value=None, label="Live preview"),
@@ -595,7 +596,14 @@ class Handlers:
                     snap = fit.updates.get_nowait()
                 except queue.Empty:
                     await asyncio.sleep(0.2)
+                    now = time.monotonic()
+                    if making is not None and now - last_yield >= 1.0:  # the clock runs on while it is made
+                        last_yield = now
+                        ticked = dict(making[0], elapsed=making[0]["elapsed"] + now - making[1],
+                                      eta=max(making[0]["eta"] - (now - making[1]), 0.0))
+                        yield _progress_frame(ticked, curve, stop.is_set())
                     continue
+                making = (snap, time.monotonic()) if snap["stage"] in START_STAGES else None
                 # A large image fitted tile by tile: the curve runs on across tiles. (A fit on
                 # crops ends by applying the network tile by tile: no new loss there.)
                 if snap["stage"] == "fit":
