@@ -317,3 +317,42 @@ def test_colour_non_local_means_works_in_an_opponent_space(house):
     np.testing.assert_allclose(as_rgb[:, :, 0], as_rgb[:, :, 2], atol=1e-5)
     np.testing.assert_allclose(as_rgb[:, :, 1], as_rgb[:, :, 0], atol=1e-5)
     np.testing.assert_allclose(as_rgb[:, :, :1], alone, atol=1e-4)
+
+
+def _reported(make) -> tuple[np.ndarray, list[float]]:
+    """What ``make()`` returns and the fractions of its work it reported."""
+    seen = []
+    with estimates.reporting(seen.append):
+        out = make()
+    return out, seen
+
+
+@pytest.mark.parametrize("what", ["upscale", "quick upscale", "sparse fill", "fills", "choice", "nlm"])
+def test_slow_estimates_report_how_far_they_are(rgb32, what):
+    """A start can take minutes on a large image: the slow estimates report the fraction of their
+    work done, rising to 1, and give the same result as without anyone listening."""
+    fill = random_mask(rgb32.shape[:2], 0.3, seed=2)
+    big = np.ascontiguousarray(np.tile(rgb32, (2, 2, 1)))  # pixels enough for the choice's probe
+    make = {
+        "upscale": lambda: estimates.regularised_upscale(rgb32[:16, :16], 2),
+        "quick upscale": lambda: estimates.quick_upscale(rgb32[:16, :16], 2),
+        "sparse fill": lambda: estimates.sparse_fill(rgb32, fill),
+        "fills": lambda: estimates.mean_fill(rgb32, fill),
+        "choice": lambda: tasks.FillStart(big, random_mask(big.shape[:2], 0.3, seed=2), tasks.START_FILLS["text"])(),
+        "nlm": lambda: estimates.nlm_denoise(rgb32, 25),
+    }[what]
+    out, seen = _reported(make)
+    assert len(seen) >= 3 and seen[-1] == 1.0
+    assert all(0.0 <= a <= b <= 1.0 for a, b in zip(seen, seen[1:]))  # rising, in [0, 1]
+    np.testing.assert_array_equal(out, make())
+
+
+def test_a_shared_estimate_reports_within_its_span():
+    seen = []
+    with estimates.reporting(seen.append):
+        with estimates.share(0.5, 0.75):
+            estimates._done(0.0)
+            estimates._done(1.0)
+        estimates._done(1.0)
+    assert seen == [0.5, 0.75, 1.0]
+    estimates._done(0.5)  # nobody listening: nothing to do

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from deepprior import DeepPriorError, Image, load_image, restore, tasks
+from deepprior import DeepPriorError, Image, fitting, load_image, restore, tasks
 from deepprior.degrade import add_noise, downscale, random_mask
 from deepprior.fitting import BLEND_WEIGHTS
 from deepprior.metrics import psnr
@@ -151,6 +151,21 @@ def test_callback_hears_while_the_start_is_made(rgb32):
     restore(noisy, tasks.Denoise(sigma=25), input="noise", iterations=5, stop="off", callback=plain.append,
             callback_every=5)
     assert [p.stage for p in plain] == ["fit"]  # no start to make
+
+
+def test_the_start_reports_its_remaining_time(rgb32, monkeypatch):
+    """While a slow start is made the callback hears, before the first iteration, how long it
+    has taken and about how long it has left (from how far the estimate says it is)."""
+    monkeypatch.setattr(fitting, "START_REPORT_EVERY_S", 0.0)  # every report the estimate makes
+    seen = []
+    restore(rgb32[:16, :16], tasks.SuperResolution(scale=2), iterations=5, stop="off", threads=1,
+            callback=seen.append, callback_every=5)
+    starts = [p for p in seen if p.stage == "start"]
+    assert seen[len(starts)].stage == "fit" and len(starts) >= 3  # all of them before the first iteration
+    assert math.isnan(starts[0].eta_s)  # announced before anything is known
+    assert all(math.isfinite(p.eta_s) and p.eta_s >= 0 for p in starts[1:])
+    assert all(a.elapsed_s <= b.elapsed_s for a, b in zip(starts, starts[1:]))
+    assert starts[-1].eta_s < starts[1].eta_s + 1e-9
 
 
 def test_report_has_the_documented_keys(rgb32):

@@ -36,8 +36,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .fitting import (FitOutcome, Progress, announce, build_optimizer, ema_decay, fill_noise, hold_out_pixels, init_weights,
-                      make_input, pad_to, resolve_device, select_against_start, to_numpy, total_variation)
+from .fitting import (FitOutcome, Progress, build_optimizer, ema_decay, fill_noise, hold_out_pixels, init_weights,
+                      make_input, make_start, pad_to, resolve_device, select_against_start, to_numpy,
+                      total_variation)
 from .networks import build_network, padded_size
 from .presets import FitConfig
 from .tasks import Problem
@@ -309,12 +310,9 @@ def fit_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu",
     """
     device = resolve_device(device)
     held_out = hold_out_pixels(problem, cfg, seed) if cfg.select_start else False
-    announce(callback, "start", cfg.crop_iterations)
-    made = time.perf_counter()
-    start_image = problem.estimate()
+    start_image, start_s = make_start(problem.estimate, callback, "start", cfg.crop_iterations)
     h, w = problem.out_size
     started = time.perf_counter()
-    start_s = started - made
     start_tensor = torch.from_numpy(np.ascontiguousarray(np.moveaxis(start_image, -1, 0)))[None]
     preview = start_tensor.clone()
 
@@ -344,8 +342,8 @@ def fit_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu",
         target = problem.target.device
         result, weight, errors, leads, returned = select_against_start(
             problem, out.to(target), start_tensor.to(target), cfg.blend_weights, cfg.choice_margin,
-            on_restart=lambda: announce(callback, "restart", cfg.crop_iterations, crops.iterations,
-                                        time.perf_counter() - started, start_s))
+            remake=lambda make: make_start(make, callback, "restart", cfg.crop_iterations, crops.iterations,
+                                           time.perf_counter() - started, start_s)[0])
     return FitOutcome(
         output=np.clip(to_numpy(result), 0.0, 1.0),
         iterations=crops.iterations,

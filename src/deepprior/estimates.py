@@ -8,13 +8,54 @@ the network input hold the task's classical answer from this module and the rest
 the network starts from the content and spends its iterations on what the classical method got
 wrong (BENCHMARKS.md has the measurements).
 
-Each function takes and returns (H, W, C) arrays in [0, 1].
+Each function takes and returns (H, W, C) arrays in [0, 1]. The slow ones tell how far they are
+to whoever asked, through :func:`reporting`.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable, Iterator
+
 import numpy as np
 import torch
+
+# Where the estimates below report how much of their work is done (a fraction, 0-1): set by
+# reporting() around a call, so that no signature carries it and any estimate can be timed.
+_report: ContextVar[Callable[[float], None] | None] = ContextVar("deepprior_estimate_report", default=None)
+
+
+@contextmanager
+def reporting(report: Callable[[float], None] | None) -> Iterator[None]:
+    """Within the block, the estimates of this module call ``report(fraction)`` as their work
+    goes on (the fraction of it done, rising from 0 to 1), from the thread that called them; a
+    caller turns that into a remaining time. Estimates that run as one library call (BM3D,
+    OpenCV's fills) report only when they end."""
+    token = _report.set(report)
+    try:
+        yield
+    finally:
+        _report.reset(token)
+
+
+@contextmanager
+def share(start: float, end: float) -> Iterator[None]:
+    """Report the fractions of the enclosed estimate as the span ``start``-``end`` of the
+    enclosing one's (an estimate made of several)."""
+    outer = _report.get()
+    token = _report.set(None if outer is None else (lambda f: outer(start + (end - start) * f)))
+    try:
+        yield
+    finally:
+        _report.reset(token)
+
+
+def _done(fraction: float) -> None:
+    """Report that ``fraction`` of the current estimate's work is done."""
+    report = _report.get()
+    if report is not None:
+        report(min(max(float(fraction), 0.0), 1.0))
 
 
 def biharmonic_fill(pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
@@ -65,19 +106,37 @@ def mean_fill(pixels: np.ndarray, fill: np.ndarray, methods: tuple[str, ...] = F
     holes, the best single fill (Navier-Stokes) 14.79, the mean of all five 15.68.
     """
     fill = np.asarray(fill, dtype=bool)
-    parts = []
-    for m in methods:
-        if m == "biharmonic":
-            parts.append(biharmonic_fill(pixels, fill))
-        elif m == "sparse":
-            parts.append(sparse_fill(pixels, fill))
-        elif m == "bm3d":
-            parts.append(bm3d_fill(pixels, fill))
-        elif m in ("telea", "ns", "fsr"):
-            parts.append(opencv_fill(pixels, fill, m))
-        else:
-            raise ValueError(f"unknown fill {m!r}; choose from {', '.join(FILLS + ('bm3d',))}")
+    parts = _fills(pixels, fill, methods)
     return np.where(fill[:, :, None], sum(parts) / len(parts), pixels).astype(np.float32)
+
+
+#: Rough relative times of the fills (the fill suites' seconds per 256x256 image, 2 cores), to share
+#: the progress of several fills among them.
+FILL_COST = {"telea": 0.02, "ns": 0.02, "biharmonic": 0.05, "fsr": 1.0, "sparse": 1.0, "bm3d": 15.0}
+
+
+def _fills(pixels: np.ndarray, fill: np.ndarray, methods: tuple[str, ...]) -> list[np.ndarray]:
+    """Each fill named in ``methods``, their progress reported in shares of :data:`FILL_COST`."""
+    cost = np.cumsum([0.0] + [FILL_COST.get(m, 1.0) for m in methods])
+    parts = []
+    for i, m in enumerate(methods):
+        with share(cost[i] / cost[-1], cost[i + 1] / cost[-1]):
+            parts.append(_one_fill(pixels, fill, m))
+        _done(cost[i + 1] / cost[-1])
+    return parts
+
+
+def _one_fill(pixels: np.ndarray, fill: np.ndarray, m: str) -> np.ndarray:
+    """The fill named ``m``: one of :data:`FILLS`, or "bm3d" (:func:`bm3d_fill`)."""
+    if m == "biharmonic":
+        return biharmonic_fill(pixels, fill)
+    if m == "sparse":
+        return sparse_fill(pixels, fill)
+    if m == "bm3d":
+        return bm3d_fill(pixels, fill)
+    if m in ("telea", "ns", "fsr"):
+        return opencv_fill(pixels, fill, m)
+    raise ValueError(f"unknown fill {m!r}; choose from {', '.join(FILLS + ('bm3d',))}")
 
 
 # Below this many known pixels under the shifted mask, choose_fill cannot measure the candidates and
@@ -108,7 +167,8 @@ def choose_fill(pixels: np.ndarray, fill: np.ndarray, candidates: tuple[tuple[st
     if len(candidates) == 1 or probe.sum() < MIN_PROBE_PIXELS:
         return candidates[0], {}
     hidden = fill | probe
-    parts = {m: mean_fill(pixels, hidden, (m,)) for m in dict.fromkeys(m for c in candidates for m in c)}
+    methods = tuple(dict.fromkeys(m for c in candidates for m in c))
+    parts = dict(zip(methods, _fills(pixels, hidden, methods)))
     errors = {}
     for c in candidates:
         guess = sum(parts[m] for m in c) / len(c)
@@ -190,6 +250,7 @@ def sparse_fill(pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
     start = biharmonic_fill(pixels, fill)
     if not fill.any():
         return start
+    _done(0.05)
     d = _dct_matrix(SPARSE_BLOCK)
     known = torch.from_numpy(~fill)
     ts = np.geomspace(*SPARSE_THRESHOLDS, SPARSE_PASSES)
@@ -198,8 +259,9 @@ def sparse_fill(pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
         for ch in range(pixels.shape[2]):
             y = torch.from_numpy(np.ascontiguousarray(pixels[:, :, ch], dtype=np.float32))
             x = torch.from_numpy(np.ascontiguousarray(start[:, :, ch]))
-            for t in ts:
+            for i, t in enumerate(ts):
                 x = torch.where(known, y, dct_hard_threshold(x, float(t), d))
+                _done(0.05 + 0.95 * (ch * len(ts) + i + 1) / (pixels.shape[2] * len(ts)))
             out[:, :, ch] = x.numpy()
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
@@ -255,12 +317,13 @@ def back_project(pixels: np.ndarray, scale: int, *, sparse: bool = True) -> np.n
         v = g / g.norm()
     step = 1.0 / lipschitz
     d = _dct_matrix(SPARSE_BLOCK)
-    for t in np.geomspace(*BACKPROJECT_THRESHOLDS, BACKPROJECT_PASSES):
+    for i, t in enumerate(np.geomspace(*BACKPROJECT_THRESHOLDS, BACKPROJECT_PASSES)):
         for _ in range(BACKPROJECT_STEPS):
             x = x - step * grad(x, y)
         if sparse:
             with torch.no_grad():
                 x = torch.stack([dct_hard_threshold(c, float(t), d) for c in x[0]])[None]
+        _done((i + 1) / (BACKPROJECT_PASSES + 1))
     for _ in range(BACKPROJECT_STEPS):
         x = x - step * grad(x, y)
     return np.clip(np.moveaxis(x[0].detach().numpy(), 0, -1), 0.0, 1.0).astype(np.float32)
@@ -274,7 +337,7 @@ def tv_refine(start: np.ndarray, pixels: np.ndarray, scale: int, weight: float =
     x = torch.from_numpy(np.moveaxis(start, -1, 0).astype(np.float32))[None].requires_grad_(True)  # a copy
     opt = torch.optim.Adam([x], lr=TV_LR)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    for _ in range(steps):
+    for k in range(steps):
         dx = x[..., :-1, 1:] - x[..., :-1, :-1]
         dy = x[..., 1:, :-1] - x[..., :-1, :-1]
         tv = torch.sqrt(dx**2 + dy**2 + TV_EPS**2).mean()
@@ -283,6 +346,7 @@ def tv_refine(start: np.ndarray, pixels: np.ndarray, scale: int, weight: float =
         loss.backward()
         opt.step()
         schedule.step()
+        _done((k + 1) / steps)
     return np.clip(np.moveaxis(x[0].detach().numpy(), 0, -1), 0.0, 1.0).astype(np.float32)
 
 
@@ -293,7 +357,10 @@ def regularised_upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
     (the "Regularised upscale" column). About 95 s per megapixel of result on 2 cores:
     :func:`quick_upscale` is the start of larger images.
     """
-    return tv_refine(back_project(pixels, scale), pixels, scale)
+    with share(0.0, 0.55):  # the two parts' shares of the time at a 512x512 result
+        start = back_project(pixels, scale)
+    with share(0.55, 1.0):
+        return tv_refine(start, pixels, scale)
 
 
 # The start of large results: back-projection without the DCT thresholding (which costs most of the
@@ -305,7 +372,10 @@ QUICK_TV_STEPS = 100
 def quick_upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
     """A cheaper :func:`regularised_upscale` for large results: 18 s per megapixel of result at 1
     megapixel, 33 at 16 (2 cores; memory-bound there)."""
-    return tv_refine(back_project(pixels, scale, sparse=False), pixels, scale, steps=QUICK_TV_STEPS)
+    with share(0.0, 0.45):  # the two parts' shares of the time at a 1024x1024 result
+        start = back_project(pixels, scale, sparse=False)
+    with share(0.45, 1.0):
+        return tv_refine(start, pixels, scale, steps=QUICK_TV_STEPS)
 
 
 def fill_from_neighbours(pixels: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
@@ -394,6 +464,7 @@ def nlm_denoise(pixels: np.ndarray, sigma: float | None = None) -> np.ndarray:
     out = np.empty_like(opp)
     for c, h in enumerate((NLM_H, NLM_H_CHROMA, NLM_H_CHROMA)):
         out[:, :, c] = denoise_nl_means(opp[:, :, c], h=h * s, **kw)
+        _done((c + 1) / 3)
     return np.clip(out @ _OPPONENT, 0.0, 1.0).astype(np.float32)
 
 
@@ -441,12 +512,15 @@ def bm3d_fill(pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
     Heide11 with 50 % dropped 0.11-1.25 dB above :func:`sparse_fill` (0.5 on the mean), for 8 BM3D
     runs (about 90 s for a 512x512 grey image on 2 cores)."""
     fill = np.asarray(fill, dtype=bool)
-    x = sparse_fill(pixels, fill)
+    first = 1.0 / (BM3D_FILL_PASSES + 1)  # the sparse fill, about as long as one BM3D pass
+    with share(0.0, first):
+        x = sparse_fill(pixels, fill)
     if not fill.any():
         return x
     known = ~fill[:, :, None]
-    for sigma in np.geomspace(*BM3D_FILL_SIGMAS, BM3D_FILL_PASSES):
+    for i, sigma in enumerate(np.geomspace(*BM3D_FILL_SIGMAS, BM3D_FILL_PASSES)):
         x = np.where(known, pixels, bm3d_denoise(x, float(sigma)))
+        _done(first + (1 - first) * (i + 1) / BM3D_FILL_PASSES)
     return x.astype(np.float32)
 
 

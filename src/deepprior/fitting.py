@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .estimates import reporting
 from .metrics import psnr as _psnr
 from .networks import build_network, padded_size
 from .presets import FitConfig
@@ -75,6 +76,35 @@ def announce(callback: Callable[[Progress], bool | None] | None, stage: str, max
     that wants the fit to end says so again at the next iteration."""
     if callback is not None:
         callback(Progress(iteration, max_iterations, math.nan, None, elapsed_s, eta_s, None, stage=stage))
+
+
+#: The least time between two reports of a start's progress (a slow start reports many steps).
+START_REPORT_EVERY_S = 1.0
+
+
+def make_start(make: Callable[[], np.ndarray], callback: Callable[[Progress], bool | None] | None, stage: str,
+               max_iterations: int, iteration: int = 0, elapsed_s: float = 0.0, eta_s: float = math.nan
+               ) -> tuple[np.ndarray, float]:
+    """Make a classical start (``make()``, e.g. ``problem.estimate``) and return it with the seconds
+    it took, telling ``callback`` as it goes: :func:`announce` first (with ``eta_s``), then, at most
+    every :data:`START_REPORT_EVERY_S`, the time left as the estimate reports how far it is
+    (:func:`deepprior.estimates.reporting`; its rate so far, carried forward)."""
+    announce(callback, stage, max_iterations, iteration, elapsed_s, eta_s)
+    began = time.perf_counter()
+    last = began
+
+    def report(fraction: float) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if fraction <= 0.0 or now - last < START_REPORT_EVERY_S:
+            return
+        last = now
+        spent = now - began
+        announce(callback, stage, max_iterations, iteration, elapsed_s + spent, spent * (1.0 - fraction) / fraction)
+
+    with reporting(report if callback is not None else None):
+        image = make()
+    return image, time.perf_counter() - began
 
 
 @dataclass
@@ -456,19 +486,18 @@ def margin_ratio(differences: torch.Tensor) -> float:
 
 def select_against_start(problem: Problem, fitted: torch.Tensor, start: torch.Tensor,
                          weights: tuple[float, ...] | None = None, margin: float = 0.0,
-                         on_restart: Callable[[], None] | None = None
+                         remake: Callable[[Callable[[], np.ndarray]], np.ndarray] | None = None
                          ) -> tuple[torch.Tensor, float, dict, dict, str]:
     """:func:`choose_result` among ``weights`` (with ``margin``), then the start (or the start's
     share of a blend) made again from every pixel, held-out ones included: those only ranked the
-    candidates (``on_restart`` is called before it is). Returns the result, its fit weight, every
-    candidate's error, their leads over the start (with a margin) and what was returned ("fit",
-    "start" or "blend")."""
+    candidates (``remake``, given ``problem.full_estimate``, makes it: e.g. with :func:`make_start`).
+    Returns the result, its fit weight, every candidate's error, their leads over the start (with
+    a margin) and what was returned ("fit", "start" or "blend")."""
     result, weight, errors, leads = choose_result(problem, fitted, start, weights, margin)
     returned = "fit" if weight == 1.0 else ("start" if weight == 0.0 else "blend")
     if weight < 1.0 and problem.full_estimate is not None:
-        if on_restart is not None:
-            on_restart()
-        full = _as_tensor(problem.full_estimate(), fitted.device)
+        made = problem.full_estimate() if remake is None else remake(problem.full_estimate)
+        full = _as_tensor(made, fitted.device)
         result = full if weight == 0.0 else weight * fitted + (1 - weight) * full
     return result, weight, errors, leads, returned
 
@@ -519,10 +548,7 @@ def fit(
     rule = stopping_rule(problem, cfg, seed, held_out)
     start_image, start_s = None, math.nan
     if cfg.input == "estimate" and problem.estimate is not None:
-        announce(callback, "start", cfg.iterations)
-        made = time.perf_counter()
-        start_image = problem.estimate()
-        start_s = time.perf_counter() - made
+        start_image, start_s = make_start(problem.estimate, callback, "start", cfg.iterations)
     z = make_input(cfg, problem, (hp, wp), gen, estimate=start_image).to(device)
     net = build_network(cfg.net, z.shape[1], problem.channels)
     init_weights(net, gen)
@@ -604,7 +630,7 @@ def fit(
     if cfg.select_start and held_out and start_image is not None and uncertainty is None:
         result, weight, errors, leads, returned = select_against_start(
             problem, result, _as_tensor(start_image, device), cfg.blend_weights, cfg.choice_margin,
-            on_restart=lambda: announce(callback, "restart", cfg.iterations, it, elapsed, start_s))
+            remake=lambda make: make_start(make, callback, "restart", cfg.iterations, it, elapsed, start_s)[0])
     return FitOutcome(
         output=np.clip(to_numpy(result), 0.0, 1.0),
         iterations=it,
