@@ -115,9 +115,14 @@ def mean_fill(pixels: np.ndarray, fill: np.ndarray, methods: tuple[str, ...] = F
 FILL_COST = {"telea": 0.02, "ns": 0.02, "biharmonic": 0.05, "fsr": 1.0, "sparse": 1.0, "bm3d": 15.0}
 
 
+def fill_cost(methods) -> float:
+    """The rough time of making every fill in ``methods`` (:data:`FILL_COST`'s units)."""
+    return sum(FILL_COST.get(m, 1.0) for m in methods)
+
+
 def _fills(pixels: np.ndarray, fill: np.ndarray, methods: tuple[str, ...]) -> list[np.ndarray]:
     """Each fill named in ``methods``, their progress reported in shares of :data:`FILL_COST`."""
-    cost = np.cumsum([0.0] + [FILL_COST.get(m, 1.0) for m in methods])
+    cost = np.cumsum([0.0] + [fill_cost((m,)) for m in methods])
     parts = []
     for i, m in enumerate(methods):
         with share(cost[i] / cost[-1], cost[i + 1] / cost[-1]):

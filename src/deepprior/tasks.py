@@ -172,9 +172,8 @@ class FillStart:
         if self.chosen is not None:
             return estimates.mean_fill(self.pixels, fill, self.chosen)
         # Progress: the probe makes every candidate fill once, the start about one candidate's worth.
-        cost = lambda methods: sum(estimates.FILL_COST.get(m, 1.0) for m in methods)  # noqa: E731
-        probe = cost(dict.fromkeys(m for c in self.candidates for m in c)) if len(self.candidates) > 1 else 0.0
-        split = probe / (probe + np.mean([cost(c) for c in self.candidates]))
+        probe = estimates.fill_cost({m for c in self.candidates for m in c}) if len(self.candidates) > 1 else 0.0
+        split = probe / (probe + np.mean([estimates.fill_cost(c) for c in self.candidates]))
         with estimates.share(0.0, split):
             self.chosen, self.errors = estimates.choose_fill(self.pixels, fill, self.candidates)
         with estimates.share(split, 1.0):
