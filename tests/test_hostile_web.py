@@ -204,12 +204,14 @@ def test_an_upload_name_is_never_used_as_a_path(name, server):
     assert load_image(result).size == (6, 5)
 
 
-def test_a_server_path_sent_as_the_image_is_refused_unread(server):
+def test_a_server_path_sent_as_the_image_is_refused_unread(server, tmp_path, monkeypatch):
     """Only uploads can be inputs: naming a file of the server (or a URL) gets a bare error. The
     refusal may repeat the path the client sent, but says nothing else of the server: not
     whether the file exists (an existing and a missing file get the same answer), nor its
-    contents, nor any other server path."""
+    contents, nor any other server path, its working folder included (here one under the temp
+    folder, where Gradio's own refusal would name it)."""
     app, url = server
+    monkeypatch.chdir(tmp_path)
     secret = Path(app.deepprior_settings.workdir) / "secret.png"
     secret.write_bytes(corpus.photo_png(4, 4))
     missing = secret.with_name("missing.png")
@@ -220,7 +222,7 @@ def test_a_server_path_sent_as_the_image_is_refused_unread(server):
             assert event == "error", (fd, payload)
             text = json.dumps(payload).replace(json.dumps(fd.get("path"))[1:-1], "PATH")
             assert "root:" not in text
-            for path in server_paths(app):
+            for path in server_paths(app) + [str(tmp_path)]:
                 assert path not in text, payload
         answers = [json.dumps(call(url, [file_data(str(p)), "denoise", 2, None, "fast", 2, 0, "gaussian:1.5", None]))
                    .replace(str(p), "PATH") for p in (secret, missing)]

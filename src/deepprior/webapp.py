@@ -947,6 +947,22 @@ def _examples(image_in, task, scale, mask_in, mode):
                     cache_examples=False, examples_per_page=10)
 
 
+#: How Gradio begins its refusals of a file path a client names instead of uploading
+#: (gradio.exceptions.InvalidPathError): their text names the server's working folder.
+_PATH_REFUSALS = ("Cannot move ", "Dotfiles located ")
+PATH_REFUSAL = "only an uploaded image can be restored: upload the file, then send what the upload returned"
+
+
+async def _answer_bad_request(request, exc):
+    """Gradio's 400 answers as they are, except a refused file path, which gets the app's own line."""
+    from fastapi.responses import JSONResponse
+
+    detail = exc.detail
+    if isinstance(detail, str) and detail.startswith(_PATH_REFUSALS):
+        detail = PATH_REFUSAL
+    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
 def launch(
     *,
     host: str = "127.0.0.1",
@@ -988,6 +1004,7 @@ def launch(
             theme=theme,
             css=_CSS,
             quiet=True,
+            app_kwargs={"exception_handlers": {400: _answer_bad_request}},
         )
     except OSError as e:
         raise DeepPriorError(f"cannot serve on {host}:{port} ({e})") from None
