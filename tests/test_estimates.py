@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from deepprior import DeepPriorError, Image, restore, tasks
+from deepprior import DeepPriorError, Image, degrade, restore, tasks
 from deepprior.degrade import downscale, random_mask
 from deepprior import estimates
 from deepprior.estimates import biharmonic_fill, upscale
@@ -345,6 +345,25 @@ def test_slow_estimates_report_how_far_they_are(rgb32, what):
     assert len(seen) >= 3 and seen[-1] == 1.0
     assert all(0.0 <= a <= b <= 1.0 for a, b in zip(seen, seen[1:]))  # rising, in [0, 1]
     np.testing.assert_array_equal(out, make())
+
+
+@pytest.mark.parametrize("kind", ["text", "hole"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_fsr_in_strips_is_the_whole_fill_and_reports_each_strip(house, kind, channels):
+    """OpenCV's FSR is one library call; run strip by strip it reports as it goes, and fills as
+    the whole call does (within one grey level: a block's neighbours may be filled in another order)."""
+    import cv2
+
+    pixels = house if channels == 3 else np.ascontiguousarray(house.mean(axis=2, keepdims=True))
+    shape = pixels.shape[:2]
+    fill = degrade.text_mask(shape, "deep image prior", 0, size=12) if kind == "text" else degrade.hole_mask(shape, 0)
+    img = Image(pixels).to_array(np.uint8)
+    whole = np.zeros_like(img)
+    cv2.xphoto.inpaint(img, (~fill).astype(np.uint8), whole, cv2.xphoto.INPAINT_FSR_FAST)
+    strips, seen = _reported(lambda: estimates._fsr_in_strips(img, fill, strip=32))
+    difference = np.abs(strips.astype(int) - whole.astype(int))
+    assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
+    assert len(seen) == 256 // 32 and seen[-1] == 1.0
 
 
 def test_a_shared_estimate_reports_within_its_span():
