@@ -494,6 +494,8 @@ def test_the_bm3d_start_is_bm3d_and_large_images_take_non_local_means(rgb32, mon
     task = tasks.Denoise(sigma=25)
     problem = task.problem(Image(noisy))
     assert problem.estimate_name == "bm3d" and problem.blend_weights == (0.0, 0.5)
+    assert tasks.Denoise(sigma=15).problem(Image(noisy)).blend_weights == (0.0, 0.25)  # less of the fit at low noise
+    assert tasks.Denoise().problem(Image(noisy)).blend_weights == (0.0, 0.5)  # blind: the noise read from the image
     r = restore(noisy, task, iterations=5, stop="off", threads=1)
     assert set(r.outcome.held_out_errors) == {0.0, 0.5}
     np.testing.assert_array_equal(problem.estimate(), estimates.bm3d_denoise(noisy, 25))

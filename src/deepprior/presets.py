@@ -136,7 +136,7 @@ PRESETS: dict[str, dict[str, FitConfig]] = {
         # channels (the estimate's 3, 5 of noise): 10 % cheaper than 32, same quality.
         # Self-validation on 2 % of the pixels stops it (the windowed variance cannot see the peak
         # of a fit started from an estimate; more held-out pixels weaken the start) and chooses
-        # what is returned (tasks.DENOISE_BLENDS): from BM3D the even mean beats BM3D. The average's
+        # what is returned (tasks.DENOISE_BLENDS): from BM3D a blend with BM3D beats BM3D. The average's
         # warm-up drops the first, random outputs: without it they still weighed on it at 500
         # (fit 0.18 dB and mean 0.08 dB lower on a 256x256 crop of kodim03).
         "fast": FitConfig(net=_FAST_SKIP, input="estimate", input_depth=8, lr=0.01, iterations=500,

@@ -8,6 +8,7 @@ describe its job with plain parameters (:func:`from_name`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Callable
@@ -139,12 +140,20 @@ LARGE_START_PIXELS = DEFAULT_MAX_FIT_PIXELS
 DENOISERS = {"bm3d": estimates.bm3d_denoise, "nlm": estimates.nlm_denoise}
 #: The smallest side BM3D is run on (the bm3d package segfaults on an 8x8 image; 16x16 ran).
 BM3D_MIN_SIDE = 16
-#: What a denoising fit is chosen among, by its start: the fit's shares (0: the start, 1: the fit).
-#: From BM3D the fit alone ended under BM3D on the nine CBM3D images (sigma 25) and their even
-#: mean above it on eight; the held-out noisy pixels, which the fit never fitted, rate the fit
-#: better than it is where it fitted them, and took it on two of the nine. From non-local
-#: means the fit is 0.6 dB above its start and may be returned alone.
-DENOISE_BLENDS = {"bm3d": (0.0, 0.5), "nlm": (0.0, 0.5, 1.0)}
+#: What a denoising fit is chosen among, by its start and the noise level: rows of (the highest
+#: sigma, on 0-255, the row is for; the fit's shares, 0: the start, 1: the fit). From BM3D the fit
+#: alone ended under BM3D on the nine CBM3D images at every sigma; at 25 and 50 their even mean
+#: was above BM3D on most, at 15 under it on six (the fit is weaker beside BM3D as the noise
+#: falls), where a quarter share was above it on the mean. The held-out noisy pixels, which the
+#: fit never fitted, rate it better than it is where it fitted them, so a candidate with more of
+#: the fit would be taken where it is worse. From non-local means the fit is 0.6 dB above its
+#: start (sigma 25) and may be returned alone. BENCHMARKS.md, denoising.
+DENOISE_BLENDS = {"bm3d": ((20.0, (0.0, 0.25)), (math.inf, (0.0, 0.5))), "nlm": ((math.inf, (0.0, 0.5, 1.0)),)}
+
+
+def denoise_blends(denoiser: str, sigma: float) -> tuple[float, ...]:
+    """The fit's shares a denoising fit from ``denoiser`` is chosen among at noise ``sigma`` (0-255)."""
+    return next(shares for top, shares in DENOISE_BLENDS[denoiser] if sigma <= top)
 
 
 # The tasks' classical estimates; ``exclude`` marks pixels held out of the fit (Problem.hold_out).
@@ -240,7 +249,8 @@ class Denoise(Task):
         p = super().problem(image)
         p.estimate_name = self.denoiser(image.height, image.width)
         p.estimate = partial(_denoised_estimate, image.pixels, self.sigma, p.estimate_name)
-        p.blend_weights = DENOISE_BLENDS[p.estimate_name]
+        sigma = estimates.noise_sigma(image.pixels) * 255.0 if self.sigma is None else self.sigma
+        p.blend_weights = denoise_blends(p.estimate_name, sigma)
         return p
 
     def params(self):
