@@ -366,6 +366,22 @@ def test_fsr_in_strips_is_the_whole_fill_and_reports_each_strip(house, kind, cha
     assert len(seen) == 256 // 32 and seen[-1] == 1.0
 
 
+def test_an_interrupted_fsr_fill_does_not_wait_for_the_strips_not_begun(house, monkeypatch):
+    import cv2
+
+    img = Image(house).to_array(np.uint8)
+    fill = degrade.text_mask(house.shape[:2], "deep image prior", 0, size=12)
+    calls, inpaint = [], cv2.xphoto.inpaint
+    monkeypatch.setattr(cv2.xphoto, "inpaint", lambda *a: (calls.append(1), inpaint(*a))[1])
+
+    def interrupt(fraction):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt), estimates.reporting(interrupt):
+        estimates._fsr_in_strips(img, fill, strip=16)
+    assert len(calls) < 256 // 16 // 2
+
+
 def test_a_shared_estimate_reports_within_its_span():
     seen = []
     with estimates.reporting(seen.append):

@@ -122,10 +122,13 @@ def _fsr_in_strips(img: np.ndarray, fill: np.ndarray, strip: int = FSR_STRIP) ->
 
     tops = range(0, height, strip)
     out = np.empty_like(img)
-    with ThreadPoolExecutor(max(1, min(torch.get_num_threads(), len(tops)))) as pool:  # OpenCV frees the GIL
+    pool = ThreadPoolExecutor(max(1, min(torch.get_num_threads(), len(tops))))  # OpenCV frees the GIL
+    try:
         for i, (top, rows) in enumerate(zip(tops, pool.map(part, tops))):
             out[top : top + strip] = rows
             _done((i + 1) / len(tops))
+    finally:  # interrupted (Ctrl-C): the strips not begun are dropped, not waited for
+        pool.shutdown(cancel_futures=True)
     return out
 
 
