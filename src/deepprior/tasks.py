@@ -151,9 +151,13 @@ BM3D_MIN_SIDE = 16
 DENOISE_BLENDS = {"bm3d": ((20.0, (0.0, 0.25)), (math.inf, (0.0, 0.5))), "nlm": ((math.inf, (0.0, 0.5, 1.0)),)}
 
 
-def denoise_blends(denoiser: str, sigma: float) -> tuple[float, ...]:
-    """The fit's shares a denoising fit from ``denoiser`` is chosen among at noise ``sigma`` (0-255)."""
-    return next(shares for top, shares in DENOISE_BLENDS[denoiser] if sigma <= top)
+def denoise_blends(denoiser: str, sigma: float | None, pixels: np.ndarray) -> tuple[float, ...]:
+    """The fit's shares a denoising fit from ``denoiser`` is chosen among at noise ``sigma``
+    (0-255), read from the noisy ``pixels`` when None and the shares depend on it."""
+    bands = DENOISE_BLENDS[denoiser]
+    if sigma is None and len(bands) > 1:
+        sigma = estimates.noise_sigma(pixels) * 255.0
+    return next(shares for top, shares in bands if sigma is None or sigma <= top)
 
 
 # The tasks' classical estimates; ``exclude`` marks pixels held out of the fit (Problem.hold_out).
@@ -249,8 +253,7 @@ class Denoise(Task):
         p = super().problem(image)
         p.estimate_name = self.denoiser(image.height, image.width)
         p.estimate = partial(_denoised_estimate, image.pixels, self.sigma, p.estimate_name)
-        sigma = estimates.noise_sigma(image.pixels) * 255.0 if self.sigma is None else self.sigma
-        p.blend_weights = denoise_blends(p.estimate_name, sigma)
+        p.blend_weights = denoise_blends(p.estimate_name, self.sigma, image.pixels)
         return p
 
     def params(self):
