@@ -49,27 +49,18 @@ def test_sparse_fill_with_nothing_missing_is_the_image(rgb32):
     np.testing.assert_allclose(estimates.sparse_fill(rgb32, fill), rgb32, atol=1e-6)
 
 
-@pytest.mark.parametrize("block, step", [(8, 1), (16, 2), (16, 4)])
-def test_window_averaging_without_a_threshold_is_the_identity_whatever_the_chunks(monkeypatch, block, step):
-    # Every pixel of the interior is covered by (b/step)^2 windows: with nothing thresholded the
+def test_window_averaging_without_a_threshold_is_the_identity_whatever_the_chunks(monkeypatch):
+    # Every pixel of the interior is covered by all b*b windows: with nothing thresholded the
     # average of their reconstructions is the image, and cutting the windows into bands of rows
     # (to bound memory) changes nothing.
-    x = torch.rand(40, 45)
-    d = estimates._dct_matrix(block)
-    np.testing.assert_allclose((d @ d.T).numpy(), np.eye(block), atol=1e-6)
-    whole = [estimates._threshold_windows(x, t, d, step) for t in (0.0, 0.3)]
-    p = block - 1
-    np.testing.assert_allclose(whole[0][p:-p, p:-p].numpy(), x[p:-p, p:-p].numpy(), atol=1e-5)
-    np.testing.assert_allclose(estimates.dct_hard_threshold(x, 0.0, d, step).numpy(), x.numpy(), atol=1e-5)
-    monkeypatch.setattr(estimates, "_SPARSE_CHUNK", 4)
+    x = torch.rand(40, 29)
+    d = estimates._dct_matrix(8)
+    np.testing.assert_allclose((d @ d.T).numpy(), np.eye(8), atol=1e-6)
+    whole = [estimates._threshold_windows(x, t, d) for t in (0.0, 0.3)]
+    np.testing.assert_allclose(whole[0][7:-7, 7:-7].numpy(), x[7:-7, 7:-7].numpy(), atol=1e-5)
+    monkeypatch.setattr(estimates, "_SPARSE_CHUNK", 5)
     for t, w in zip((0.0, 0.3), whole):
-        np.testing.assert_allclose(estimates._threshold_windows(x, t, d, step).numpy(), w.numpy(), atol=1e-5)
-
-
-def test_a_window_step_that_does_not_divide_the_block_is_refused(rgb32):
-    fill = random_mask(rgb32.shape[:2], 0.5, seed=0)
-    with pytest.raises(ValueError, match="does not divide"):
-        estimates.sparse_fill(rgb32, fill, block=16, step=3)
+        np.testing.assert_allclose(estimates._threshold_windows(x, t, d).numpy(), w.numpy(), atol=1e-5)
 
 
 def test_reconstruction_starts_from_the_sparse_fill_without_the_bm3d_extra(rgb32, monkeypatch):
@@ -77,11 +68,8 @@ def test_reconstruction_starts_from_the_sparse_fill_without_the_bm3d_extra(rgb32
     fill = random_mask(rgb32.shape[:2], 0.5, seed=0)
     damaged = rgb32 * ~fill[:, :, None]
     problem = tasks.Reconstruct(mask=fill).problem(Image(damaged))
-    assert problem.estimate_name == "sparse-scattered" and problem.blend_weights is None
-    scattered = estimates.sparse_fill(damaged, fill, **estimates.SPARSE_SCATTERED)
-    np.testing.assert_allclose(problem.estimate(), scattered, atol=1e-6)
-    # The setting for scattered pixels is not the one for text and holes.
-    assert np.abs(scattered - estimates.sparse_fill(damaged, fill))[fill].max() > 1e-3
+    assert problem.estimate_name == "sparse" and problem.blend_weights is None
+    np.testing.assert_allclose(problem.estimate(), estimates.sparse_fill(damaged, fill), atol=1e-6)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -97,12 +85,11 @@ def test_reconstruction_starts_from_the_bm3d_fill_where_installed(rgb32, channel
     assert start.shape == img.shape and start.dtype == np.float32
     np.testing.assert_array_equal(start[~fill], damaged[~fill])  # the known pixels kept exactly
     assert 0 <= start.min() and start.max() <= 1
-    scattered = estimates.sparse_fill(damaged, fill, **estimates.SPARSE_SCATTERED)
-    assert np.abs(start - scattered)[fill].max() > 0  # BM3D moved the fill
+    assert np.abs(start - estimates.sparse_fill(damaged, fill))[fill].max() > 0  # BM3D moved the fill
     # Too small for the bm3d package, or large enough to cost minutes: the sparse-DCT fill.
-    assert tasks.Reconstruct(mask=fill[:8, :8]).start_fills == (("sparse-scattered",),)
+    assert tasks.Reconstruct(mask=fill[:8, :8]).start_fills == (("sparse",),)
     monkeypatch.setattr(tasks, "LARGE_START_PIXELS", fill.size - 1)
-    assert tasks.Reconstruct(mask=fill).start_fills == (("sparse-scattered",),)
+    assert tasks.Reconstruct(mask=fill).start_fills == (("sparse",),)
 
 
 @pytest.mark.parametrize("channels", [1, 3])

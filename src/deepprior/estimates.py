@@ -143,7 +143,7 @@ def mean_fill(pixels: np.ndarray, fill: np.ndarray, methods: tuple[str, ...] = F
     along different paths, the biharmonic fill overshoots on strong gradients, the sparse-DCT and
     frequency-selective fills invent texture where there was none), and none is best on most
     images, so their mean is closer to the truth than any one of them. Inside the masks of the
-    inpaint suites (17 images): text, the sparse-DCT fill 28.28 dB, FSR 27.29, their mean 28.32;
+    inpaint suites (17 images): text, the sparse-DCT fill 28.02 dB, FSR 27.29, their mean 28.22;
     holes, the best single fill (Navier-Stokes) 14.79, the mean of all five 15.68.
     """
     fill = np.asarray(fill, dtype=bool)
@@ -153,8 +153,7 @@ def mean_fill(pixels: np.ndarray, fill: np.ndarray, methods: tuple[str, ...] = F
 
 #: Rough relative times of the fills (the fill suites' seconds per 256x256 image, 2 cores), to share
 #: the progress of several fills among them.
-FILL_COST = {"telea": 0.02, "ns": 0.02, "biharmonic": 0.05, "fsr": 1.0, "sparse": 1.0,
-             "sparse-scattered": 1.0, "bm3d": 15.0}
+FILL_COST = {"telea": 0.02, "ns": 0.02, "biharmonic": 0.05, "fsr": 1.0, "sparse": 1.0, "bm3d": 15.0}
 
 
 def fill_cost(methods) -> float:
@@ -174,19 +173,16 @@ def _fills(pixels: np.ndarray, fill: np.ndarray, methods: tuple[str, ...]) -> li
 
 
 def _one_fill(pixels: np.ndarray, fill: np.ndarray, m: str) -> np.ndarray:
-    """The fill named ``m``: one of :data:`FILLS`, "sparse-scattered" (:func:`sparse_fill` with
-    :data:`SPARSE_SCATTERED`) or "bm3d" (:func:`bm3d_fill`)."""
+    """The fill named ``m``: one of :data:`FILLS`, or "bm3d" (:func:`bm3d_fill`)."""
     if m == "biharmonic":
         return biharmonic_fill(pixels, fill)
     if m == "sparse":
         return sparse_fill(pixels, fill)
-    if m == "sparse-scattered":
-        return sparse_fill(pixels, fill, **SPARSE_SCATTERED)
     if m == "bm3d":
         return bm3d_fill(pixels, fill)
     if m in ("telea", "ns", "fsr"):
         return opencv_fill(pixels, fill, m)
-    raise ValueError(f"unknown fill {m!r}; choose from {', '.join(FILLS + ('sparse-scattered', 'bm3d'))}")
+    raise ValueError(f"unknown fill {m!r}; choose from {', '.join(FILLS + ('bm3d',))}")
 
 
 # Below this many known pixels under the shifted mask, choose_fill cannot measure the candidates and
@@ -227,23 +223,16 @@ def choose_fill(pixels: np.ndarray, fill: np.ndarray, candidates: tuple[tuple[st
 
 
 # Sparse-DCT refinement of a fill (Guleryuz, "Nonlinear approximation based image recovery using
-# adaptive sparse reconstructions", IEEE TIP 2006): natural images are sparse in the DCT of small
-# windows, so the missing pixels are re-estimated by hard-thresholding the DCT of overlapping
-# windows, averaging the windows back and putting the known pixels back, with the threshold
-# falling geometrically. 16x16 windows at every 2nd offset, thresholds from 0.4: inside the masks
-# of the fill suites (17 images each) 28.28 dB on text and 14.51 on holes, against 28.02 and 14.40
-# for 8x8 windows at every offset from 0.2, in about the same time (16x16 at every offset: 28.41
-# on text for four times the time; 20 passes instead of 40: 27.98). The 8x8 setting was chosen for 50 %
-# dropped pixels on 15 grey images outside Heide11 (33.36 dB against the biharmonic fill's 31.87);
-# on 256x256 crops of Heide11 the 16x16 setting is 0.11 dB above it on the mean, above on 6 of 11.
-SPARSE_BLOCK = 16
-SPARSE_STEP = 2  # offset between neighbouring windows; must divide SPARSE_BLOCK
+# adaptive sparse reconstructions", IEEE TIP 2006): natural images are sparse in the 8x8 DCT, so
+# the missing pixels are re-estimated by hard-thresholding the DCT of every 8x8 window, averaging
+# the windows back and putting the known pixels back, with the threshold falling geometrically.
+# Chosen on 15 grey images outside Heide11 (Set14 less barbara, lenna, man and pepper, and Set5;
+# 50 % dropped): mean 33.36 dB against the biharmonic fill's 31.87; every 2nd window offset
+# instead of all 64 gave 33.04, 20 passes 32.88.
+SPARSE_BLOCK = 8
 SPARSE_PASSES = 40
-SPARSE_THRESHOLDS = (0.4, 0.005)  # first and last threshold, on DCT coefficients of [0, 1] pixels
-_SPARSE_CHUNK = 64  # window rows transformed at once (a multiple of every step): bounds memory
-#: The setting for scattered missing pixels, as it was chosen for them: the start of reconstruction
-#: and of its BM3D fill (the fill "sparse-scattered").
-SPARSE_SCATTERED = {"block": 8, "step": 1, "thresholds": (0.2, 0.005)}
+SPARSE_THRESHOLDS = (0.2, 0.005)  # first and last threshold, on DCT coefficients of [0, 1] pixels
+_SPARSE_CHUNK = 64  # window rows transformed at once: bounds memory at ~64 x 64 floats per column
 
 
 def _dct_matrix(n: int) -> torch.Tensor:
@@ -254,79 +243,70 @@ def _dct_matrix(n: int) -> torch.Tensor:
     return torch.from_numpy(d).float()
 
 
-def _overlap_add(g: torch.Tensor, dim: int, n: int, step: int = 1) -> torch.Tensor:
+def _overlap_add(g: torch.Tensor, dim: int, n: int) -> torch.Tensor:
     """Sum windows back onto a line of ``n`` samples: ``g``'s last axis is the position inside the
-    window, axis ``dim`` the window's start (windows ``step`` samples apart)."""
+    window, axis ``dim`` the window's start."""
     shape = list(g.shape[:-1])
     shape[dim] = n
     out = g.new_zeros(shape)
-    count = g.shape[dim]
     for j in range(g.shape[-1]):
-        index = [slice(None)] * out.dim()
-        index[dim] = slice(j, j + (count - 1) * step + 1, step)
-        out[tuple(index)] += g[..., j]
+        out.narrow(dim, j, g.shape[dim]).add_(g[..., j])
     return out
 
 
-def _threshold_windows(x: torch.Tensor, t: float, d: torch.Tensor, step: int = 1) -> torch.Tensor:
-    """Hard-threshold the DCT of the b x b windows of the 2-D ``x`` that start every ``step``
-    pixels (DC kept) and average the windows back: the mean of the (b/step)^2 reconstructions,
-    valid where that many windows cover a pixel."""
+def _threshold_windows(x: torch.Tensor, t: float, d: torch.Tensor) -> torch.Tensor:
+    """Hard-threshold the DCT of every b x b window of the 2-D ``x`` (DC kept) and average the
+    windows back: the mean of all b*b reconstructions, valid where every window covers a pixel."""
     b = d.shape[0]
     hp, wp = x.shape
     out = torch.zeros_like(x)
-    last = hp - b  # the last row a window may start on
-    for r0 in range(0, last + 1, _SPARSE_CHUNK):
-        r1 = min(r0 + _SPARSE_CHUNK, last + 1)  # windows starting in rows r0 .. r1-1
+    for r0 in range(0, hp - b + 1, _SPARSE_CHUNK):
+        r1 = min(r0 + _SPARSE_CHUNK, hp - b + 1)
         band = x[r0 : r1 + b - 1]
-        c = band.unfold(0, b, step) @ d.T  # (rows, wp, i): the columns' DCT
-        c = c.transpose(1, 2).unfold(2, b, step) @ d.T  # (rows, i, cols, k): 2-D coefficients
+        c = band.unfold(0, b, 1) @ d.T  # (rows, wp, i): the columns' DCT
+        c = c.transpose(1, 2).unfold(2, b, 1) @ d.T  # (rows, i, cols, k): 2-D coefficients
         keep = c.abs() >= t
         keep[:, 0, :, 0] = True
         c.mul_(keep)
-        g = _overlap_add(c @ d, 2, wp, step)  # (rows, i, wp)
-        out[r0 : r1 + b - 1] += _overlap_add(g.transpose(1, 2) @ d, 0, r1 - r0 + b - 1, step)
-    return out * (step * step) / (b * b)
+        g = _overlap_add(c @ d, 2, wp)  # (rows, i, wp)
+        out[r0 : r1 + b - 1] += _overlap_add(g.transpose(1, 2) @ d, 0, r1 - r0 + b - 1)
+    return out / (b * b)
 
 
-def dct_hard_threshold(x: torch.Tensor, t: float, d: torch.Tensor, step: int = 1) -> torch.Tensor:
-    """Hard-threshold the DCT of the windows of the 2-D ``x`` starting every ``step`` pixels (``d``:
-    :func:`_dct_matrix`, DC kept) and average the windows back, at ``x``'s size: the edges are padded
-    by reflection (by replication where the image is smaller than a window), so every pixel is
-    covered by (b/step)^2 windows."""
+def dct_hard_threshold(x: torch.Tensor, t: float, d: torch.Tensor) -> torch.Tensor:
+    """Hard-threshold the DCT of every window of the 2-D ``x`` (``d``: :func:`_dct_matrix`, DC kept)
+    and average the windows back, at ``x``'s size: the edges are padded by reflection (by
+    replication where the image is smaller than a window), so every pixel is covered by all of them.
+    """
     p = d.shape[0] - 1
     h, w = x.shape
     mode = "reflect" if p < min(h, w) else "replicate"
     xp = torch.nn.functional.pad(x[None, None], (p, p, p, p), mode=mode)[0, 0]
-    return _threshold_windows(xp, t, d, step)[p : p + h, p : p + w]
+    return _threshold_windows(xp, t, d)[p : p + h, p : p + w]
 
 
-def sparse_fill(pixels: np.ndarray, fill: np.ndarray, *, block: int = SPARSE_BLOCK, step: int = SPARSE_STEP,
-                thresholds: tuple[float, float] = SPARSE_THRESHOLDS) -> np.ndarray:
+def sparse_fill(pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
     """Fill the pixels where ``fill`` is True: the biharmonic fill, refined by iterated hard
-    thresholding in the DCT of ``block``-wide windows ``step`` pixels apart (see above). Exact on
-    the known pixels; each channel on its own.
+    thresholding in the 8x8 DCT (see above). Exact on the known pixels; each channel on its own.
 
     It recovers texture that the biharmonic fill smooths away (Heide11, 50 % dropped: see
     BENCHMARKS.md) in a few seconds per 512x512 channel.
     """
-    if block % step:
-        raise ValueError(f"the window step {step} does not divide the block {block}")
     fill = np.asarray(fill, dtype=bool)
     start = biharmonic_fill(pixels, fill)
     if not fill.any():
         return start
     _done(0.05)
-    d = _dct_matrix(block)
+    d = _dct_matrix(SPARSE_BLOCK)
     known = torch.from_numpy(~fill)
-    ts = np.geomspace(*thresholds, SPARSE_PASSES)
+    ts = np.geomspace(*SPARSE_THRESHOLDS, SPARSE_PASSES)
     out = np.empty_like(start)
     with torch.no_grad():
         for ch in range(pixels.shape[2]):
             y = torch.from_numpy(np.ascontiguousarray(pixels[:, :, ch], dtype=np.float32))
             x = torch.from_numpy(np.ascontiguousarray(start[:, :, ch]))
             for i, t in enumerate(ts):
-                x = torch.where(known, y, dct_hard_threshold(x, float(t), d, step))
+                x = torch.where(known, y, dct_hard_threshold(x, float(t), d))
                 _done(0.05 + 0.95 * (ch * len(ts) + i + 1) / (pixels.shape[2] * len(ts)))
             out[:, :, ch] = x.numpy()
     return np.clip(out, 0.0, 1.0).astype(np.float32)
@@ -346,7 +326,6 @@ def upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
 # what makes it strong: x4, Set14 less face and monarch (Set5's head and butterfly), mean Y-PSNR
 # 26.71 dB against bicubic's 25.79, back-projection with DCT thresholding alone 26.21, TV alone
 # (weight 0.008, from bicubic) 26.67; the TV weight was chosen there among 0.001-0.008.
-BACKPROJECT_BLOCK = 8
 BACKPROJECT_PASSES = 30
 BACKPROJECT_STEPS = 3  # gradient steps of size 1 / ||A||^2 before each thresholding
 BACKPROJECT_THRESHOLDS = (0.1, 0.002)
@@ -383,7 +362,7 @@ def back_project(pixels: np.ndarray, scale: int, *, sparse: bool = True) -> np.n
         lipschitz = float(g.norm() / v.norm())
         v = g / g.norm()
     step = 1.0 / lipschitz
-    d = _dct_matrix(BACKPROJECT_BLOCK)
+    d = _dct_matrix(SPARSE_BLOCK)
     for i, t in enumerate(np.geomspace(*BACKPROJECT_THRESHOLDS, BACKPROJECT_PASSES)):
         for _ in range(BACKPROJECT_STEPS):
             x = x - step * grad(x, y)
@@ -581,7 +560,7 @@ def bm3d_fill(pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
     fill = np.asarray(fill, dtype=bool)
     first = 1.0 / (BM3D_FILL_PASSES + 1)  # the sparse fill, about as long as one BM3D pass
     with share(0.0, first):
-        x = sparse_fill(pixels, fill, **SPARSE_SCATTERED)
+        x = sparse_fill(pixels, fill)
     if not fill.any():
         return x
     known = ~fill[:, :, None]

@@ -201,14 +201,11 @@ def biharmonic(case: Case, **_) -> np.ndarray:
 
 
 def sparse_dct(case: Case, **_) -> np.ndarray:
-    """The biharmonic fill refined by iterated hard thresholding in the DCT of overlapping windows
-    (Guleryuz 2006), in the setting the tool uses for the mask: 8x8 windows for scattered pixels
-    (the reconstruction preset's start), 16x16 for text and holes."""
-    from ..estimates import SPARSE_SCATTERED, sparse_fill
-    from ..tasks import Reconstruct
+    """The biharmonic fill refined by iterated hard thresholding in the 8x8 DCT (Guleryuz 2006):
+    the classical estimate the ``fast`` reconstruction preset starts from."""
+    from ..estimates import sparse_fill
 
-    settings = SPARSE_SCATTERED if isinstance(case.task, Reconstruct) else {}
-    return sparse_fill(case.degraded.pixels, case.mask, **settings)
+    return sparse_fill(case.degraded.pixels, case.mask)
 
 
 def bm3d_fill(case: Case, **_) -> np.ndarray:
