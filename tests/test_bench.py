@@ -467,3 +467,20 @@ def test_bench_report_writes_the_marked_block_of_a_run(tmp_path, capsys, monkeyp
     assert main(["bench", "report", str(out), "--into", str(doc)]) == 2
     assert "has no block <!-- bench: sr-x2/Set5 -->" in capsys.readouterr().err
     assert doc.read_text() == "# Benchmarks\n"
+
+
+def test_photo_mosaic_centre_crops_images_of_different_sizes(tmp_path):
+    from deepprior.bench import photo
+
+    first = make_data(tmp_path, "A", ["a", "b"], size=(40, 44)).joinpath("MANIFEST.tsv").read_text()
+    make_data(tmp_path, "B", ["c", "d"], size=(36, 50))  # rewrites the manifest with B alone
+    second = (tmp_path / "MANIFEST.tsv").read_text().splitlines()[1:]
+    (tmp_path / "MANIFEST.tsv").write_text(first + "\n".join(second) + "\n")
+    sources = photo.source_paths(["A/a", "A/b", "B/c", "B/d"])
+    assert sources[0] == "A/a.png" and photo.source_paths(["kodim01"]) == ("CBM3D_color9/kodim01.png",)
+    big = photo.make_photo(tmp_path, sources, size=(88, 72))  # 36x44 crops, 72x88 mosaic
+    assert big.shape == (72, 88, 3) and big.dtype == np.float32
+    assert np.array_equal(np.rint(big * 255), big * 255)  # on the 8-bit grid
+    grey = make_data(tmp_path / "g", "G", ["e", "f", "g", "h"], channels=1)
+    with pytest.raises(DeepPriorError, match="four colour images"):
+        photo.make_photo(grey, photo.source_paths([f"G/{n}" for n in "efgh"]), size=(88, 72))

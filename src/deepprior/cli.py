@@ -605,7 +605,7 @@ def bench(
     set_name: Annotated[Optional[str], typer.Option("--set", help="Image set: Set5 (default) or Set14 for super-resolution; CBM3D_color9 (default), Set5 or Set14 for denoising; Heide11_gray (default) or Set5 (in luminance) for inpaint-50; Set14+Heide11 (default), Set5+Kodak or dip_paper (the paper's own examples) for inpaint-text and inpaint-hole.")] = None,
     methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods (default: every method of the suite).")] = None,
     preset: PresetOpt = PresetName.fast,
-    images: Annotated[Optional[str], typer.Option("--images", help="Comma-separated image names (default: the whole set; photo: four CBM3D_color9 images of one size, default the Kodak four).")] = None,
+    images: Annotated[Optional[str], typer.Option("--images", help="Comma-separated image names (default: the whole set; photo: four colour images, CBM3D_color9 stems or set/stem such as Set14/monarch, default the Kodak four).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N images (photo: the first N of its 4 windows).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: bench-out/SUITE).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the results in --out, skipping finished (image, method) pairs.")] = False,

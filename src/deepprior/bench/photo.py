@@ -2,7 +2,7 @@
 crops, :mod:`deepprior.cropfit`) beside today's alternative, the fit tile by tile.
 
 The photo: the four Kodak images of CBM3D_color9 (kodim01, 02, 03, 12; 768x512 each; or four
-others of one size, ``names``) as a 2x2 mosaic, resized with Lanczos to the case's size (about
+other colour images, ``names``, centre-cropped to one size) as a 2x2 mosaic, resized with Lanczos to the case's size (about
 2.6x across and 2.9x down at 12 megapixels: smoother than a real phone photo, which the tables
 say), quantised to 8 bits. Each case degrades it as a user's file would hold it:
 
@@ -85,13 +85,21 @@ CASES = {
 }
 
 
+def source_paths(names) -> tuple[str, ...]:
+    """The shared files of ``names``: "set/stem" (e.g. "Set14/monarch") or a CBM3D_color9 stem."""
+    return tuple(f"{n}.png" if "/" in n else f"CBM3D_color9/{n}.png" for n in names)
+
+
 def make_photo(data_dir: Path, sources=SOURCES, size: tuple[int, int] = SIZE) -> np.ndarray:
-    """The clean photo, (height, width, 3) float32 on the 8-bit grid: the four ``sources`` (of
-    one size) as a 2x2 mosaic, resized to ``size`` (width, height)."""
+    """The clean photo, (height, width, 3) float32 on the 8-bit grid: the four colour ``sources``,
+    centre-cropped to the smallest height and width among them, as a 2x2 mosaic, resized to
+    ``size`` (width, height)."""
     manifest = suites.read_manifest(data_dir)
     parts = [np.rint(suites.load_verified(data_dir, rel, manifest).pixels * 255).astype(np.uint8) for rel in sources]
-    if len(parts) != 4 or len({p.shape for p in parts}) != 1 or parts[0].shape[2] != 3:
-        raise DeepPriorError("the photo is made of four colour images of one size")
+    if len(parts) != 4 or any(p.shape[2] != 3 for p in parts):
+        raise DeepPriorError("the photo is made of four colour images")
+    h, w = min(p.shape[0] for p in parts), min(p.shape[1] for p in parts)
+    parts = [p[(p.shape[0] - h) // 2 :][:h, (p.shape[1] - w) // 2 :][:, :w] for p in parts]
     mosaic = np.concatenate([np.concatenate(parts[:2], axis=1), np.concatenate(parts[2:], axis=1)], axis=0)
     big = np.asarray(PILImage.fromarray(mosaic).resize(size, PILImage.LANCZOS))
     return big.astype(np.float32) / 255.0
@@ -134,8 +142,8 @@ def run_photo(data_dir, out_dir: Path, *, cases=("denoise",), names=None, window
               threads: int | None = None, device: str = "cpu", log=lambda s: None, progress=None) -> dict:
     """Run the three methods for each of ``cases`` and write ``photo.json`` and ``photo.md`` to ``out_dir``.
 
-    ``names``: four images of CBM3D_color9 (file stems) to make the photo of, instead of the
-    Kodak four: a check on pictures the settings were not chosen on. ``device``: where the
+    ``names``: four colour images to make the photo of, instead of the Kodak four (CBM3D_color9
+    stems, or "set/stem" for another shared set): a check on pictures the settings were not chosen on. ``device``: where the
     restorations run (the starts always run on the CPU).
     """
     unknown = [c for c in cases if c not in CASES]
@@ -150,7 +158,7 @@ def run_photo(data_dir, out_dir: Path, *, cases=("denoise",), names=None, window
         import torch
 
         torch.set_num_threads(threads)
-    sources = SOURCES if not names else tuple(f"CBM3D_color9/{n}.png" for n in names)
+    sources = SOURCES if not names else source_paths(names)
     chosen = WINDOWS[:windows]
     data = {"sources": list(sources), "seed": seed, "windows": [list(w) for w in chosen], "window": WINDOW,
             "machine": resumable.machine(device), "started": resumable.now_iso(), "cases": {}}
