@@ -100,10 +100,17 @@ _FILL_STOP_START = 200
 # short fast fits 1.7-1.8 dB under the plain fit; at 0.25 the posterior mean is within ~0.1 dB).
 _FAST_SGLD_NOISE = 0.25
 
-# Steps of the fit on crops that restores an image above the fit-whole size (deepprior.cropfit).
-# Chosen on the 12-megapixel photo of BENCHMARKS.md (sigma 25), mean PSNR of its four windows:
-# start 34.15 dB; 600 steps 34.82 without the weight average, 35.04 with it; 1200 steps 35.03.
+# Steps of the fit on crops that restores an image above the fit-whole size (deepprior.cropfit),
+# for upscaling and filling. First chosen on the denoised 12-megapixel photo of BENCHMARKS.md
+# (sigma 25), mean PSNR of its four windows: start 34.15 dB; 600 steps 34.82 without the weight
+# average, 35.04 with it. The upscale returns its start within 0.01 dB at 600 steps, and its
+# 15-minute budget at 16 megapixels has no room for more.
 _CROP_ITERATIONS = 600
+# Denoising keeps learning longer on sharper content: on the two 12-megapixel photos of
+# BENCHMARKS.md the mean window PSNR after 600 / 900 / 1200 / 1500 steps was 34.96 / 35.06 /
+# 35.05 / 34.98 dB (four Kodak images) and 33.91 / 33.97 / 34.14 / 34.22 (F16, Lena, Peppers,
+# Baboon: a larger enlargement; 34.25 at 1800). 1500 steps take about 4.5 minutes on 2 cores.
+_DENOISE_CROP_ITERATIONS = 1500
 
 # Text and hole filling: from the classical fill chosen for the image (tasks.FillStart), the fit
 # has its content by iteration 200 at lr 0.02 and a short average (0.01 and 0.99 were still
@@ -144,7 +151,7 @@ PRESETS: dict[str, dict[str, FitConfig]] = {
                           stop_rule="holdout", holdout=0.02, stop_patience=200,
                           stop_start=_ESTIMATE_STOP_START, sgld_noise=_FAST_SGLD_NOISE,
                           select_start=True,
-                          crop_iterations=_CROP_ITERATIONS),
+                          crop_iterations=_DENOISE_CROP_ITERATIONS),
     },
     "dejpeg": {
         # The paper's JPEG example (snail): a light skip net, 2400 iterations.
