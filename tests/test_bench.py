@@ -481,6 +481,8 @@ def test_photo_mosaic_centre_crops_images_of_different_sizes(tmp_path):
     big = photo.make_photo(tmp_path, sources, size=(88, 72))  # 36x44 crops, 72x88 mosaic
     assert big.shape == (72, 88, 3) and big.dtype == np.float32
     assert np.array_equal(np.rint(big * 255), big * 255)  # on the 8-bit grid
+    c = np.asarray(PILImage.open(tmp_path / "B" / "c.png"))  # 36x50: its centre 36x44 is the mosaic's third part
+    assert np.array_equal(np.rint(big[36:, :44] * 255).astype(np.uint8), c[:, 3:47])
     grey = make_data(tmp_path / "g", "G", ["e", "f", "g", "h"], channels=1)
     with pytest.raises(DeepPriorError, match="four colour images"):
         photo.make_photo(grey, photo.source_paths([f"G/{n}" for n in "efgh"]), size=(88, 72))

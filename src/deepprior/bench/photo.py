@@ -99,7 +99,8 @@ def make_photo(data_dir: Path, sources=SOURCES, size: tuple[int, int] = SIZE) ->
     if len(parts) != 4 or any(p.shape[2] != 3 for p in parts):
         raise DeepPriorError("the photo is made of four colour images")
     h, w = min(p.shape[0] for p in parts), min(p.shape[1] for p in parts)
-    parts = [p[(p.shape[0] - h) // 2 :][:h, (p.shape[1] - w) // 2 :][:, :w] for p in parts]
+    corners = [((p.shape[0] - h) // 2, (p.shape[1] - w) // 2) for p in parts]
+    parts = [p[t : t + h, l : l + w] for p, (t, l) in zip(parts, corners)]
     mosaic = np.concatenate([np.concatenate(parts[:2], axis=1), np.concatenate(parts[2:], axis=1)], axis=0)
     big = np.asarray(PILImage.fromarray(mosaic).resize(size, PILImage.LANCZOS))
     return big.astype(np.float32) / 255.0
