@@ -397,3 +397,23 @@ def test_the_photo_bench_refuses_unknown_cases_and_other_suites_refuse_a_device(
         photo.run_photo(None, tmp_path, cases=("sharpen",))
     assert main(["bench", "photo", "--cases", "sharpen", "--out", str(tmp_path / "p")]) == 2
     assert main(["bench", "sr-x4", "--device", "cuda", "--out", str(tmp_path / "s")]) == 2
+
+
+def test_the_photo_bench_keeps_the_rows_it_does_not_run_from_the_same_photo_only(tmp_path):
+    import json
+
+    from deepprior.bench import photo
+
+    data = {"sources": list(photo.SOURCES), "seed": 0, "windows": [[200, 300]]}
+    with pytest.raises(DeepPriorError, match="no earlier photo results"):
+        photo._kept_rows(tmp_path, data, ["denoise"], ["tiles"])
+    rows = {"start": {"psnr": 30.0, "windows": [31.0]}, "tiles": {"windows": [33.0], "window_seconds": [9.0]}}
+    (tmp_path / photo.RESULTS).write_text(json.dumps({**data, "cases": {"denoise": {"rows": rows}}}))
+    assert photo._kept_rows(tmp_path, data, ["denoise"], ["start", "tiles"]) == {"denoise": rows}
+    assert photo._kept_rows(tmp_path, data, ["denoise"], []) == {}
+    with pytest.raises(DeepPriorError, match="not a run of the same photo"):
+        photo._kept_rows(tmp_path, {**data, "seed": 1}, ["denoise"], ["tiles"])
+    with pytest.raises(DeepPriorError, match="lacks upscale tiles"):
+        photo._kept_rows(tmp_path, data, ["upscale"], ["tiles"])
+    with pytest.raises(DeepPriorError, match="unknown photo method"):
+        photo.run_photo(None, tmp_path, rows=("crops", "paper"))

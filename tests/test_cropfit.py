@@ -228,3 +228,62 @@ def test_each_task_runs_on_cuda_reproducibly_and_close_to_the_cpu(house, kind, l
     assert np.abs(gpu[0].image.pixels - gpu[1].image.pixels).mean() < 1 / 255
     # The perturbation noise is drawn on the device, so the two devices' fits differ, a little.
     assert np.abs(gpu[0].image.pixels - cpu.image.pixels).mean() < 0.02
+
+
+def _two_halves(seed=0):
+    """A 64x128 denoising problem with held-out pixels, and two estimates: one exact on the left
+    half and off by 0.2 on the right, the other the reverse."""
+    rng = np.random.default_rng(seed)
+    truth = np.clip(0.5 + 0.1 * rng.standard_normal((64, 128, 3)), 0, 1).astype(np.float32)
+    noisy = (truth + 0.05 * rng.standard_normal(truth.shape)).astype(np.float32)
+    problem = Denoise(sigma=12.75).problem(Image(noisy))
+    problem.hold_out(rng.random((64, 128)) < 0.2)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, 0)))[None]  # noqa: E731
+    good_left, good_right = truth.copy(), truth.copy()
+    good_left[:, 64:] += 0.2
+    good_right[:, :64] += 0.2
+    return problem, t(good_left), t(good_right)
+
+
+def test_each_region_chooses_its_own_share_and_the_shares_meet_without_a_seam():
+    from deepprior.fitting import region_choices, region_shares, select_by_region, share_map
+
+    assert region_shares((0.0, 0.5, 1.0)) == (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert region_shares((0.0, 0.5)) == (0.0, 0.25, 0.5)
+    problem, fit, start = _two_halves()
+    grid = region_choices(problem, fit, start, (0.0, 0.5, 1.0), chosen=0.5, region=64)
+    assert grid.tolist() == [[1.0, 0.0]]  # the fit where it is exact, the start where that is
+
+    share = share_map(np.array([[1.0, 0.0]]), (64, 128), region=64)
+    assert share.shape == (1, 1, 64, 128)
+    assert float(share[..., :32].min()) == 1.0 and float(share[..., 96:].max()) == 0.0  # each region's own up to its centre
+    steps = share[0, 0, 0].diff().abs()
+    assert float(steps.max()) <= 1 / 64 + 1e-6  # then a ramp between the centres, not a jump
+    assert torch.equal(share_map(np.full((2, 3), 0.75), (70, 150), region=64), torch.full((1, 1, 70, 150), 0.75))
+
+    full = start + 0.01  # the start made again from every pixel is what a chosen start returns
+    result, weight, _, _, returned, grid = select_by_region(problem, fit, start, (0.0, 0.5, 1.0), remake=lambda make: (
+        full[0].permute(1, 2, 0).numpy()), region=64)
+    assert returned == "blend" and grid.tolist() == [[1.0, 0.0]] and weight == pytest.approx(0.5)
+    expected = share * fit + (1 - share) * full
+    assert torch.allclose(result, expected)
+
+
+def test_a_region_without_a_clear_lead_keeps_the_whole_images_choice():
+    from deepprior.fitting import region_choices
+
+    problem, fit, start = _two_halves(1)
+    same = region_choices(problem, fit, fit.clone(), (0.0, 0.5, 1.0), chosen=1.0, region=32)
+    assert (same == 1.0).all()  # no candidate differs from the fit, so none leads it
+    problem.hold_out((np.arange(64)[:, None] < 60) & (np.arange(128)[None, :] < 4))  # 240 pixels, all on the left
+    grid = region_choices(problem, start, fit, (0.0, 0.5, 1.0), chosen=1.0, region=64)
+    assert grid.tolist() == [[1.0, 1.0]]  # the start is better on the left, but 240 pixels are too few to say so
+
+
+def test_a_large_denoising_reports_its_shares_region_by_region(house):
+    image = Image(np.ascontiguousarray(house[:64, :128]))
+    r = restore(image, Denoise(sigma=25), seed=1, threads=1, max_fit_pixels=1000, net=SMALL_NET, input_depth=5,
+                crop_iterations=3, crop_size=32, crop_batch=2, holdout=0.2)
+    returned = r.report()["returned"]
+    assert returned["region_size"] == 512 and np.array(returned["region_shares"]).shape == (1, 1)
+    assert "region by region" in returned["why"]

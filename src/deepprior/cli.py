@@ -340,7 +340,8 @@ def _restore_and_write(task_factory, input_path: Path, c: Common, extra_inputs=(
 def returned_phrase(o) -> str:
     """'fit', 'classical start' or 'blend of 75 % fit and 25 % classical start'."""
     if o.returned == "blend":
-        return f"blend of {o.fit_weight:.0%} fit and {1 - o.fit_weight:.0%} classical start"
+        return (f"blend of {o.fit_weight:.0%} fit and {1 - o.fit_weight:.0%} classical start"
+                + (" on average" if o.region_shares is not None else ""))
     return {"start": "classical start"}.get(o.returned, o.returned)
 
 
@@ -603,7 +604,7 @@ def bench(
     folders: Annotated[Optional[list[Path]], typer.Argument(help="report: the --out folders of suite runs.", show_default=False)] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Benchmark data folder (default: ../shared/data, else $DEEPPRIOR_DATA).")] = None,
     set_name: Annotated[Optional[str], typer.Option("--set", help="Image set: Set5 (default) or Set14 for super-resolution; CBM3D_color9 (default), Set5 or Set14 for denoising; Heide11_gray (default) or Set5 (in luminance) for inpaint-50; Set14+Heide11 (default), Set5+Kodak or dip_paper (the paper's own examples) for inpaint-text and inpaint-hole.")] = None,
-    methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods (default: every method of the suite).")] = None,
+    methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods (default: every method of the suite; photo: start, crops, tiles, the others kept from the --out folder's earlier run of the same photo).")] = None,
     preset: PresetOpt = PresetName.fast,
     images: Annotated[Optional[str], typer.Option("--images", help="Comma-separated image names (default: the whole set; photo: four colour images, CBM3D_color9 stems or set/stem such as Set14/monarch, default the Kodak four).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N images (photo: the first N of its 4 windows).")] = None,
@@ -644,7 +645,7 @@ def bench(
     measure = suite in bench_mod.MEASURES
     app_only = [n for n, v in (("--clients", clients), ("--abandoned", abandoned)) if v is not None]
     if suite in ("app", "photo"):
-        wrong = [n for n, v in (("--set", set_name), ("--methods", methods), ("--weights", weights),
+        wrong = [n for n, v in (("--set", set_name), ("--methods", methods if suite == "app" else None), ("--weights", weights),
                                 ("--cases", cases if suite == "app" else None), ("--images", images if suite == "app" else None),
                                 ("--limit", limit if suite == "app" else None), ("--iters", iters), ("--resume", resume or None),
                                 ("--paper-iters", paper_iters), ("--paper-equal-time", paper_equal_time),
@@ -697,6 +698,8 @@ def bench(
             elif suite == "photo":
                 options = dict(cases=split(cases) or ["denoise"], names=split(images), seed=seed, threads=threads,
                                device=str(resolve_device(device)), progress=on_pair, log=log)
+                if methods:
+                    options["rows"] = split(methods)
                 if limit is not None:
                     options["windows"] = limit
                 results, path = bench_mod.measure(suite, data=data, out=out, **options)

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .fitting import (FitOutcome, Progress, build_optimizer, ema_decay, fill_noise, hold_out_pixels, init_weights,
-                      make_input, make_start, pad_to, resolve_device, select_against_start, to_numpy,
+                      make_input, make_start, pad_to, resolve_device, select_by_region, to_numpy,
                       total_variation)
 from .networks import build_network, padded_size
 from .presets import FitConfig
@@ -337,13 +337,13 @@ def fit_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu",
         out = torch.where(computed, out, start_tensor)
         reason = "callback" if reason == "completed" else reason
     result = out
-    returned, weight, errors, leads = "fit", 1.0, None, None
+    returned, weight, errors, leads, regions = "fit", 1.0, None, None, None
     if cfg.select_start and held_out:
         target = problem.target.device
-        result, weight, errors, leads, returned = select_against_start(
+        result, weight, errors, leads, returned, regions = select_by_region(
             problem, out.to(target), start_tensor.to(target), cfg.blend_weights, cfg.choice_margin,
             remake=lambda make: make_start(make, callback, "restart", cfg.crop_iterations, crops.iterations,
-                                           time.perf_counter() - started, start_s)[0])
+                                           time.perf_counter() - started, start_s)[0], region=tile)
     return FitOutcome(
         output=np.clip(to_numpy(result), 0.0, 1.0),
         iterations=crops.iterations,
@@ -359,4 +359,6 @@ def fit_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu",
         held_out_errors=errors,
         held_out_leads=leads or None,
         choice_margin=cfg.choice_margin,
+        region_shares=regions.tolist() if regions is not None else None,
+        region_size=tile if regions is not None else 0,
     )

@@ -163,6 +163,9 @@ def _returned(o: FitOutcome) -> dict:
         if o.held_out_leads:
             out["held_out_leads"] = {f"fit weight {w:g}": round(v, 3) for w, v in o.held_out_leads.items()}
         out["why"] = why_returned(o)
+    if o.region_shares is not None:
+        out["region_size"] = o.region_size
+        out["region_shares"] = o.region_shares
     return out
 
 

@@ -359,7 +359,8 @@ def summary(result) -> str:
               else f"from iteration {o.stopped_at}")
     if o.held_out_errors:
         kind = {"start": "the classical start, which", "fit": "the fit, which"}.get(
-            o.returned, f"a blend of {o.fit_weight:.0%} fit and {1 - o.fit_weight:.0%} classical start, which")
+            o.returned, f"a blend of {o.fit_weight:.0%} fit and {1 - o.fit_weight:.0%} classical start"
+            + (" on average, which" if o.region_shares is not None else ", which"))
         source += f"; it is {kind} was chosen on pixels held out of the fit: {why_returned(o)}"
     return (
         f"**Done** in {o.elapsed_s:.1f} s: {o.iterations} iterations, {how}; the result is {source}. "

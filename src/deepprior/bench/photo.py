@@ -23,7 +23,8 @@ Measured, each once per case:
   the photo is extrapolated from theirs by pixel count (said so in the table).
 
 Every method is scored on the same windows, the start and the crop fit on the whole photo too:
-PSNR over RGB, inside the text for inpainting.
+PSNR over RGB, inside the text for inpainting. ``rows`` runs some of the three again and keeps the
+others from the output folder's earlier run of the same photo (the tile rows take most of the time).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ WINDOW = 512
 # the four quarters of the mosaic.
 WINDOWS = ((200, 300), (1200, 1800), (2300, 900), (700, 3300))
 MEMORY_LIMIT_GB = 4.0
+ROWS = ("start", "crops", "tiles")
 QUALITY_GAP_DB = 0.2  # the crop fit within this of the tile fit, on the windows
 
 
@@ -140,16 +142,21 @@ def _degraded(case: Case, clean: np.ndarray, seed: int):
 
 
 def run_photo(data_dir, out_dir: Path, *, cases=("denoise",), names=None, windows: int = len(WINDOWS), seed: int = 0,
-              threads: int | None = None, device: str = "cpu", log=lambda s: None, progress=None) -> dict:
+              threads: int | None = None, device: str = "cpu", rows=ROWS, log=lambda s: None, progress=None) -> dict:
     """Run the three methods for each of ``cases`` and write ``photo.json`` and ``photo.md`` to ``out_dir``.
 
     ``names``: four colour images to make the photo of, instead of the Kodak four (CBM3D_color9
     stems, or "set/stem" for another shared set): a check on pictures the settings were not chosen on. ``device``: where the
-    restorations run (the starts always run on the CPU).
+    restorations run (the starts always run on the CPU). ``rows``: the methods to run (of
+    :data:`ROWS`); the others are kept from ``out_dir``'s earlier run of the same photo, cases,
+    windows and seed.
     """
     unknown = [c for c in cases if c not in CASES]
     if unknown or not cases:
         raise DeepPriorError(f"unknown photo case {', '.join(unknown) or '(none)'}; choose from {', '.join(CASES)}")
+    wrong = [r for r in rows if r not in ROWS]
+    if wrong or not rows:
+        raise DeepPriorError(f"unknown photo method {', '.join(wrong) or '(none)'}; choose from {', '.join(ROWS)}")
     if not 1 <= windows <= len(WINDOWS):
         raise DeepPriorError(f"windows must be 1 to {len(WINDOWS)}, got {windows}")
     data_dir = suites.find_data_dir(data_dir)
@@ -163,7 +170,8 @@ def run_photo(data_dir, out_dir: Path, *, cases=("denoise",), names=None, window
     chosen = WINDOWS[:windows]
     data = {"sources": list(sources), "seed": seed, "windows": [list(w) for w in chosen], "window": WINDOW,
             "machine": resumable.machine(device), "started": resumable.now_iso(), "cases": {}}
-    steps, step = len(cases) * (2 + windows), 0
+    kept = _kept_rows(out_dir, data, cases, [r for r in ROWS if r not in rows])
+    steps, step = len(cases) * (("start" in rows) + ("crops" in rows) + windows * ("tiles" in rows)), 0
 
     def save():
         atomic_write_bytes(out_dir / RESULTS, json.dumps(data, indent=1).encode())
@@ -180,7 +188,7 @@ def run_photo(data_dir, out_dir: Path, *, cases=("denoise",), names=None, window
         clean = make_photo(data_dir, sources, case.size)
         given, fill, task = _degraded(case, clean, seed)
         record = {"width": case.size[0], "height": case.size[1], "input": [given.shape[1], given.shape[0]],
-                  "minutes": case.minutes, "rows": {}}
+                  "minutes": case.minutes, "rows": dict(kept.get(name, {}))}
         data["cases"][name] = record
         if fill is not None:
             record["missing_fraction"] = float(fill.mean())
@@ -195,52 +203,75 @@ def run_photo(data_dir, out_dir: Path, *, cases=("denoise",), names=None, window
         score = lambda r: _score(r, clean, fill)  # noqa: E731
         windows_of = lambda r: _windows_psnr(r, clean, fill)[:windows]  # noqa: E731
 
-        tell(f"{name}: the start")
-        t = time.perf_counter()
-        start = task.problem(Image(given_f)).estimate()
-        seconds = time.perf_counter() - t
-        start = Image(start).to_array() / 255.0  # scored on 8 bits, as every method
-        record["rows"]["start"] = {"seconds": seconds, "psnr": score(start), "windows": windows_of(start)}
-        del start
-        save()
-
-        tell(f"{name}: crops (deepprior {case.command[0]}, default preset)")
-        report_path = out_dir / f"{name}-crops.json"
-        cmd = [sys.executable, "-m", "deepprior", *case.command, str(given_path), *extra, "-o", str(out_path),
-               "--seed", str(seed), "--report", str(report_path), "-q", "--max-pixels", str(case.size[0] * case.size[1]),
-               "--device", device]
-        if threads is not None:
-            cmd += ["--threads", str(threads)]
-        seconds, peak_gb, status, stderr = _run_child(cmd)
-        if status != 0:
-            raise DeepPriorError(f"deepprior {case.command[0]} failed on the photo: {stderr.strip().splitlines()[-1:]}")
-        result = load_image(out_path, max_pixels=None).pixels
-        report = json.loads(report_path.read_text())
-        record["rows"]["crops"] = {"seconds": seconds, "peak_gb": peak_gb, "psnr": score(result),
-                                   "windows": windows_of(result), "fit_seconds": report["elapsed_s"],
-                                   "iterations": report["iterations"], "tiling": report["tiling"],
-                                   "returned": report.get("returned", {}).get("result")}
-        del result
-        save()
-
-        per_window, scores = [], []
-        s = SCALE if name == "upscale" else 1
-        for i, (top, left) in enumerate(chosen):
-            tell(f"{name}: tiles, window {i + 1} of {windows} (a whole fit of {WINDOW}x{WINDOW})")
-            cut = (slice(top // s, (top + WINDOW) // s), slice(left // s, (left + WINDOW) // s))
-            window_task = task if fill is None else task.crop(top, left, WINDOW, WINDOW)
+        if "start" in rows:
+            tell(f"{name}: the start")
             t = time.perf_counter()
-            r = restore(Image(given_f[cut]), window_task, seed=seed, device=device)
-            per_window.append(time.perf_counter() - t)
-            truth = clean[top : top + WINDOW, left : left + WINDOW]
-            scores.append(_score(r.image.to_array() / 255.0, truth,
-                                 None if fill is None else fill[top : top + WINDOW, left : left + WINDOW]))
-            record["rows"]["tiles"] = {"windows": scores, "window_seconds": per_window,
-                                       "seconds_estimated": float(np.mean(per_window)) * case.size[0] * case.size[1] / WINDOW**2}
+            start = task.problem(Image(given_f)).estimate()
+            seconds = time.perf_counter() - t
+            start = Image(start).to_array() / 255.0  # scored on 8 bits, as every method
+            record["rows"]["start"] = {"seconds": seconds, "psnr": score(start), "windows": windows_of(start)}
+            del start
             save()
+        if "crops" in rows:
+            tell(f"{name}: crops (deepprior {case.command[0]}, default preset)")
+            report_path = out_dir / f"{name}-crops.json"
+            cmd = [sys.executable, "-m", "deepprior", *case.command, str(given_path), *extra, "-o", str(out_path),
+                   "--seed", str(seed), "--report", str(report_path), "-q", "--max-pixels", str(case.size[0] * case.size[1]),
+                   "--device", device]
+            if threads is not None:
+                cmd += ["--threads", str(threads)]
+            seconds, peak_gb, status, stderr = _run_child(cmd)
+            if status != 0:
+                raise DeepPriorError(f"deepprior {case.command[0]} failed on the photo: {stderr.strip().splitlines()[-1:]}")
+            result = load_image(out_path, max_pixels=None).pixels
+            report = json.loads(report_path.read_text())
+            record["rows"]["crops"] = {"seconds": seconds, "peak_gb": peak_gb, "psnr": score(result),
+                                       "windows": windows_of(result), "fit_seconds": report["elapsed_s"],
+                                       "iterations": report["iterations"], "tiling": report["tiling"],
+                                       "returned": report.get("returned", {}).get("result"),
+                                       "fit_weight": report.get("returned", {}).get("fit_weight"),
+                                       "regions": "region_shares" in report.get("returned", {})}
+            del result
+            save()
+
+        if "tiles" in rows:
+            per_window, scores = [], []
+            s = SCALE if name == "upscale" else 1
+            for i, (top, left) in enumerate(chosen):
+                tell(f"{name}: tiles, window {i + 1} of {windows} (a whole fit of {WINDOW}x{WINDOW})")
+                cut = (slice(top // s, (top + WINDOW) // s), slice(left // s, (left + WINDOW) // s))
+                window_task = task if fill is None else task.crop(top, left, WINDOW, WINDOW)
+                t = time.perf_counter()
+                r = restore(Image(given_f[cut]), window_task, seed=seed, device=device)
+                per_window.append(time.perf_counter() - t)
+                truth = clean[top : top + WINDOW, left : left + WINDOW]
+                scores.append(_score(r.image.to_array() / 255.0, truth,
+                                     None if fill is None else fill[top : top + WINDOW, left : left + WINDOW]))
+                record["rows"]["tiles"] = {"windows": scores, "window_seconds": per_window,
+                                           "seconds_estimated": float(np.mean(per_window)) * case.size[0] * case.size[1] / WINDOW**2}
+                save()
     tell("done")
     log(f"wrote {out_dir / MARKDOWN}")
     return data
+
+
+def _kept_rows(out_dir: Path, data: dict, cases, rows) -> dict:
+    """The ``rows`` of each of ``cases`` from ``out_dir``'s earlier results, which must be of the
+    same photo (sources, seed, windows): {case: {row: result}}. Empty when no row is kept."""
+    if not rows:
+        return {}
+    path = out_dir / RESULTS
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise DeepPriorError(f"no earlier photo results in {out_dir} to keep the {', '.join(rows)} rows from; "
+                             "run every method first") from None
+    same = all(earlier.get(k) == data[k] for k in ("sources", "seed", "windows"))
+    missing = [f"{c} {r}" for c in cases for r in rows if r not in earlier.get("cases", {}).get(c, {}).get("rows", {})]
+    if not same or missing:
+        raise DeepPriorError(f"{path} is not a run of the same photo, cases and windows"
+                             + (f" (it lacks {', '.join(missing)})" if same else "") + "; run every method first")
+    return {c: {r: earlier["cases"][c]["rows"][r] for r in rows} for c in cases}
 
 
 def tables(data: dict) -> list[Table]:
@@ -283,6 +314,8 @@ def tables(data: dict) -> list[Table]:
                    else f"fitted {c['tiling'].get('method')} ({c['iterations']} iterations)")
             t.notes.append(f"Fit on crops: `deepprior {case.command[0]}` in a child process; {how}"
                            + (f", returned the {c['returned']}" if c.get("returned") else "")
+                           + (f" (the fit's share {c['fit_weight']:.2f} on the mean, chosen region by region)"
+                              if c.get("regions") and c.get("returned") == "blend" else "")
                            + f"; the restoration itself took {c['fit_seconds']:.0f} s of the wall time.")
         out.append(t)
         targets = Table(f"Targets, photo {case.title}", ["target", "measured", "met"])
