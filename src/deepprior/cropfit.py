@@ -309,7 +309,9 @@ def fit_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu",
 
     The counterpart of :func:`deepprior.fitting.fit` for presets with ``crop_iterations``; it
     takes and returns the same things. A fit stopped early still makes its final pass; a pass
-    stopped early leaves the start where no tile was computed. ``tile`` and ``context``: see
+    stopped early leaves the start where no tile was computed. With ``cfg.select_start`` the
+    result is chosen against the start region by region, each region a ``tile`` wide
+    (:func:`~deepprior.fitting.select_by_region`). ``tile`` and ``context``: see
     :func:`forward_tiled`.
     """
     device = resolve_device(device)
