@@ -446,7 +446,7 @@ def choose_result(problem: Problem, fitted: torch.Tensor, start: torch.Tensor,
     with torch.no_grad():
         start_errors = problem.held_out_errors(start).double() if margin > 0 else None
         for w in weights or problem.blend_weights or BLEND_WEIGHTS:
-            candidate = fitted if w == 1.0 else (start if w == 0.0 else w * fitted + (1 - w) * start)
+            candidate = blend(fitted, start, w)
             errors[w] = float(problem.held_out_loss(candidate))
             if start_errors is not None and w != 0.0:
                 leads[w] = margin_ratio(problem.held_out_errors(candidate).double() - start_errors)
@@ -503,10 +503,24 @@ def select_against_start(problem: Problem, fitted: torch.Tensor, start: torch.Te
     result, weight, errors, leads = choose_result(problem, fitted, start, weights, margin)
     returned = "fit" if weight == 1.0 else ("start" if weight == 0.0 else "blend")
     if weight < 1.0 and problem.full_estimate is not None:
-        made = problem.full_estimate() if remake is None else remake(problem.full_estimate)
-        full = _as_tensor(made, fitted.device)
-        result = full if weight == 0.0 else weight * fitted + (1 - weight) * full
+        result = blend(fitted, full_start(problem, start, remake), weight)
     return result, weight, errors, leads, returned
+
+
+def blend(fitted: torch.Tensor, start: torch.Tensor, share: float) -> torch.Tensor:
+    """``share`` * fit + (1 - ``share``) * start; the fit or the start itself at 1 and 0."""
+    return fitted if share == 1.0 else (start if share == 0.0 else share * fitted + (1 - share) * start)
+
+
+def full_start(problem: Problem, start: torch.Tensor,
+               remake: Callable[[Callable[[], np.ndarray]], np.ndarray] | None = None) -> torch.Tensor:
+    """The start made again from every pixel, held-out ones included (``remake``, given
+    ``problem.full_estimate``, makes it), where a chosen start or blend is returned; ``start``
+    when the problem has no such estimate."""
+    if problem.full_estimate is None:
+        return start
+    made = problem.full_estimate() if remake is None else remake(problem.full_estimate)
+    return _as_tensor(made, start.device)
 
 
 #: Side, in output pixels, of the regions of a large result that each choose the fit's share
@@ -540,19 +554,16 @@ def region_choices(problem: Problem, fitted: torch.Tensor, start: torch.Tensor, 
     index = (where[:, 0] // step) * cols + where[:, 1] // step
     count = torch.bincount(index, minlength=rows * cols).double()
 
-    def blend(s: float) -> torch.Tensor:
-        return fitted if s == 1.0 else (start if s == 0.0 else s * fitted + (1 - s) * start)
-
     n = rows * cols
     with torch.no_grad():
-        reference = problem.held_out_errors(blend(chosen)).double().cpu()
+        reference = problem.held_out_errors(blend(fitted, start, chosen)).double().cpu()
         best = torch.full((n,), float(chosen), dtype=torch.float64)
         reference_total = torch.bincount(index, reference, minlength=n)
         best_total = reference_total
         for s in shares:
             if s == chosen:
                 continue
-            d = problem.held_out_errors(blend(s)).double().cpu() - reference
+            d = problem.held_out_errors(blend(fitted, start, s)).double().cpu() - reference
             total, squares = torch.bincount(index, d, minlength=n), torch.bincount(index, d * d, minlength=n)
             mean = total / count.clamp(min=1)
             spread = ((squares / count.clamp(min=1) - mean**2).clamp(min=0) / (count - 1).clamp(min=1)).sqrt()
@@ -599,9 +610,7 @@ def select_by_region(problem: Problem, fitted: torch.Tensor, start: torch.Tensor
     returned = "fit" if kinds == {1.0} else ("start" if kinds == {0.0} else "blend")
     if returned == "fit":
         return fitted, 1.0, errors, leads, returned, grid
-    full = start
-    if problem.full_estimate is not None:
-        full = _as_tensor(problem.full_estimate() if remake is None else remake(problem.full_estimate), fitted.device)
+    full = full_start(problem, start, remake)
     if returned == "start":
         return full, 0.0, errors, leads, returned, grid
     share = share_map(grid, fitted.shape[-2:], region).to(fitted.device)
