@@ -49,71 +49,42 @@ def test_sparse_fill_with_nothing_missing_is_the_image(rgb32):
     np.testing.assert_allclose(estimates.sparse_fill(rgb32, fill), rgb32, atol=1e-6)
 
 
-def test_window_averaging_without_a_threshold_is_the_identity_whatever_the_chunks(monkeypatch):
-    # Every pixel of the interior is covered by all b*b windows: with nothing thresholded the
+@pytest.mark.parametrize("block, step", [(8, 1), (16, 2), (16, 4)])
+def test_window_averaging_without_a_threshold_is_the_identity_whatever_the_chunks(monkeypatch, block, step):
+    # Every pixel of the interior is covered by (b/step)^2 windows: with nothing thresholded the
     # average of their reconstructions is the image, and cutting the windows into bands of rows
     # (to bound memory) changes nothing.
-    x = torch.rand(40, 29)
-    d = estimates._dct_matrix(8)
-    np.testing.assert_allclose((d @ d.T).numpy(), np.eye(8), atol=1e-6)
-    whole = [estimates._threshold_windows(x, t, d) for t in (0.0, 0.3)]
-    np.testing.assert_allclose(whole[0][7:-7, 7:-7].numpy(), x[7:-7, 7:-7].numpy(), atol=1e-5)
-    monkeypatch.setattr(estimates, "_SPARSE_CHUNK", 5)
+    x = torch.rand(40, 45)
+    d = estimates._dct_matrix(block)
+    np.testing.assert_allclose((d @ d.T).numpy(), np.eye(block), atol=1e-6)
+    whole = [estimates._threshold_windows(x, t, d, step) for t in (0.0, 0.3)]
+    p = block - 1
+    np.testing.assert_allclose(whole[0][p:-p, p:-p].numpy(), x[p:-p, p:-p].numpy(), atol=1e-5)
+    np.testing.assert_allclose(estimates.dct_hard_threshold(x, 0.0, d, step).numpy(), x.numpy(), atol=1e-5)
+    monkeypatch.setattr(estimates, "_SPARSE_CHUNK", 4)
     for t, w in zip((0.0, 0.3), whole):
-        np.testing.assert_allclose(estimates._threshold_windows(x, t, d).numpy(), w.numpy(), atol=1e-5)
+        np.testing.assert_allclose(estimates._threshold_windows(x, t, d, step).numpy(), w.numpy(), atol=1e-5)
 
 
-def test_reconstruction_starts_from_the_sparse_fill_without_the_bm3d_extra(rgb32, monkeypatch):
-    monkeypatch.setattr(estimates, "bm3d_available", lambda: False)
+def test_a_window_step_that_does_not_divide_the_block_is_refused(rgb32):
     fill = random_mask(rgb32.shape[:2], 0.5, seed=0)
-    damaged = rgb32 * ~fill[:, :, None]
-    problem = tasks.Reconstruct(mask=fill).problem(Image(damaged))
-    assert problem.estimate_name == "sparse" and problem.blend_weights is None
-    np.testing.assert_allclose(problem.estimate(), estimates.sparse_fill(damaged, fill), atol=1e-6)
+    with pytest.raises(ValueError, match="does not divide"):
+        estimates.sparse_fill(rgb32, fill, block=16, step=3)
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-def test_reconstruction_starts_from_the_bm3d_fill_where_installed(rgb32, channels, monkeypatch):
-    pytest.importorskip("bm3d")
-    img = rgb32 if channels == 3 else np.ascontiguousarray(rgb32.mean(axis=2, keepdims=True))
-    fill = random_mask(img.shape[:2], 0.5, seed=0)
+def test_the_wide_sparse_fill_keeps_the_known_pixels_and_differs_from_the_8x8_one():
+    from deepprior.degrade import text_mask
+
+    img = np.repeat(_stripes(64), 3, axis=2)
+    fill = text_mask(img.shape[:2], "dip", seed=0)
     damaged = img * ~fill[:, :, None]
-    problem = tasks.Reconstruct(mask=fill).problem(Image(damaged))
-    assert problem.estimate_name == "bm3d" and problem.blend_weights == (0.0, 0.25)
-    start = problem.estimate()
-    np.testing.assert_array_equal(start, estimates.bm3d_fill(damaged, fill))
-    assert start.shape == img.shape and start.dtype == np.float32
-    np.testing.assert_array_equal(start[~fill], damaged[~fill])  # the known pixels kept exactly
-    assert 0 <= start.min() and start.max() <= 1
-    assert np.abs(start - estimates.sparse_fill(damaged, fill))[fill].max() > 0  # BM3D moved the fill
-    # Too small for the bm3d package, or large enough to cost minutes: the sparse-DCT fill.
-    assert tasks.Reconstruct(mask=fill[:8, :8]).start_fills == (("sparse",),)
-    monkeypatch.setattr(tasks, "LARGE_START_PIXELS", fill.size - 1)
-    assert tasks.Reconstruct(mask=fill).start_fills == (("sparse",),)
-
-
-@pytest.mark.parametrize("channels", [1, 3])
-def test_mean_fill_is_the_mean_of_the_fills_and_keeps_known_pixels_exactly(rgb32, channels):
-    from deepprior.degrade import hole_mask
-
-    img = rgb32 if channels == 3 else rgb32.mean(axis=2, keepdims=True)
-    fill = hole_mask(img.shape[:2], seed=2)
-    damaged = img * ~fill[:, :, None]
-    parts = {m: (estimates.opencv_fill(damaged, fill, m) if m in ("telea", "ns", "fsr") else None)
-             for m in estimates.FILLS}
-    parts["biharmonic"] = biharmonic_fill(damaged, fill)
-    parts["sparse"] = estimates.sparse_fill(damaged, fill)
-    for m, p in parts.items():  # every fill keeps the known pixels, unquantised, and fills the hole
-        assert p.shape == img.shape and p.dtype == np.float32, m
-        np.testing.assert_array_equal(p[~fill], damaged[~fill])
-        assert psnr(p, img) > psnr(damaged, img) + 3, m
-    out = estimates.mean_fill(damaged, fill)
-    np.testing.assert_array_equal(out[~fill], damaged[~fill])
-    np.testing.assert_allclose(out[fill], (sum(parts.values()) / 5)[fill], atol=1e-6)
-    two = estimates.mean_fill(damaged, fill, ("fsr", "sparse"))
-    np.testing.assert_allclose(two[fill], ((parts["fsr"] + parts["sparse"]) / 2)[fill], atol=1e-6)
-    with pytest.raises(ValueError, match="unknown fill"):
-        estimates.mean_fill(damaged, fill, ("magic",))
+    wide = estimates.mean_fill(damaged, fill, ("sparse16",))
+    np.testing.assert_array_equal(wide[~fill], damaged[~fill])
+    np.testing.assert_allclose(wide, estimates.sparse_fill(damaged, fill, **estimates.SPARSE_WIDE), atol=1e-6)
+    assert np.abs(wide - estimates.sparse_fill(damaged, fill))[fill].max() > 1e-3
+    assert psnr(wide[fill], img[fill]) > psnr(estimates.biharmonic_fill(damaged, fill)[fill], img[fill])
+    with pytest.raises(ValueError, match="sparse16"):
+        estimates.mean_fill(damaged, fill, ("nope",))
 
 
 def test_choose_fill_takes_the_candidate_that_best_predicts_hidden_known_pixels():
