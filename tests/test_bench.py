@@ -187,9 +187,13 @@ def test_mean_colour_error_sees_a_wrong_coloured_blob_that_psnr_ranks_with_a_noi
 
 def test_fill_sets_check_set_is_disjoint_and_paper_examples_use_their_own_masks(tmp_path):
     tuning = {Path(f).stem.lower() for f in suites.get_suite("inpaint-text").files}
-    check = suites.get_suite("inpaint-text", "Set5+Kodak")
-    assert len(check.files) >= 10 and not tuning & {Path(f).stem.lower() for f in check.files}
-    assert check.files == suites.get_suite("inpaint-hole", "Set5+Kodak").files
+    seen = set(tuning)
+    for name in ("Set5+Kodak", "Heide11+paper"):
+        check = suites.get_suite("inpaint-text", name)
+        stems = {Path(f).stem.lower() for f in check.files}
+        assert len(check.files) >= 10 and not seen & stems
+        assert check.files == suites.get_suite("inpaint-hole", name).files
+        seen |= stems
     with pytest.raises(DeepPriorError, match="unknown set"):
         suites.get_suite("inpaint-hole", "Set5")
     # The paper's examples: whole images, masks read from NAME_mask.png (white = known).
@@ -243,6 +247,11 @@ def test_unknown_suite_set_and_method_are_one_line_errors():
     assert baselines.resolve_methods(suite, None) == ["dip", "bm3d", "nlm", "tv"]
     assert "realesrgan" in baselines.methods_for(suites.get_suite("sr-x4"))
     assert "realesrgan" not in baselines.methods_for(suites.get_suite("sr-x2"))
+    # Every fill the text start may average is a column of its own.
+    text_methods = baselines.methods_for(suites.get_suite("inpaint-text"))
+    from deepprior.tasks import START_FILLS
+
+    assert {m for c in START_FILLS["text"] for m in c} <= set(text_methods)
 
 
 def test_manifest_sha256_is_checked(tmp_path):

@@ -12,8 +12,8 @@ known degradation (the noise sigma, the mask), never tuned on a benchmark image'
   and Set5, which no denoising suite uses, see :func:`deepprior.estimates.nlm_denoise`) and total variation (Chambolle), whose weight per sigma
   was tuned once on two images that are in no suite (see :data:`TV_WEIGHTS`).
 * inpainting: OpenCV's Telea and Navier-Stokes (radius 3), scikit-image's biharmonic, the
-  biharmonic fill refined in the 8x8 DCT (``sparse``), OpenCV xphoto's frequency-selective
-  reconstruction (``fsr``) and, for scattered missing pixels, the sparse-DCT fill refined by
+  biharmonic fill refined in the 8x8 DCT (``sparse``) and in 16x16 windows (``sparse16``), OpenCV
+  xphoto's frequency-selective reconstruction (``fsr``) and, for scattered missing pixels, the sparse-DCT fill refined by
   plug-and-play BM3D (``bm3d-fill``, the ``bm3d`` extra), the fast reconstruction preset's start.
 """
 
@@ -208,6 +208,14 @@ def sparse_dct(case: Case, **_) -> np.ndarray:
     return sparse_fill(case.degraded.pixels, case.mask)
 
 
+def sparse_dct16(case: Case, **_) -> np.ndarray:
+    """The same fill in 16x16 windows at every second offset (``estimates.SPARSE_WIDE``), one of
+    the fills the ``fast`` text preset may start from."""
+    from ..estimates import SPARSE_WIDE, sparse_fill
+
+    return sparse_fill(case.degraded.pixels, case.mask, **SPARSE_WIDE)
+
+
 def bm3d_fill(case: Case, **_) -> np.ndarray:
     """The sparse-DCT fill refined by plug-and-play BM3D (``bm3d`` package): the start of the
     ``fast`` reconstruction preset where that package is installed."""
@@ -268,6 +276,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("ns", "Navier-Stokes", ("inpaint", "text", "hole"), navier_stokes),
     Method("biharmonic", "Biharmonic", ("inpaint", "text", "hole"), biharmonic),
     Method("sparse", "Sparse DCT (Guleryuz)", ("inpaint", "text", "hole"), sparse_dct),
+    Method("sparse16", "Sparse DCT 16x16", ("inpaint", "text", "hole"), sparse_dct16),
     Method("fsr", "FSR (OpenCV xphoto)", ("inpaint", "text", "hole"), fsr),
     Method("bm3d-fill", "BM3D fill (plug-and-play)", ("inpaint",), bm3d_fill, _bm3d_missing),
     Method("start", "DIP's start (chosen fills)", ("text", "hole"), start_fill),

@@ -121,8 +121,10 @@ class Suite:
             return (f"Inpainting the Deep Image Prior paper's own {'text' if self.kind == 'text' else 'hole'} "
                     f"example{'s' if len(self.files) > 1 else ''} ({', '.join(image_name(f) for f in self.files)}), "
                     f"whole, with the paper's masks. " + scoring)
-        where = ("Set14 and of Heide11's grey house, peppers256 and Cameraman256" if self.set_name == "Set14+Heide11"
-                 else "Set5 and of CBM3D_color9's kodim01, kodim02, kodim03, kodim12 and F16")
+        where = {"Set14+Heide11": "Set14 and of Heide11's grey house, peppers256 and Cameraman256",
+                 "Set5+Kodak": "Set5 and of CBM3D_color9's kodim01, kodim02, kodim03, kodim12 and F16",
+                 "Heide11+paper": ("Heide11's grey boat, couple, fingerprint, hill and montage and of the paper's "
+                                   "cave (no flash), snail, library, vase and kate")}[self.set_name]
         return (f"Inpainting {what}, on {FILL_CROP}x{FILL_CROP} centre crops of {where}; each image's mask from "
                 f"its own seed. " + scoring)
 
@@ -191,11 +193,17 @@ _FILL_FILES = tuple(f"Set14/{n}.png" for n in (
 # Photographs in no other fill set, to check presets chosen on the suite's own images.
 _FILL_CHECK_FILES = tuple(f"Set5/{n}.png" for n in ("baby", "bird", "butterfly", "head", "woman")) + tuple(
     f"CBM3D_color9/{n}.png" for n in ("kodim01", "kodim02", "kodim03", "kodim12", "image_F16_512rgb"))
+# A second check, in no other fill set: the Heide11 images outside the suite and colour photos of the
+# paper's other examples (flash/no-flash cave, JPEG snail, the hole examples, kate), centre crops.
+_FILL_CHECK2_FILES = tuple(f"Heide11_gray/{n}.png" for n in ("boat", "couple", "fingerprint", "hill", "montage")) + (
+    "dip_paper/flash_no_flash/cave01_01_noflash.jpg", "dip_paper/denoising/snail.jpg", "dip_paper/inpainting/library.png",
+    "dip_paper/inpainting/vase.png", "dip_paper/restoration/kate.png")
 #: The image sets of the fill suites: name -> {suite kind: files}. "dip_paper" holds the paper's own
 #: examples, whole, with the paper's masks (white = known pixel).
 FILL_SETS = {
     "Set14+Heide11": {"text": _FILL_FILES, "hole": _FILL_FILES},
     "Set5+Kodak": {"text": _FILL_CHECK_FILES, "hole": _FILL_CHECK_FILES},
+    "Heide11+paper": {"text": _FILL_CHECK2_FILES, "hole": _FILL_CHECK2_FILES},
     "dip_paper": {"text": ("dip_paper/inpainting/kate.png",),
                   "hole": ("dip_paper/inpainting/library.png", "dip_paper/inpainting/vase.png")},
 }
