@@ -109,9 +109,9 @@ _CROP_ITERATIONS = 600
 # Denoising keeps learning longer on sharper content: on the two 12-megapixel photos of
 # BENCHMARKS.md the mean window PSNR after 600 / 900 / 1200 / 1500 steps was 34.96 / 35.06 /
 # 35.05 / 34.98 dB (four Kodak images) and 33.91 / 33.97 / 34.14 / 34.22 (F16, Lena, Peppers,
-# Baboon: a larger enlargement; 34.25 at 1800). 1500 steps take about 4.5 minutes on 2 cores. The
-# bench's own run of the Kodak photo scored 34.60 at 1500 while its BatchNorm settled on 16 crop
-# batches, 34.93 on the 256 it settles on now (cropfit.BN_BATCHES).
+# Baboon: a larger enlargement; 34.25 at 1800). 1500 steps take about 4.5 minutes on 2 cores. At
+# 1500 the bench's Kodak photo scored 34.60 with BatchNorm settled on 16 crop batches and 34.93 with
+# the 256 of cropfit.BN_BATCHES.
 _DENOISE_CROP_ITERATIONS = 1500
 
 # Text and hole filling: from the classical fill chosen for the image (tasks.FillStart), the fit
