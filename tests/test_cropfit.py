@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from deepprior import restore
-from deepprior.cropfit import fit_crops, fit_on_crops, forward_tiled, make_canvas, receptive_radius
+from deepprior import cropfit
+from deepprior.cropfit import (Canvas, fit_crops, fit_on_crops, forward_tiled, make_canvas, receptive_radius,
+                              settle_batchnorm)
 from deepprior.errors import DeepPriorError
 from deepprior.fitting import init_weights, make_input
 from deepprior.images import Image
@@ -134,6 +136,56 @@ def test_the_fit_starts_at_the_estimate_and_a_stop_keeps_it_where_no_tile_ran(ho
     np.testing.assert_array_equal(stopped.output[-16:], np.clip(start[-16:], 0, 1))  # never reached: the start
     etas = [e for s, _, e in seen if s == "fit"]
     assert etas[-1] < etas[0]
+
+
+def bn_statistics(net):
+    return [(m.running_mean.clone(), m.running_var.clone()) for m in net.modules()
+            if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+def test_measuring_batchnorm_reports_each_batch_and_stops_cleanly(monkeypatch):
+    z = Canvas(torch.rand(1, 5, 64, 96, generator=torch.Generator().manual_seed(2)))
+    cfg = small_config()
+    before = bn_statistics(settled_network())
+    seen = []
+    net = settled_network()
+    done = settle_batchnorm(net, z, cfg, torch.Generator().manual_seed(0), "cpu", (32, 32), 8,
+                            on_batch=lambda d, n: seen.append((d, n)) or d == 3)
+    assert done == 3 and seen == [(1, cropfit.BN_BATCHES), (2, cropfit.BN_BATCHES), (3, cropfit.BN_BATCHES)]
+    assert not net.training
+    assert all(not torch.equal(a[0], b[0]) for a, b in zip(bn_statistics(net), before))  # measured on the crops
+    # Ctrl-C after two batches keeps their average; before the first, the fit's statistics stay.
+    def interrupt(d, n):
+        if d == 2:
+            raise KeyboardInterrupt
+    net = settled_network()
+    assert settle_batchnorm(net, z, cfg, torch.Generator().manual_seed(0), "cpu", (32, 32), 8, on_batch=interrupt) == 2
+    assert not net.training
+    def no_crops(*a):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cropfit, "draw_crops", no_crops)
+    net = settled_network()
+    assert settle_batchnorm(net, z, cfg, torch.Generator().manual_seed(0), "cpu", (32, 32), 8) == 0
+    for (m, v), (m0, v0) in zip(bn_statistics(net), before):
+        torch.testing.assert_close(m, m0, atol=0, rtol=0)
+        torch.testing.assert_close(v, v0, atol=0, rtol=0)
+
+
+def test_a_stop_while_batchnorm_is_measured_still_applies_the_fit(house):
+    image = Image(np.ascontiguousarray(house[:64, :96]))
+    seen = []
+
+    def callback(p):
+        seen.append((p.stage, p.tile, p.eta_s))
+        return p.stage == "settle" and p.tile == 2
+
+    out = fit_crops(Denoise(sigma=25).problem(image), small_config(select_start=False), seed=0, tile=16, context=48,
+                    callback=callback, callback_every=1)
+    settle = [(t, e) for s, t, e in seen if s == "settle"]
+    assert [t for t, _ in settle] == [1, 2]
+    assert all(np.isfinite(e) and e > 0 for _, e in settle)  # the batches left and the final pass
+    assert [s for s, *_ in seen].count("apply") == 24  # the pass still runs over every tile
+    assert out.output.shape == (64, 96, 3) and np.isfinite(out.output).all()
 
 
 def test_large_images_go_to_crops_when_the_preset_can():

@@ -256,6 +256,8 @@ def _restore_and_write(task_factory, input_path: Path, c: Common, extra_inputs=(
             tile = f"tile {p.tile}/{p.tiles} " if p.tiles > 1 else ""
             if p.stage == "apply":
                 what = f"applying the fit, tile {p.tile}/{p.tiles}"
+            elif p.stage == "settle":
+                what = f"measuring BatchNorm, batch {p.tile}/{p.tiles}"
             elif p.stage in START_STAGES:
                 what = tile + STAGE_LINES[p.stage]
             else:

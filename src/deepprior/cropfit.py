@@ -219,25 +219,53 @@ def fit_on_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu
         with torch.no_grad():
             for a, p in zip(averaged, net.parameters()):
                 p.copy_(a)
-    _settle_batchnorm(net, z, cfg, gen, device, (size_y, size_x), factor)
+
+    settle_began = time.perf_counter()
+    last_loss = losses[-1][1] if losses else math.nan
+
+    def on_batch(done: int, count: int) -> bool:
+        if callback is None or (done % callback_every and done != count):
+            return False
+        now = time.perf_counter()
+        eta = (now - settle_began) / done * (count - done) + forward_s
+        return bool(callback(Progress(it, cfg.crop_iterations, last_loss, None, now - started, eta, preview,
+                                      stage="settle", tile=done, tiles=count)))
+
+    settle_batchnorm(net, z, cfg, gen, device, (size_y, size_x), factor, on_batch=on_batch)
     return CropFit(net, z, top, left, it, losses, reason)
 
 
-def _settle_batchnorm(net: nn.Module, z: Canvas, cfg: FitConfig, gen: torch.Generator, device,
-                      size: tuple[int, int], factor: int) -> None:
+def settle_batchnorm(net: nn.Module, z: Canvas, cfg: FitConfig, gen: torch.Generator, device,
+                     size: tuple[int, int], factor: int,
+                     on_batch: Callable[[int, int], bool | None] | None = None) -> int:
     """Give every BatchNorm the mean and variance of its input over :data:`BN_BATCHES` batches of
-    crops (unperturbed, as the final pass sees them), then switch the network to evaluation mode."""
+    crops (unperturbed, as the final pass sees them), then switch the network to evaluation mode.
+
+    ``on_batch(done, count)`` is called after each batch; returning True, or Ctrl-C, ends the
+    measurement with the batches done (the statistics the fit left stay if none was). Returns
+    how many batches were measured."""
     norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    done = 0
     if norms:
+        kept = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
         for m in norms:
             m.reset_running_stats()
             m.momentum = None  # a plain average over the batches below
-        with torch.no_grad():
-            for _ in range(BN_BATCHES):
-                net(draw_crops(z, size, cfg.crop_batch, factor, gen)[1].to(device))
-        for m in norms:
+        try:
+            with torch.no_grad():
+                for _ in range(BN_BATCHES):
+                    net(draw_crops(z, size, cfg.crop_batch, factor, gen)[1].to(device))
+                    done += 1
+                    if on_batch is not None and on_batch(done, BN_BATCHES):
+                        break
+        except KeyboardInterrupt:  # Ctrl-C ends the measurement as a stop does
+            pass
+        for m, (mean, var, batches) in zip(norms, kept):
+            if not done:
+                m.running_mean.copy_(mean), m.running_var.copy_(var), m.num_batches_tracked.copy_(batches)
             m.momentum = 0.1
     net.eval()
+    return done
 
 
 def tiles_of(length: int, tile: int) -> list[tuple[int, int]]:

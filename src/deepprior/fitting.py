@@ -47,7 +47,8 @@ class Progress:
     auto_stop_at: int | None = None  # the iteration at which the stopping rule fired, once it has
     tile: int = 1  # when a large image is restored in tiles: which one is being fitted (1-based)
     tiles: int = 1
-    # "fit"; "apply": the fitted network is being run over a large image's tiles; "start": the
+    # "fit"; "settle": a fit on crops is measuring its BatchNorm statistics (batch ``tile`` of
+    # ``tiles``); "apply": the fitted network is being run over a large image's tiles; "start": the
     # classical start is being made, before the first iteration; "restart": it is being made again
     # from every pixel, after the last (see select_against_start). The last two have no loss
     # (NaN) and no preview, and an ETA only for "restart" (the first start's time; else NaN): they

@@ -701,6 +701,9 @@ def _progress_frame(snap: dict, curve, stopping: bool) -> tuple:
     if snap["stage"] == "apply":
         text = (f"Applying the fitted network: tile {snap['tile']} / {snap['tiles']} · "
                 f"{_fmt_time(snap['elapsed'])} elapsed · about {_fmt_time(snap['eta'])} left")
+    elif snap["stage"] == "settle":
+        text = (f"Measuring the network's BatchNorm statistics: batch {snap['tile']} / {snap['tiles']} · "
+                f"{_fmt_time(snap['elapsed'])} elapsed · about {_fmt_time(snap['eta'])} left")
     elif snap["stage"] in START_STAGES:
         left = f" · about {_fmt_time(snap['eta'])} left" if math.isfinite(snap["eta"]) else ""
         text = f"{tile}{STAGE_LINES[snap['stage']].capitalize()}... · {_fmt_time(snap['elapsed'])} elapsed{left}"
