@@ -122,6 +122,22 @@ def test_sr_degradation_crops_to_multiple_and_downscales():
     assert suites.get_suite("sr-x8").degrade(clean, "x", 0).degraded.pixels.shape == (5, 6, 3)
 
 
+def test_the_sr_check_set_is_centre_crops_of_images_in_no_other_sr_set():
+    check = suites.get_suite("sr-x4", "Kodak+Heide11")
+    stems = {Path(f).stem.lower() for f in check.files}
+    assert len(stems) >= 10
+    # Set5 and Set14 hold baboon, barbara, lenna, man and pepper, which the colour and grey sets repeat.
+    assert not stems & {"baby", "bird", "butterfly", "head", "woman", "baboon", "barbara", "bridge", "coastguard", "comic",
+                        "face", "flowers", "foreman", "lenna", "lena512", "man", "monarch", "pepper", "peppers256",
+                        "image_baboon512rgb", "image_lena512rgb", "image_peppers512rgb", "ppt3", "zebra"}
+    case = check.degrade(_image(300, 310), "x", seed=0)
+    assert case.clean.pixels.shape == (suites.SR_CROP, suites.SR_CROP, 3)
+    assert case.degraded.pixels.shape == (suites.SR_CROP // 4, suites.SR_CROP // 4, 3)
+    assert suites.get_suite("sr-x4").files == () and "centre crops" in check.description()
+    with pytest.raises(DeepPriorError, match="Kodak\\+Heide11"):
+        suites.get_suite("sr-x2", "Set6")
+
+
 def test_noise_is_seeded_per_image_and_has_the_suite_sigma():
     suite = suites.get_suite("denoise-25")
     clean = Image(np.full((64, 64, 3), 0.5, np.float32))

@@ -102,7 +102,10 @@ class Suite:
 
     def description(self) -> str:
         if self.kind == "sr":
-            return (f"x{self.value} super-resolution on {self.set_name}: HR cropped to a multiple of {self.value}, "
+            where = self.set_name if not self.files else (
+                f"{SR_CROP}x{SR_CROP} centre crops of CBM3D_color9's kodim01, kodim02, kodim03, kodim12 and F16 and "
+                f"of Heide11's grey boat, couple, fingerprint, hill and montage")
+            return (f"x{self.value} super-resolution on {where}: HR cropped to a multiple of {self.value}, "
                     f"downscaled with Pillow's Lanczos (8-bit). PSNR/SSIM on the BT.601 Y channel (16-235) "
                     f"with a {self.value}-pixel border cropped; RGB PSNR/SSIM over the whole image too.")
         if self.kind == "denoise":
@@ -142,7 +145,7 @@ class Suite:
         s = image_seed(seed, name)
         shape = (clean.height, clean.width)
         if self.kind == "sr":
-            hr = degrade.crop_to_multiple(clean, self.value)
+            hr = degrade.crop_to_multiple(centre_crop(clean, SR_CROP) if self.files else clean, self.value)
             lr = degrade.downscale(hr, self.value)
             return Case(name, hr, lr, self.task(), scale=self.value, seed=s)
         if self.kind == "denoise":
@@ -177,7 +180,15 @@ def centre_crop(image: Image, size: int) -> Image:
     return Image(np.ascontiguousarray(image.pixels[top : top + size, left : left + size]), None, image.bit_depth)
 
 
-SR_SETS = ("Set5", "Set14")
+#: The image sets of super-resolution: name -> files (empty: the whole set). "Kodak+Heide11" checks the
+#: preset on photographs in no other super-resolution set, as SR_CROP x SR_CROP centre crops.
+SR_SETS = {
+    "Set5": (),
+    "Set14": (),
+    "Kodak+Heide11": tuple(f"CBM3D_color9/{n}.png" for n in ("kodim01", "kodim02", "kodim03", "kodim12", "image_F16_512rgb"))
+    + tuple(f"Heide11_gray/{n}.png" for n in ("boat", "couple", "fingerprint", "hill", "montage")),
+}
+SR_CROP = 256
 #: Reconstruction runs on the paper's grey set; Set5, in luminance (ITU-R BT.601, 0-1), checks the
 #: preset on photographs it was not chosen on.
 RECONSTRUCT_SETS = ("Heide11_gray", "Set5")
@@ -215,7 +226,7 @@ def suite_names() -> list[str]:
 
 
 def get_suite(name: str, set_name: str | None = None) -> Suite:
-    """The suite called ``name``; ``set_name`` picks Set5 or Set14 for super-resolution, one of
+    """The suite called ``name``; ``set_name`` picks one of :data:`SR_SETS` for super-resolution, one of
     :data:`DENOISE_SETS` for denoising, of :data:`RECONSTRUCT_SETS` for reconstruction and of
     :data:`FILL_SETS` for the text and hole suites."""
     if name not in suite_names():
@@ -224,8 +235,8 @@ def get_suite(name: str, set_name: str | None = None) -> Suite:
     if kind == "sr":
         set_name = set_name or "Set5"
         if set_name not in SR_SETS:
-            raise DeepPriorError(f"unknown set {set_name!r} for {name}; choose Set5 or Set14")
-        return Suite(name, "sr", int(value[1:]), set_name)
+            raise DeepPriorError(f"unknown set {set_name!r} for {name}; choose {', '.join(SR_SETS)}")
+        return Suite(name, "sr", int(value[1:]), set_name, files=SR_SETS[set_name])
     if kind == "denoise":
         set_name = set_name or "CBM3D_color9"
         if set_name not in DENOISE_SETS:
