@@ -330,7 +330,7 @@ def _restore_and_write(task_factory, input_path: Path, c: Common, extra_inputs=(
     else:
         fit_line = f"{o.iterations} iterations, {how}, result from iteration {o.stopped_at}, {o.elapsed_s:.1f} s"
     line = f"wrote {c.output} ({result.image.width}x{result.image.height} {result.image.mode}); {fit_line}"
-    if o.held_out_errors:
+    if o.held_out_errors or o.fixed_share:
         line += f"; returned the {returned_phrase(o)} ({why_returned(o)})"
     if result.metrics:
         line += "; " + ", ".join(f"{k.upper()} {v:.4g}" for k, v in result.metrics.items())

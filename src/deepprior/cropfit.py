@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .fitting import (FitOutcome, Progress, build_optimizer, ema_decay, fill_noise, hold_out_pixels, init_weights,
-                      make_input, make_start, pad_to, resolve_device, select_by_region, to_numpy,
+from .fitting import (FitOutcome, Progress, build_optimizer, ema_decay, fill_noise, fixed_share, hold_out_pixels,
+                      init_weights, make_input, make_start, pad_to, resolve_device, select_by_region, to_numpy,
                       total_variation)
 from .networks import build_network, padded_size
 from .presets import FitConfig
@@ -371,13 +371,16 @@ def fit_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu",
         out = torch.where(computed, out, start_tensor)
         reason = "callback" if reason == "completed" else reason
     result = out
-    returned, weight, errors, leads, regions = "fit", 1.0, None, None, None
+    returned, weight, errors, leads, regions, fixed = "fit", 1.0, None, None, None, False
     if cfg.select_start and held_out:
         target = problem.target.device
         result, weight, errors, leads, returned, regions = select_by_region(
             problem, out.to(target), start_tensor.to(target), cfg.blend_weights, cfg.choice_margin,
             remake=lambda make: make_start(make, callback, "restart", cfg.crop_iterations, crops.iterations,
                                            time.perf_counter() - started, start_s)[0], region=tile)
+    elif cfg.fit_share != 1.0:
+        result, weight, returned = fixed_share(out, start_tensor, cfg.fit_share)
+        fixed = True
     return FitOutcome(
         output=np.clip(to_numpy(result), 0.0, 1.0),
         iterations=crops.iterations,
@@ -390,6 +393,7 @@ def fit_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu",
         parameters=sum(p.numel() for p in crops.net.parameters()),
         returned=returned,
         fit_weight=weight,
+        fixed_share=fixed,
         held_out_errors=errors,
         held_out_leads=leads or None,
         choice_margin=cfg.choice_margin,

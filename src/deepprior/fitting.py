@@ -124,6 +124,7 @@ class FitOutcome:
     samples: int = 0  # posterior samples averaged (Bayesian mode)
     returned: str = "fit"  # "fit", "start" or "blend" (see choose_result)
     fit_weight: float = 1.0  # the fit's share of the returned image (the start has the rest)
+    fixed_share: bool = False  # that share is the preset's (FitConfig.fit_share), not a choice
     held_out_errors: dict | None = None  # candidate -> its error on the held-out pixels, when compared
     held_out_leads: dict | None = None  # candidate -> standard errors its error lies under the start's (with a margin)
     choice_margin: float = 0.0  # the lead a candidate needed over the start to be taken
@@ -463,6 +464,8 @@ def choose_result(problem: Problem, fitted: torch.Tensor, start: torch.Tensor,
 
 def why_returned(o: FitOutcome) -> str:
     """Why the choice against the start returned what it did, in words for a report."""
+    if o.fixed_share:
+        return f"the preset's fixed share of the fit, {o.fit_weight:g}: nothing is held out to choose on"
     if o.region_shares is not None:
         shares = sorted({s for row in o.region_shares for s in row})
         return (f"chosen region by region ({o.region_size}x{o.region_size}) on the held-out pixels: a region takes "
@@ -506,6 +509,13 @@ def select_against_start(problem: Problem, fitted: torch.Tensor, start: torch.Te
     if weight < 1.0 and problem.full_estimate is not None:
         result = blend(fitted, full_start(problem, start, remake), weight)
     return result, weight, errors, leads, returned
+
+
+def fixed_share(fitted: torch.Tensor, start: torch.Tensor, share: float) -> tuple[torch.Tensor, float, str]:
+    """The preset's blend (``FitConfig.fit_share``) where nothing chooses one: the result, its fit
+    weight and what was returned ("fit", "start" or "blend")."""
+    returned = "fit" if share == 1.0 else ("start" if share == 0.0 else "blend")
+    return blend(fitted, start, share), share, returned
 
 
 def blend(fitted: torch.Tensor, start: torch.Tensor, share: float) -> torch.Tensor:
@@ -743,11 +753,14 @@ def fit(
     else:
         result, stopped_at = running.current, it
     elapsed = time.perf_counter() - start
-    returned, weight, errors, leads = "fit", 1.0, None, None
+    returned, weight, errors, leads, fixed = "fit", 1.0, None, None, False
     if cfg.select_start and held_out and start_image is not None and uncertainty is None:
         result, weight, errors, leads, returned = select_against_start(
             problem, result, _as_tensor(start_image, device), cfg.blend_weights, cfg.choice_margin,
             remake=lambda make: make_start(make, callback, "restart", cfg.iterations, it, elapsed, start_s)[0])
+    elif cfg.fit_share != 1.0 and start_image is not None and uncertainty is None:
+        result, weight, returned = fixed_share(result, _as_tensor(start_image, device), cfg.fit_share)
+        fixed = True
     return FitOutcome(
         output=np.clip(to_numpy(result), 0.0, 1.0),
         iterations=it,
@@ -763,6 +776,7 @@ def fit(
         samples=sampler.samples if sampler is not None else 0,
         returned=returned,
         fit_weight=weight,
+        fixed_share=fixed,
         held_out_errors=errors,
         held_out_leads=leads or None,
         choice_margin=cfg.choice_margin,

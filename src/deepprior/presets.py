@@ -48,6 +48,9 @@ class FitConfig:
     # must fall below the start's for select_start to prefer it: 0 takes the least error, however
     # slight its lead; more keeps the start unless the held-out pixels tell the others apart from it.
     choice_margin: float = 0.0
+    # The fit's share of what is returned when nothing chooses it (select_start off) and the fit
+    # started from an estimate: 1 returns the fit, 0.5 the even mean of the fit and its start.
+    fit_share: float = 1.0
     stop_window: int = 100
     stop_patience: int = 400
     stop_start: int = 0  # the rule's minima before this iteration are not taken (see stopping.py)
@@ -175,10 +178,13 @@ PRESETS: dict[str, dict[str, FitConfig]] = {
         # From the regularised upscale (estimates.regularised_upscale), 500 iterations: better than
         # 2000 from noise on Set5 x4 in a quarter of the time. The raw outputs jitter with the input
         # perturbation, so their running average is returned; its warm-up lets the first (random)
-        # outputs leave the average early, for good previews and early stops.
+        # outputs leave the average early, for good previews and early stops. The even mean of the
+        # fit and its start is returned: it was above the start on every image measured, and
+        # above the fit on most, where neither held-out low-resolution pixels nor the same fit one
+        # scale lower could tell which of them was better (BENCHMARKS.md, super-resolution).
         "fast": FitConfig(net=_FAST_SKIP, input="estimate", lr=0.01, iterations=500, reg_noise_std=0.03, ema=0.99,
                           ema_warmup=10, stop_start=_ESTIMATE_STOP_START, sgld_noise=_FAST_SGLD_NOISE,
-                          crop_iterations=_CROP_ITERATIONS),
+                          crop_iterations=_CROP_ITERATIONS, fit_share=0.5),
     },
     "sr8": {
         "paper": FitConfig(net=_PAPER_SKIP, lr=0.01, iterations=4000, reg_noise_std=0.05, ema=0.0),

@@ -163,6 +163,8 @@ def _returned(o: FitOutcome) -> dict:
         if o.held_out_leads:
             out["held_out_leads"] = {f"fit weight {w:g}": round(v, 3) for w, v in o.held_out_leads.items()}
         out["why"] = why_returned(o)
+    elif o.fixed_share:
+        out["why"] = why_returned(o)
     if o.region_shares is not None:
         out["region_size"] = o.region_size
         out["region_shares"] = o.region_shares
@@ -421,7 +423,8 @@ def _fit_tiles(image: Image, task: Task, cfg: FitConfig, tiles: list[Tile], scal
                          "iterations": outcome.iterations, "stopped_at": outcome.stopped_at,
                          "stop_reason": outcome.stop_reason, "elapsed_s": round(outcome.elapsed_s, 3),
                          "backtracks": outcome.backtracks, "samples": outcome.samples,
-                         "returned": outcome.returned, "fit_weight": outcome.fit_weight})
+                         "returned": outcome.returned, "fit_weight": outcome.fit_weight,
+                         "fixed_share": outcome.fixed_share})
         reasons.append(outcome.stop_reason)
     if stopped:
         reasons.append(stopped)
@@ -444,6 +447,7 @@ def _fit_tiles(image: Image, task: Task, cfg: FitConfig, tiles: list[Tile], scal
         samples=samples,
         returned=_tiles_returned(per_tile),
         fit_weight=float(np.mean([r["fit_weight"] for r in per_tile])) if per_tile else 0.0,
+        fixed_share=bool(per_tile) and all(r["fixed_share"] for r in per_tile),
     )
     tiling = {"method": "tiles", "tiles": len(tiles), "tiles_done": len(per_tile),
               "iterations_asked": cfg.iterations * len(tiles),

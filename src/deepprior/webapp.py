@@ -362,6 +362,10 @@ def summary(result) -> str:
             o.returned, f"a blend of {o.fit_weight:.0%} fit and {1 - o.fit_weight:.0%} classical start"
             + (" on average, which" if o.region_shares is not None else ", which"))
         source += f"; it is {kind} was chosen on pixels held out of the fit: {why_returned(o)}"
+    elif o.fixed_share:
+        kind = {"start": "the classical start"}.get(
+            o.returned, f"a blend of {o.fit_weight:.0%} fit and {1 - o.fit_weight:.0%} classical start")
+        source += f"; it is {kind}: {why_returned(o)}"
     return (
         f"**Done** in {o.elapsed_s:.1f} s: {o.iterations} iterations, {how}; the result is {source}. "
         f"{result.image.width}x{result.image.height} {result.image.mode}, "
