@@ -372,6 +372,7 @@ def test_api_refuses_bad_options_with_deeprior_error():
         (dict(lr=-0.1), "learning rate"),
         (dict(stop="sometimes"), "stop must be"),
         (dict(wibble=3), "unknown fit option"),
+        (dict(fit_share=1.5), "share must be between 0 and 1"),
         (dict(executor="slurm"), "unknown executor"),
         (dict(ray_address="auto"), "goes with the ray executor"),
     ):
