@@ -248,7 +248,7 @@ def test_report_grid_and_colour_sentence(tmp_path):
 def test_unknown_suite_set_and_method_are_one_line_errors():
     with pytest.raises(DeepPriorError, match="unknown suite"):
         suites.get_suite("sr-x5")
-    with pytest.raises(DeepPriorError, match="Set5 or Set14"):
+    with pytest.raises(DeepPriorError, match="Set5, Set14, Kodak\\+Heide11"):
         suites.get_suite("sr-x4", "Urban100")
     with pytest.raises(DeepPriorError, match="Heide11_gray, Set5"):
         suites.get_suite("inpaint-50", "Set14")
