@@ -26,7 +26,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 from . import __version__, degrade as deg
 from .errors import DeepPriorError
 from .images import DEFAULT_MAX_PIXELS, check_output_path, check_output_size, load_image, save_image
-from .fitting import STAGE_LINES, START_STAGES, resolve_device, why_returned
+from .fitting import STAGE_LINES, START_STAGES, resolve_device, returned_phrase, why_returned
 from .restoration import restore
 try:  # typer >= 0.20 vendors its own click
     from typer._click import exceptions as _cx
@@ -337,14 +337,6 @@ def _restore_and_write(task_factory, input_path: Path, c: Common, extra_inputs=(
     err.print(line, highlight=False, soft_wrap=True)
     if o.stop_reason == "interrupted":
         raise typer.Exit(130)
-
-
-def returned_phrase(o) -> str:
-    """'fit', 'classical start' or 'blend of 75 % fit and 25 % classical start'."""
-    if o.returned == "blend":
-        return (f"blend of {o.fit_weight:.0%} fit and {1 - o.fit_weight:.0%} classical start"
-                + (" on average" if o.region_shares is not None else ""))
-    return {"start": "classical start"}.get(o.returned, o.returned)
 
 
 def _out_of_memory(e: BaseException) -> bool:

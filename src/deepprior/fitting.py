@@ -482,6 +482,14 @@ def why_returned(o: FitOutcome) -> str:
             "under the start's")
 
 
+def returned_phrase(o: FitOutcome) -> str:
+    """'fit', 'classical start' or 'blend of 75% fit and 25% classical start', for a report."""
+    if o.returned == "blend":
+        return (f"blend of {o.fit_weight:.0%} fit and {1 - o.fit_weight:.0%} classical start"
+                + (" on average" if o.region_shares is not None else ""))
+    return {"start": "classical start"}.get(o.returned, o.returned)
+
+
 def margin_ratio(differences: torch.Tensor) -> float:
     """How many standard errors the mean of paired ``differences`` (a candidate's error minus the
     start's, per held-out pixel) lies under zero: positive when the candidate does better."""
@@ -505,7 +513,7 @@ def select_against_start(problem: Problem, fitted: torch.Tensor, start: torch.Te
     Returns the result, its fit weight, every candidate's error, their leads over the start (with
     a margin) and what was returned ("fit", "start" or "blend")."""
     result, weight, errors, leads = choose_result(problem, fitted, start, weights, margin)
-    returned = "fit" if weight == 1.0 else ("start" if weight == 0.0 else "blend")
+    returned = returned_kind(weight)
     if weight < 1.0 and problem.full_estimate is not None:
         result = blend(fitted, full_start(problem, start, remake), weight)
     return result, weight, errors, leads, returned
@@ -514,8 +522,12 @@ def select_against_start(problem: Problem, fitted: torch.Tensor, start: torch.Te
 def fixed_share(fitted: torch.Tensor, start: torch.Tensor, share: float) -> tuple[torch.Tensor, float, str]:
     """The preset's blend (``FitConfig.fit_share``) where nothing chooses one: the result, its fit
     weight and what was returned ("fit", "start" or "blend")."""
-    returned = "fit" if share == 1.0 else ("start" if share == 0.0 else "blend")
-    return blend(fitted, start, share), share, returned
+    return blend(fitted, start, share), share, returned_kind(share)
+
+
+def returned_kind(share: float) -> str:
+    """What a result with the fit's ``share`` is: "fit" (1), "start" (0) or "blend"."""
+    return "fit" if share == 1.0 else ("start" if share == 0.0 else "blend")
 
 
 def blend(fitted: torch.Tensor, start: torch.Tensor, share: float) -> torch.Tensor:

@@ -162,8 +162,7 @@ def _returned(o: FitOutcome) -> dict:
         out["held_out_errors"] = {f"fit weight {w:g}": e for w, e in o.held_out_errors.items()}
         if o.held_out_leads:
             out["held_out_leads"] = {f"fit weight {w:g}": round(v, 3) for w, v in o.held_out_leads.items()}
-        out["why"] = why_returned(o)
-    elif o.fixed_share:
+    if o.held_out_errors or o.fixed_share:
         out["why"] = why_returned(o)
     if o.region_shares is not None:
         out["region_size"] = o.region_size

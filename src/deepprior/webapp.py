@@ -51,7 +51,7 @@ import numpy as np  # noqa: E402
 from PIL import Image as PILImage  # noqa: E402
 
 from .errors import DeepPriorError  # noqa: E402
-from .fitting import STAGE_LINES, START_STAGES, why_returned  # noqa: E402
+from .fitting import STAGE_LINES, START_STAGES, returned_phrase, why_returned  # noqa: E402
 from .images import Image, colormap, encode_image, load_image  # noqa: E402
 from .presets import PRESET_NAMES, get_preset  # noqa: E402
 from .restoration import large_image_method, planned_work, restore  # noqa: E402
@@ -363,9 +363,7 @@ def summary(result) -> str:
             + (" on average, which" if o.region_shares is not None else ", which"))
         source += f"; it is {kind} was chosen on pixels held out of the fit: {why_returned(o)}"
     elif o.fixed_share:
-        kind = {"start": "the classical start"}.get(
-            o.returned, f"a blend of {o.fit_weight:.0%} fit and {1 - o.fit_weight:.0%} classical start")
-        source += f"; it is {kind}: {why_returned(o)}"
+        source += f"; it is the {returned_phrase(o)}: {why_returned(o)}"
     return (
         f"**Done** in {o.elapsed_s:.1f} s: {o.iterations} iterations, {how}; the result is {source}. "
         f"{result.image.width}x{result.image.height} {result.image.mode}, "
