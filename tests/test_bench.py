@@ -263,11 +263,12 @@ def test_unknown_suite_set_and_method_are_one_line_errors():
     assert baselines.resolve_methods(suite, None) == ["dip", "bm3d", "nlm", "tv"]
     assert "realesrgan" in baselines.methods_for(suites.get_suite("sr-x4"))
     assert "realesrgan" not in baselines.methods_for(suites.get_suite("sr-x2"))
-    # Every fill the text start may average is a column of its own.
-    text_methods = baselines.methods_for(suites.get_suite("inpaint-text"))
+    # Every fill the text or hole start may average is a column of its own.
     from deepprior.tasks import START_FILLS
 
-    assert {m for c in START_FILLS["text"] for m in c} <= set(text_methods)
+    for kind in ("text", "hole"):
+        methods = baselines.methods_for(suites.get_suite(f"inpaint-{kind}"))
+        assert {m for c in START_FILLS[kind] for m in c} <= set(methods)
 
 
 def test_manifest_sha256_is_checked(tmp_path):

@@ -119,7 +119,21 @@ def test_each_inpainting_starts_from_its_chosen_fills_and_keeps_the_choice(rgb32
         held &= ~fill
         chosen = start.chosen
         np.testing.assert_allclose(start(exclude=held), estimates.mean_fill(damaged, fill | held, chosen), atol=1e-6)
-    assert tasks.START_FILLS["hole"] == (estimates.FILLS,)
+    assert tasks.START_FILLS["hole"] == ((*estimates.FILLS, "fsrhalf"),)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_half_size_fsr_fill_keeps_known_pixels_and_continues_a_ramp(channels):
+    y, x = np.mgrid[0:64, 0:66].astype(np.float32)
+    ramp = np.repeat((0.2 + 0.5 * (x + y) / 130)[:, :, None], channels, axis=2)
+    ramp[:, :, -1] *= 0.8  # colour: the channels differ
+    fill = np.zeros((64, 66), bool)
+    fill[22:40, 25:45] = True
+    out = estimates.fsr_half_fill(ramp * ~fill[:, :, None], fill)
+    assert out.shape == ramp.shape and out.dtype == np.float32
+    np.testing.assert_array_equal(out[~fill], ramp[~fill])
+    # The hole (0.14 of the ramp's range across) comes back within a few 8-bit steps of the ramp.
+    assert np.abs(out[fill] - ramp[fill]).max() < 0.03
 
 
 def test_a_large_inpainting_starts_without_the_slow_fills(monkeypatch):

@@ -13,7 +13,8 @@ known degradation (the noise sigma, the mask), never tuned on a benchmark image'
   was tuned once on two images that are in no suite (see :data:`TV_WEIGHTS`).
 * inpainting: OpenCV's Telea and Navier-Stokes (radius 3), scikit-image's biharmonic, the
   biharmonic fill refined in the 8x8 DCT (``sparse``) and in 16x16 windows (``sparse16``), OpenCV
-  xphoto's frequency-selective reconstruction (``fsr``) and, for scattered missing pixels, the sparse-DCT fill refined by
+  xphoto's frequency-selective reconstruction (``fsr``; ``fsrbest`` in its slower best mode,
+  ``fsrhalf`` that on the image at half size) and, for scattered missing pixels, the sparse-DCT fill refined by
   plug-and-play BM3D (``bm3d-fill``, the ``bm3d`` extra), the fast reconstruction preset's start.
 """
 
@@ -231,6 +232,20 @@ def fsr(case: Case, **_) -> np.ndarray:
     return opencv_fill(case.degraded.pixels, case.mask, "fsr")
 
 
+def fsr_best(case: Case, **_) -> np.ndarray:
+    """OpenCV xphoto's frequency-selective reconstruction in its best mode (slower than fast)."""
+    from ..estimates import opencv_fill
+
+    return opencv_fill(case.degraded.pixels, case.mask, "fsrbest")
+
+
+def fsr_half(case: Case, **_) -> np.ndarray:
+    """FSR's best mode on the image at half size, upscaled into the mask (a part of the hole start)."""
+    from ..estimates import fsr_half_fill
+
+    return fsr_half_fill(case.degraded.pixels, case.mask)
+
+
 def start_fill(case: Case, **_) -> np.ndarray:
     """The classical start of the ``fast`` preset: the mean of fills chosen for the image
     (``tasks.FillStart``)."""
@@ -278,6 +293,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("sparse", "Sparse DCT (Guleryuz)", ("inpaint", "text", "hole"), sparse_dct),
     Method("sparse16", "Sparse DCT 16x16", ("inpaint", "text", "hole"), sparse_dct16),
     Method("fsr", "FSR (OpenCV xphoto)", ("inpaint", "text", "hole"), fsr),
+    Method("fsrbest", "FSR best mode", ("text", "hole"), fsr_best),
+    Method("fsrhalf", "FSR best, half size", ("text", "hole"), fsr_half),
     Method("bm3d-fill", "BM3D fill (plug-and-play)", ("inpaint",), bm3d_fill, _bm3d_missing),
     Method("start", "DIP's start (chosen fills)", ("text", "hole"), start_fill),
 )}
