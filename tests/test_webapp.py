@@ -20,7 +20,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from deepprior import webapp  # noqa: E402
 from deepprior.errors import DeepPriorError  # noqa: E402
 from deepprior.images import load_image  # noqa: E402
-from deepprior.tasks import Inpaint, SuperResolution  # noqa: E402
+from deepprior.tasks import Denoise, Inpaint, SuperResolution  # noqa: E402
 
 
 def free_port() -> int:
@@ -120,7 +120,13 @@ def test_fit_options_caps_and_checks(settings):
     assert webapp.fit_options("fast", 40, 1, "auto", settings)["iterations"] == 40
     capped = webapp.Settings(max_iterations=25, threads=1, workdir=settings.workdir)
     assert webapp.fit_options("fast", 400, 0, "preset", capped)["iterations"] == 25
-    assert webapp.fit_options("fast", None, 0, "preset", capped)["iterations"] == 25
+    # Nothing asked: the preset's own count, cut to the cap only where it is longer (the fast
+    # denoising preset's 500 to 25; a server cap of 12000 leaves it 500, not 12000).
+    denoise = Denoise(sigma=25)
+    assert webapp.fit_options("fast", None, 0, "preset", capped, task=denoise)["iterations"] == 25
+    roomy = webapp.Settings(max_iterations=12_000, threads=1, workdir=settings.workdir)
+    assert "iterations" not in webapp.fit_options("fast", None, 0, "preset", roomy, task=denoise)
+    assert webapp.fit_options("fast", 20_000, 0, "preset", roomy, task=denoise)["iterations"] == 12_000
     with pytest.raises(DeepPriorError, match="unknown preset"):
         webapp.fit_options("slow", None, 0, "preset", settings)
     with pytest.raises(DeepPriorError, match="at least 1"):

@@ -54,7 +54,7 @@ from .errors import DeepPriorError  # noqa: E402
 from .fitting import STAGE_LINES, START_STAGES, returned_phrase, why_returned  # noqa: E402
 from .images import Image, colormap, encode_image, load_image  # noqa: E402
 from .presets import PRESET_NAMES, get_preset  # noqa: E402
-from .restoration import large_image_method, planned_work, restore  # noqa: E402
+from .restoration import configure, large_image_method, planned_work, restore  # noqa: E402
 from .tiling import DEFAULT_MAX_FIT_PIXELS  # noqa: E402
 from .tasks import SCALES, TASK_NAMES, from_name, load_mask  # noqa: E402
 from .webqueue import FIT_QUEUE, ServerQueue  # noqa: E402
@@ -266,8 +266,9 @@ def build_task(task_name: str, image: Image, settings: Settings, *, scale=4, mas
     return from_name(task_name, image_size=size, **options)
 
 
-def fit_options(preset, iterations, seed, stop, settings: Settings, bayes: bool = False) -> dict:
-    """Checked keyword arguments for :func:`restore` from the page's advanced controls."""
+def fit_options(preset, iterations, seed, stop, settings: Settings, bayes: bool = False, task=None) -> dict:
+    """Checked keyword arguments for :func:`restore` from the page's advanced controls; with the
+    ``task``, a server cap on iterations also cuts a preset whose own count is longer."""
     if preset not in PRESET_NAMES:
         raise DeepPriorError(f"unknown preset {preset!r}; choose one of {', '.join(PRESET_NAMES)}")
     opts: dict = {"seed": 0 if seed is None else int(seed), "max_fit_pixels": settings.max_fit_pixels}
@@ -277,8 +278,12 @@ def fit_options(preset, iterations, seed, stop, settings: Settings, bayes: bool 
         if int(iterations) < 1:
             raise DeepPriorError(f"the iteration cap must be at least 1, got {int(iterations)}")
         opts["iterations"] = int(iterations)
-    if settings.max_iterations is not None:
-        opts["iterations"] = min(opts.get("iterations", settings.max_iterations), settings.max_iterations)
+    if settings.max_iterations is not None and "iterations" in opts:
+        opts["iterations"] = min(opts["iterations"], settings.max_iterations)
+    elif settings.max_iterations is not None and task is not None:
+        # Nothing asked: the preset's own count, cut to the server's cap only where it is longer.
+        if configure(task, preset).iterations > settings.max_iterations:
+            opts["iterations"] = settings.max_iterations
     if stop in ("auto", "off"):
         opts["stop"] = stop
     if bayes:
@@ -301,6 +306,8 @@ def request_work(image_path, task_name, scale, mode, preset, iterations, setting
                     "inpaint": "hole" if mode == "hole" else "inpaint"}.get(task_name, task_name)
         its = fit_options(preset or "fast", iterations, 0, "preset", settings).get("iterations")
         cfg = get_preset(task_key, preset or "fast")
+        if its is None and settings.max_iterations is not None and cfg.iterations > settings.max_iterations:
+            its = settings.max_iterations
     except Exception:
         return 0.0
     pixels = w * h * (int(scale or 4) ** 2 if task_name == "upscale" else 1)
@@ -364,6 +371,8 @@ def summary(result) -> str:
         source += f"; it is {kind} was chosen on pixels held out of the fit: {why_returned(o)}"
     elif o.fixed_share:
         source += f"; it is the {returned_phrase(o)}: {why_returned(o)}"
+    if o.iterations == 0:
+        how, source = "no network fitted", f"the {returned_phrase(o)}: {why_returned(o)}"
     return (
         f"**Done** in {o.elapsed_s:.1f} s: {o.iterations} iterations, {how}; the result is {source}. "
         f"{result.image.width}x{result.image.height} {result.image.mode}, "
@@ -576,7 +585,7 @@ class Handlers:
             spec = kernel_spec(kernel_kind, sigma, length, angle, kernel_file) if task_name == "deblur" else None
             task = build_task(task_name, image, settings, scale=scale, mask_file=mask_file, mask_known=mask_known,
                               painted=painted, mode=mode, kernel=spec, flash_file=flash_file)
-            return image, task, fit_options(preset, iterations, seed, stop_mode, settings, bayes=bool(bayes))
+            return image, task, fit_options(preset, iterations, seed, stop_mode, settings, bayes=bool(bayes), task=task)
 
         job = self.queue.start(getattr(request, "session_hash", None))
         try:
@@ -677,7 +686,7 @@ class Handlers:
                 # Anything else would be read as a path on this server.
                 raise DeepPriorError(f"the kernel must be gaussian:SIGMA or motion:LENGTH,ANGLE, got {kernel!r}")
             t = build_task(task, img, settings, scale=scale, mask_file=mask, kernel=kernel or None, flash_file=flash)
-            return img, t, fit_options(preset or "fast", max_iterations, seed, "preset", settings)
+            return img, t, fit_options(preset or "fast", max_iterations, seed, "preset", settings, task=t)
 
         job = self.queue.start(getattr(request, "session_hash", None))
         stop = threading.Event()
