@@ -58,6 +58,16 @@ def test_every_task_runs(tmp_path, photo, capsys):
         assert PILImage.open(out).size == expected, args
 
 
+def test_a_hole_filled_by_the_fast_preset_says_no_network_was_fitted(tmp_path, photo, capsys):
+    mask = tmp_path / "hole.png"
+    code, _, err = run(capsys, "degrade", photo, "-o", tmp_path / "holed.png", "--hole", "--mask-out", mask)
+    assert code == 0, err
+    code, _, err = run(capsys, "inpaint", tmp_path / "holed.png", "--mask", mask, "--mode", "hole",
+                       "-o", tmp_path / "filled.png", "-q")
+    assert code == 0, err
+    assert "no network fitted" in err and "returned the classical start" in err
+
+
 def test_degrade_options(tmp_path, photo, capsys):
     for opt in (["--noise", 25], ["--downscale", 4], ["--text", "hello"], ["--hole"], ["--jpeg", 10], ["--blur", "gaussian:2"]):
         out = tmp_path / f"d{opt[0]}.png"

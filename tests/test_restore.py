@@ -75,6 +75,30 @@ def test_hole_mode_starts_from_a_fill_and_the_paper_preset_from_the_meshgrid(rgb
     assert fit["input"] == "meshgrid" and fit["net"]["kind"] == "hourglass" and fit["net"]["upsample"] == "nearest"
 
 
+def test_the_fast_hole_preset_returns_its_start_without_a_fit_and_says_so(rgb32, monkeypatch):
+    from deepprior import estimates
+    from deepprior.degrade import hole_mask
+
+    fill = hole_mask((32, 32), seed=1)
+    damaged = np.where(fill[:, :, None], 0.0, rgb32).astype(np.float32)
+    seen = []
+    r = restore(damaged, tasks.Inpaint(mask=fill, mode="hole"), callback=seen.append)
+    o = r.outcome
+    assert (o.iterations, o.returned, o.fit_weight, o.parameters) == (0, "start", 0.0, 0)
+    expected = estimates.mean_fill(damaged, fill, tasks.START_FILLS["hole"][0])
+    np.testing.assert_allclose(r.image.pixels, expected, atol=1e-6)
+    np.testing.assert_array_equal(r.image.pixels[~fill], damaged[~fill])
+    assert "no network" in r.report()["returned"]["why"] and r.report()["tiling"]["method"] == "whole"
+    assert seen and {p.stage for p in seen} == {"start"}  # the start's progress reaches the caller
+    # Asked for iterations, the network is fitted from that start.
+    fitted = restore(damaged, tasks.Inpaint(mask=fill, mode="hole"), iterations=5)
+    assert fitted.outcome.iterations == 5 and fitted.outcome.parameters > 0
+    # Above the fit-whole size the start is still made whole, not tile by tile.
+    big = restore(damaged, tasks.Inpaint(mask=fill, mode="hole"), max_fit_pixels=256)
+    assert big.report()["tiling"]["method"] == "whole"
+    np.testing.assert_allclose(big.image.pixels, expected, atol=1e-6)
+
+
 def test_reconstruct_grayscale_stays_grayscale(rgb32):
     gray = rgb32.mean(axis=2, keepdims=True)
     fill = random_mask(gray.shape[:2], 0.5, seed=0)

@@ -327,6 +327,8 @@ def _restore_and_write(task_factory, input_path: Path, c: Common, extra_inputs=(
     elif t:
         fitted = f"{t['tiles_done']} of {t['tiles']} tiles of {t['tile_size'][1]}x{t['tile_size'][0]}"
         fit_line = f"{fitted}, {o.iterations} iterations in all, {how}, {o.elapsed_s:.1f} s"
+    elif o.iterations == 0:
+        fit_line = f"no network fitted, {o.elapsed_s:.1f} s"
     else:
         fit_line = f"{o.iterations} iterations, {how}, result from iteration {o.stopped_at}, {o.elapsed_s:.1f} s"
     line = f"wrote {c.output} ({result.image.width}x{result.image.height} {result.image.mode}); {fit_line}"

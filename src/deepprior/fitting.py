@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import DeepPriorError
 from .estimates import reporting
 from .metrics import psnr as _psnr
 from .networks import build_network, padded_size
@@ -464,6 +465,9 @@ def choose_result(problem: Problem, fitted: torch.Tensor, start: torch.Tensor,
 
 def why_returned(o: FitOutcome) -> str:
     """Why the choice against the start returned what it did, in words for a report."""
+    if o.fixed_share and o.iterations == 0:
+        return ("the preset fits no network here: fits from this start were not reliably better, "
+                "and no check without the ground truth told where one was")
     if o.fixed_share:
         return f"the preset's fixed share of the fit, {o.fit_weight:g}: nothing is held out to choose on"
     if o.region_shares is not None:
@@ -660,6 +664,20 @@ def build_optimizer(cfg: FitConfig, net: nn.Module, z: torch.Tensor) -> torch.op
     return torch.optim.Adam(groups, lr=cfg.lr)
 
 
+def start_only(problem: Problem, cfg: FitConfig,
+               callback: Callable[[Progress], bool | None] | None = None) -> FitOutcome:
+    """The classical start itself, made from every pixel, with no network fitted: what a preset
+    of 0 iterations returns (hole filling, where no fit from the start was reliably better and
+    no check without the truth told where one was; BENCHMARKS.md)."""
+    make = problem.full_estimate or problem.estimate
+    if cfg.input != "estimate" or make is None:
+        raise DeepPriorError("a preset of 0 iterations returns the task's classical start, and this one has none")
+    image, seconds = make_start(make, callback, "start", 0)
+    return FitOutcome(output=np.clip(image, 0.0, 1.0).astype(np.float32), iterations=0, stopped_at=0,
+                      stop_reason="completed", elapsed_s=seconds, history=[], backtracks=0, stop_curve=[],
+                      parameters=0, returned="start", fit_weight=0.0, fixed_share=True)
+
+
 def fit(
     problem: Problem,
     cfg: FitConfig,
@@ -678,6 +696,8 @@ def fit(
     held-out pixels (:meth:`~deepprior.tasks.Problem.hold_out`); build a fresh one per fit.
     """
     device = resolve_device(device)
+    if cfg.iterations == 0:
+        return start_only(problem, cfg, callback)
     h, w = problem.out_size
     hp, wp = padded_size(h, w, cfg.net.scales)
     top, left = (hp - h) // 2, (wp - w) // 2

@@ -218,11 +218,11 @@ def large_image_method(cfg: FitConfig, result_pixels: int, max_fit_pixels: int |
 
     Up to ``max_fit_pixels`` (None: any size) the image is fitted whole. Above it ``large``
     decides; "auto" takes crops when the preset can (``crop_iterations`` > 0, not Bayesian),
-    else tiles.
+    else tiles. A preset of 0 iterations fits nothing: its start is made whole at any size.
     """
     if large not in LARGE_METHODS:
         raise DeepPriorError(f"large-image method must be one of {', '.join(LARGE_METHODS)}, got {large!r}")
-    if max_fit_pixels is None or result_pixels <= max_fit_pixels:
+    if max_fit_pixels is None or result_pixels <= max_fit_pixels or cfg.iterations == 0:
         return "whole"
     if large == "crops" and not cfg.crop_iterations:
         raise DeepPriorError("this preset cannot fit on crops (its input is not an estimate of the image); "
