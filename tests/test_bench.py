@@ -243,6 +243,9 @@ def test_report_grid_and_colour_sentence(tmp_path):
                                 colour_error_mask=r["colour_error_mask"] + (10 if r["image"] == "a" else -0.5)))
     sentence = report.colour_against_best(res["rows"])
     assert "DIP's is no larger on 1 of 2 images" in sentence
+    # DIP's own start is not a rival: a start column equal to DIP leaves the count as it was.
+    res["rows"] += [dict(r, method="start") for r in res["rows"] if r["method"] == "dip"]
+    assert report.colour_against_best(res["rows"]) == sentence
 
 
 def test_unknown_suite_set_and_method_are_one_line_errors():

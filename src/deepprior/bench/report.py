@@ -452,11 +452,11 @@ def dip_against_best(rows, metric: str) -> str | None:
 
 def colour_against_best(rows) -> str | None:
     """One sentence for a fill suite: DIP's mean-colour error inside the mask against that of
-    each image's best other method (by PSNR inside the mask), and on how many images it is no
-    larger (no flat blob of the wrong colour)."""
+    each image's best other method (by PSNR inside the mask; DIP's own start is not one of
+    them), and on how many images it is no larger (no flat blob of the wrong colour)."""
     cell = {(r["image"], r["method"]): r for r in rows}
     images, methods = _ordered(rows)
-    others = [m for m in methods if m != "dip"]
+    others = [m for m in methods if m not in ("dip", "start")]
     pairs = []
     for im in images:
         dip = cell.get((im, "dip"), {}).get("colour_error_mask")
