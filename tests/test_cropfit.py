@@ -196,9 +196,11 @@ def test_large_images_go_to_crops_when_the_preset_can():
     assert large_image_method(fast, 3000, 2000, "tiles") == "tiles"
     assert large_image_method(get_preset("inpaint", "fast"), 3000, 2000) == "crops"  # text starts from a fill
     hole = get_preset("hole", "fast")
-    assert large_image_method(hole, 3000, 2000) == "tiles"
+    assert large_image_method(hole, 3000, 2000) == "whole"  # no network fitted: the start is made whole
+    hole_fit = replace(hole, iterations=300)  # a hole fit asked for goes tile by tile
+    assert large_image_method(hole_fit, 3000, 2000) == "tiles"
     with pytest.raises(DeepPriorError, match="cannot fit on crops"):
-        large_image_method(hole, 3000, 2000, "crops")
+        large_image_method(hole_fit, 3000, 2000, "crops")
     bayes = replace(fast, bayes=True)
     assert large_image_method(bayes, 3000, 2000) == "tiles"
     with pytest.raises(DeepPriorError, match="Bayesian"):

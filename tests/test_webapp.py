@@ -135,6 +135,16 @@ def test_fit_options_caps_and_checks(settings):
                                                                               "stop": "auto", "bayes": True, **fit_whole}
 
 
+def test_a_hole_filled_without_a_network_says_so(photo):
+    from deepprior.degrade import hole_mask
+    from deepprior.restoration import restore
+
+    image = load_image(photo)
+    result = restore(image, Inpaint(mask=hole_mask((image.height, image.width), seed=0), mode="hole"), "fast", threads=1)
+    text = webapp.summary(result)
+    assert "0 iterations, no network fitted" in text and "classical start" in text and "from iteration" not in text
+
+
 def test_bayesian_result_has_a_colour_map_of_its_size_and_says_what_it_averaged(photo):
     from deepprior.restoration import restore
     from deepprior.tasks import Denoise
