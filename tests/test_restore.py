@@ -75,7 +75,7 @@ def test_hole_mode_starts_from_a_fill_and_the_paper_preset_from_the_meshgrid(rgb
     assert fit["input"] == "meshgrid" and fit["net"]["kind"] == "hourglass" and fit["net"]["upsample"] == "nearest"
 
 
-def test_the_fast_hole_preset_returns_its_start_without_a_fit_and_says_so(rgb32, monkeypatch):
+def test_the_fast_hole_preset_returns_its_start_without_a_fit_and_says_so(rgb32):
     from deepprior import estimates
     from deepprior.degrade import hole_mask
 

@@ -143,6 +143,19 @@ def test_a_hole_filled_without_a_network_says_so(photo):
     result = restore(image, Inpaint(mask=hole_mask((image.height, image.width), seed=0), mode="hole"), "fast", threads=1)
     text = webapp.summary(result)
     assert "0 iterations, no network fitted" in text and "classical start" in text and "from iteration" not in text
+    # A fit chosen against its start says what was returned and on what it was chosen.
+    chosen = restore(image, Denoise(sigma=25), "fast", iterations=12, threads=1)
+    assert chosen.outcome.held_out_errors
+    assert f"{webapp.returned_phrase(chosen.outcome)}, which was chosen on pixels held out of the fit" in webapp.summary(chosen)
+
+
+def test_the_work_of_a_request_counts_the_presets_iterations_cut_only_by_a_shorter_cap(photo, settings):
+    pixels = 64 * 48
+    capped = webapp.Settings(max_iterations=25, threads=1, workdir=settings.workdir)
+    roomy = webapp.Settings(max_iterations=12_000, threads=1, workdir=settings.workdir)
+    assert webapp.request_work(photo, "denoise", 4, "text", "fast", None, capped) == pixels * 25
+    assert webapp.request_work(photo, "denoise", 4, "text", "fast", None, roomy) == pixels * 500
+    assert webapp.request_work(photo, "denoise", 4, "text", "fast", 40, roomy) == pixels * 40
 
 
 def test_bayesian_result_has_a_colour_map_of_its_size_and_says_what_it_averaged(photo):

@@ -86,8 +86,7 @@ def opencv_fill(pixels: np.ndarray, fill: np.ndarray, method: str = "telea", rad
     if method == "fsr":
         out = _fsr_in_strips(img, fill)
     elif method == "fsrbest":
-        out = np.zeros_like(img)
-        cv2.xphoto.inpaint(img, (~fill).astype(np.uint8), out, cv2.xphoto.INPAINT_FSR_BEST)
+        out = _xphoto_fsr(img, fill, best=True)
     else:
         flag = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}[method]
         out = cv2.inpaint(img, fill.astype(np.uint8) * 255, radius, flag)
@@ -103,16 +102,22 @@ FSR_STRIP = 256
 FSR_MARGIN = 64
 
 
+def _xphoto_fsr(img: np.ndarray, fill: np.ndarray, best: bool = False) -> np.ndarray:
+    """OpenCV xphoto's FSR fill of the 8-bit ``img`` where ``fill`` is True, fast or best mode."""
+    import cv2
+
+    out = np.zeros_like(img)
+    mode = cv2.xphoto.INPAINT_FSR_BEST if best else cv2.xphoto.INPAINT_FSR_FAST
+    cv2.xphoto.inpaint(np.ascontiguousarray(img), np.ascontiguousarray(~fill).astype(np.uint8), out, mode)
+    return out
+
+
 def _fsr_in_strips(img: np.ndarray, fill: np.ndarray, strip: int = FSR_STRIP) -> np.ndarray:
     """OpenCV's FSR fill (fast mode) of the 8-bit ``img`` where ``fill`` is True, strip by strip."""
-    import cv2
     from scipy import ndimage
 
     def fsr(rows: slice) -> np.ndarray:
-        out = np.zeros_like(img[rows])
-        cv2.xphoto.inpaint(np.ascontiguousarray(img[rows]), np.ascontiguousarray(~fill[rows]).astype(np.uint8),
-                           out, cv2.xphoto.INPAINT_FSR_FAST)
-        return out
+        return _xphoto_fsr(img[rows], fill[rows])
 
     height = img.shape[0]
     tallest = max((s[0].stop - s[0].start for s in ndimage.find_objects(ndimage.label(fill)[0])), default=0)
@@ -153,8 +158,7 @@ def fsr_half_fill(pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
     size = (width // 2, height // 2)
     img = cv2.resize(Image(pixels).to_array(np.uint8), size, interpolation=cv2.INTER_AREA)
     small_fill = cv2.resize(fill.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0
-    out = np.zeros_like(img)
-    cv2.xphoto.inpaint(img, (~small_fill).astype(np.uint8), out, cv2.xphoto.INPAINT_FSR_BEST)
+    out = _xphoto_fsr(img, small_fill, best=True)
     up = cv2.resize(out, (width, height), interpolation=cv2.INTER_CUBIC).reshape(pixels.shape)
     return np.where(fill[:, :, None], up.astype(np.float32) / 255.0, pixels).astype(np.float32)
 

@@ -336,7 +336,7 @@ START_FILLS = {"text": (("fsr",), ("fsr", "sparse"), ("sparse", "sparse16"), ("f
 
 #: Fills left out of the start of an image above LARGE_START_PIXELS: they cost minutes per megapixel
 #: on 2 cores (the sparse-DCT fill about 10 minutes at 12 megapixels, where FSR takes about 1.5;
-#: FSR's best mode at half size some eight times FSR's fast mode).
+#: FSR's best mode at half size about ten times FSR's fast mode on the hole suite).
 SLOW_FILLS = ("sparse", "sparse16", "biharmonic", "fsrhalf")
 
 #: How far from the missing pixels (in pixels) the held-out check of an inpainting is drawn.

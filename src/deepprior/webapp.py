@@ -280,15 +280,20 @@ def fit_options(preset, iterations, seed, stop, settings: Settings, bayes: bool 
         opts["iterations"] = int(iterations)
     if settings.max_iterations is not None and "iterations" in opts:
         opts["iterations"] = min(opts["iterations"], settings.max_iterations)
-    elif settings.max_iterations is not None and task is not None:
-        # Nothing asked: the preset's own count, cut to the server's cap only where it is longer.
-        if configure(task, preset).iterations > settings.max_iterations:
-            opts["iterations"] = settings.max_iterations
+    elif task is not None and (cap := preset_cap(configure(task, preset).iterations, settings)):
+        opts["iterations"] = cap
     if stop in ("auto", "off"):
         opts["stop"] = stop
     if bayes:
         opts["bayes"] = True
     return opts
+
+
+def preset_cap(preset_iterations: int, settings: Settings) -> int | None:
+    """The server's cap on iterations where a preset's own count is longer, else None (the
+    preset's count stands): with nothing asked, the cap only ever shortens a fit."""
+    cap = settings.max_iterations
+    return cap if cap is not None and preset_iterations > cap else None
 
 
 def request_work(image_path, task_name, scale, mode, preset, iterations, settings: Settings) -> float:
@@ -306,8 +311,7 @@ def request_work(image_path, task_name, scale, mode, preset, iterations, setting
                     "inpaint": "hole" if mode == "hole" else "inpaint"}.get(task_name, task_name)
         its = fit_options(preset or "fast", iterations, 0, "preset", settings).get("iterations")
         cfg = get_preset(task_key, preset or "fast")
-        if its is None and settings.max_iterations is not None and cfg.iterations > settings.max_iterations:
-            its = settings.max_iterations
+        its = its or preset_cap(cfg.iterations, settings)
     except Exception:
         return 0.0
     pixels = w * h * (int(scale or 4) ** 2 if task_name == "upscale" else 1)
@@ -357,22 +361,22 @@ def write_result(result, task_name: str, settings: Settings) -> Path:
 def summary(result) -> str:
     """One paragraph on how the result was made."""
     o = result.outcome
-    how = {
-        "auto": "stopped automatically when the result stopped improving",
-        "callback": "stopped by you",
-        "interrupted": "interrupted",
-    }.get(o.stop_reason, "ran every iteration")
-    source = (f"the mean of {o.samples} posterior samples taken after the burn-in" if o.samples
-              else f"from iteration {o.stopped_at}")
-    if o.held_out_errors:
-        kind = {"start": "the classical start, which", "fit": "the fit, which"}.get(
-            o.returned, f"a blend of {o.fit_weight:.0%} fit and {1 - o.fit_weight:.0%} classical start"
-            + (" on average, which" if o.region_shares is not None else ", which"))
-        source += f"; it is {kind} was chosen on pixels held out of the fit: {why_returned(o)}"
-    elif o.fixed_share:
-        source += f"; it is the {returned_phrase(o)}: {why_returned(o)}"
     if o.iterations == 0:
         how, source = "no network fitted", f"the {returned_phrase(o)}: {why_returned(o)}"
+    else:
+        how = {
+            "auto": "stopped automatically when the result stopped improving",
+            "callback": "stopped by you",
+            "interrupted": "interrupted",
+        }.get(o.stop_reason, "ran every iteration")
+        source = (f"the mean of {o.samples} posterior samples taken after the burn-in" if o.samples
+                  else f"from iteration {o.stopped_at}")
+        if o.held_out_errors:
+            article = "a" if o.returned == "blend" else "the"
+            source += (f"; it is {article} {returned_phrase(o)}, which was chosen on pixels held out of the fit: "
+                       f"{why_returned(o)}")
+        elif o.fixed_share:
+            source += f"; it is the {returned_phrase(o)}: {why_returned(o)}"
     return (
         f"**Done** in {o.elapsed_s:.1f} s: {o.iterations} iterations, {how}; the result is {source}. "
         f"{result.image.width}x{result.image.height} {result.image.mode}, "
