@@ -147,10 +147,12 @@ def test_a_large_inpainting_starts_without_the_slow_fills(monkeypatch):
 
 def test_a_large_upscale_starts_from_the_quick_upscale(monkeypatch, rgb32):
     small = np.ascontiguousarray(rgb32)
-    problem = tasks.SuperResolution(scale=2).problem(Image(small))
     monkeypatch.setattr(tasks, "LARGE_START_PIXELS", 64 * 64)
+    problem = tasks.SuperResolution(scale=2).problem(Image(small))
     np.testing.assert_allclose(problem.estimate(), estimates.regularised_upscale(small, 2), atol=1e-6)
     monkeypatch.setattr(tasks, "LARGE_START_PIXELS", 64 * 64 - 1)
+    problem = tasks.SuperResolution(scale=2).problem(Image(small))
+    assert problem.estimate_name == "quick"
     quick = estimates.quick_upscale(small, 2)
     np.testing.assert_allclose(problem.estimate(), quick, atol=1e-6)
     assert not np.allclose(quick, estimates.regularised_upscale(small, 2), atol=1e-3)
@@ -186,10 +188,41 @@ def test_estimate_input_puts_the_estimate_first_and_noise_after(rgb32):
     assert 0 <= z[:, 3:].min() and z[:, 3:].max() < 0.1
 
 
-def test_super_resolution_estimate_is_the_regularised_upscale(rgb32):
+def test_super_resolution_estimate_is_the_regularised_upscale_without_bm3d(rgb32, monkeypatch):
+    monkeypatch.setattr(estimates, "bm3d_available", lambda: False)
     lo = downscale(Image(rgb32), 4)
     problem = tasks.SuperResolution(scale=4).problem(lo)
+    assert problem.estimate_name == "regularised"
     np.testing.assert_allclose(problem.estimate(), estimates.regularised_upscale(lo.pixels, 4), atol=1e-6)
+
+
+def test_the_x4_start_with_bm3d_is_the_plug_and_play_upscale(house, monkeypatch):
+    """With the bm3d extra an x4 upscale starts from BM3D plug-and-play on the regularised upscale:
+    it stays as close to the data and, on a real photo, closer to the truth; other scales, large
+    results and images too small for the bm3d package keep the other starts."""
+    pytest.importorskip("bm3d")
+    from deepprior.operators import LanczosDownsampler
+
+    clean = Image(np.ascontiguousarray(house[64:160, 64:160]))
+    lo = downscale(clean, 4)
+    problem = tasks.SuperResolution(scale=4).problem(lo)
+    assert problem.estimate_name == "bm3d"
+    start, regularised = problem.estimate(), estimates.regularised_upscale(lo.pixels, 4)
+    np.testing.assert_array_equal(start, estimates.bm3d_upscale(lo.pixels, 4))  # repeatable
+    assert start.shape == clean.pixels.shape and 0 <= start.min() and start.max() <= 1
+    a = LanczosDownsampler(4, 3)
+
+    def residual(x):
+        return float(((a(torch.from_numpy(np.moveaxis(x, -1, 0).copy())[None])[0].numpy()
+                       - np.moveaxis(lo.pixels, -1, 0)) ** 2).mean())
+
+    assert residual(start) < 2 * residual(regularised)
+    assert psnr(start, clean.pixels) > psnr(regularised, clean.pixels)
+    task = tasks.SuperResolution(scale=4)
+    assert tasks.SuperResolution(scale=2).upscaler(24, 24) == "regularised"
+    assert task.upscaler(3, 3) == "regularised"  # 12x12: too small for the bm3d package
+    monkeypatch.setattr(tasks, "LARGE_START_PIXELS", 96 * 96 - 1)
+    assert task.upscaler(24, 24) == "quick"
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
@@ -312,15 +345,18 @@ def _reported(make) -> tuple[np.ndarray, list[float]]:
     return out, seen
 
 
-@pytest.mark.parametrize("what", ["upscale", "quick upscale", "sparse fill", "fills", "choice", "nlm"])
+@pytest.mark.parametrize("what", ["upscale", "quick upscale", "bm3d upscale", "sparse fill", "fills", "choice", "nlm"])
 def test_slow_estimates_report_how_far_they_are(rgb32, what):
     """A start can take minutes on a large image: the slow estimates report the fraction of their
     work done, rising to 1, and give the same result as without anyone listening."""
+    if what == "bm3d upscale":
+        pytest.importorskip("bm3d")
     fill = random_mask(rgb32.shape[:2], 0.3, seed=2)
     big = np.ascontiguousarray(np.tile(rgb32, (2, 2, 1)))  # pixels enough for the choice's probe
     make = {
         "upscale": lambda: estimates.regularised_upscale(rgb32[:16, :16], 2),
         "quick upscale": lambda: estimates.quick_upscale(rgb32[:16, :16], 2),
+        "bm3d upscale": lambda: estimates.bm3d_upscale(rgb32[:8, :8], 4),
         "sparse fill": lambda: estimates.sparse_fill(rgb32, fill),
         "fills": lambda: estimates.mean_fill(rgb32, fill),
         "choice": lambda: tasks.FillStart(big, random_mask(big.shape[:2], 0.3, seed=2), tasks.START_FILLS["text"])(),

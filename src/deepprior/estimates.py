@@ -393,35 +393,45 @@ def _observation(pixels: np.ndarray, scale: int):
     return y, LanczosDownsampler(scale, y.shape[1])
 
 
+def _data_gradient(a, y: torch.Tensor | None):
+    """The gradient of ||A v - y||^2 / 2 at v (of ||A v||^2 / 2 when ``y`` is None)."""
+    def grad(v: torch.Tensor) -> torch.Tensor:
+        v = v.detach().requires_grad_(True)
+        r = a(v) if y is None else a(v) - y
+        (g,) = torch.autograd.grad((r**2).sum() / 2, v)
+        return g
+    return grad
+
+
+def _lipschitz(a, shape) -> float:
+    """||A||^2, the data term's Lipschitz constant, by 20 steps of power iteration."""
+    grad = _data_gradient(a, None)
+    v = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    for _ in range(20):
+        g = grad(v)
+        lipschitz = float(g.norm() / v.norm())
+        v = g / g.norm()
+    return lipschitz
+
+
 def back_project(pixels: np.ndarray, scale: int, *, sparse: bool = True) -> np.ndarray:
     """An upscale by ``scale`` that the Lanczos-2 downsampler maps back onto ``pixels``:
     gradient steps on ||A x - y||^2 from the bicubic upscale, with (``sparse``) every 8x8
     window's DCT hard-thresholded between them, the threshold falling geometrically."""
     y, a = _observation(pixels, scale)
     x = torch.from_numpy(np.moveaxis(upscale(pixels, scale), -1, 0).copy())[None]
-
-    def grad(v: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
-        v = v.detach().requires_grad_(True)
-        r = a(v) if target is None else a(v) - target
-        (g,) = torch.autograd.grad((r**2).sum() / 2, v)
-        return g
-
-    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
-    for _ in range(20):  # power iteration for ||A||^2, the step's Lipschitz constant
-        g = grad(v, None)
-        lipschitz = float(g.norm() / v.norm())
-        v = g / g.norm()
-    step = 1.0 / lipschitz
+    grad = _data_gradient(a, y)
+    step = 1.0 / _lipschitz(a, x.shape)
     d = _dct_matrix(SPARSE_BLOCK)
     for i, t in enumerate(np.geomspace(*BACKPROJECT_THRESHOLDS, BACKPROJECT_PASSES)):
         for _ in range(BACKPROJECT_STEPS):
-            x = x - step * grad(x, y)
+            x = x - step * grad(x)
         if sparse:
             with torch.no_grad():
                 x = torch.stack([dct_hard_threshold(c, float(t), d) for c in x[0]])[None]
         _done((i + 1) / (BACKPROJECT_PASSES + 1))
     for _ in range(BACKPROJECT_STEPS):
-        x = x - step * grad(x, y)
+        x = x - step * grad(x)
     return np.clip(np.moveaxis(x[0].detach().numpy(), 0, -1), 0.0, 1.0).astype(np.float32)
 
 
@@ -618,6 +628,37 @@ def bm3d_fill(pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
         x = np.where(known, pixels, bm3d_denoise(x, float(sigma)))
         _done(first + (1 - first) * (i + 1) / BM3D_FILL_PASSES)
     return x.astype(np.float32)
+
+
+# Plug-and-play BM3D for super-resolution, as bm3d_fill for missing pixels: from the regularised
+# upscale, back-projection steps through the fit's Lanczos operator, then BM3D at a noise level
+# falling geometrically. Chosen on Set5 x4 (bird, head, butterfly; Y-PSNR over the regularised
+# upscale): 30 to 2 in 6 passes +0.37 dB on the mean, 30 to 1 in 10 +0.40 for 1.7 times the time,
+# 15 to 1 in 8 +0.28, 5 to 0.5 in 6 +0.06.
+BM3D_UPSCALE_SIGMAS = (30.0, 2.0)  # first and last noise level, on 0-255
+BM3D_UPSCALE_PASSES = 6
+
+
+def bm3d_upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
+    """The super-resolution start with the ``bm3d`` extra: :func:`regularised_upscale` refined
+    by plug-and-play BM3D (:data:`BM3D_UPSCALE_PASSES` runs: about 55 s for a 256x256 colour
+    result on 2 cores, four times that at 512x512)."""
+    first = 1.0 / (BM3D_UPSCALE_PASSES + 1)  # the regularised upscale, about one BM3D run
+    with share(0.0, first):
+        start = regularised_upscale(pixels, scale)
+    y, a = _observation(pixels, scale)
+    x = torch.from_numpy(np.moveaxis(start, -1, 0).copy())[None]
+    grad = _data_gradient(a, y)
+    step = 1.0 / _lipschitz(a, x.shape)
+    for i, sigma in enumerate(np.geomspace(*BM3D_UPSCALE_SIGMAS, BM3D_UPSCALE_PASSES)):
+        for _ in range(BACKPROJECT_STEPS):
+            x = x - step * grad(x)
+        z = np.clip(np.moveaxis(x[0].detach().numpy(), 0, -1), 0.0, 1.0)
+        x = torch.from_numpy(np.moveaxis(bm3d_denoise(z, float(sigma)), -1, 0).copy())[None]
+        _done(first + (1 - first) * (i + 1) / BM3D_UPSCALE_PASSES)
+    for _ in range(BACKPROJECT_STEPS):
+        x = x - step * grad(x)
+    return np.clip(np.moveaxis(x[0].detach().numpy(), 0, -1), 0.0, 1.0).astype(np.float32)
 
 
 def _per_image(fn, pixels: np.ndarray, *args, **kwargs) -> np.ndarray:

@@ -5,7 +5,9 @@ a float array (H, W, C) in [0, 1]. Parameters are set the way a user would set t
 known degradation (the noise sigma, the mask), never tuned on a benchmark image's ground truth:
 
 * super-resolution: Pillow's bicubic and Lanczos upscaling of the 8-bit low-resolution image,
-  the regularised upscale the ``fast`` preset starts from (x2-x4), and Real-ESRGAN x4plus (pretrained; see :mod:`.realesrgan`).
+  the regularised upscale the ``fast`` preset starts from (x2-x4), that upscale refined by
+  plug-and-play BM3D (its x4 start with the ``bm3d`` extra) and Real-ESRGAN x4plus (pretrained;
+  see :mod:`.realesrgan`).
 * denoising: BM3D (the ``bm3d`` package, an optional extra because of its licence; run with
   the true sigma), non-local means (in an opponent colour space, ``h = 0.6 sigma`` on
   luminance and 0.7 on the colour differences, 5x5 patches, 13x13 search window; chosen on Set14
@@ -84,6 +86,14 @@ def regularised(case: Case, **_) -> np.ndarray:
     from ..estimates import regularised_upscale
 
     return regularised_upscale(case.degraded.pixels, case.scale)
+
+
+def bm3d_upscale(case: Case, **_) -> np.ndarray:
+    """The regularised upscale refined by plug-and-play BM3D: the ``fast`` preset's x4 start
+    with the ``bm3d`` extra."""
+    from ..estimates import bm3d_upscale as upscale
+
+    return upscale(case.degraded.pixels, case.scale)
 
 
 @functools.lru_cache(maxsize=2)
@@ -283,6 +293,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("bicubic", "Bicubic", ("sr",), bicubic),
     Method("lanczos", "Lanczos", ("sr",), lanczos),
     Method("regularised", "Regularised upscale", ("sr",), regularised, scales=(2, 3, 4)),
+    Method("bm3d-upscale", "BM3D upscale (plug-and-play)", ("sr",), bm3d_upscale, _bm3d_missing, scales=(2, 3, 4)),
     Method("realesrgan", "Real-ESRGAN x4plus", ("sr",), realesrgan, _realesrgan_missing, scales=(4,)),
     Method("bm3d", "BM3D", ("denoise",), bm3d, _bm3d_missing),
     Method("nlm", "NLM", ("denoise",), nlm),
