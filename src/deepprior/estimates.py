@@ -641,9 +641,9 @@ BM3D_UPSCALE_PASSES = 6
 
 def bm3d_upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
     """The super-resolution start with the ``bm3d`` extra: :func:`regularised_upscale` refined
-    by plug-and-play BM3D (:data:`BM3D_UPSCALE_PASSES` runs: about 55 s for a 256x256 colour
-    result on 2 cores, four times that at 512x512)."""
-    first = 1.0 / (BM3D_UPSCALE_PASSES + 1)  # the regularised upscale, about one BM3D run
+    by plug-and-play BM3D (:data:`BM3D_UPSCALE_PASSES` runs: 47-61 s for a 256-344 px colour
+    result on 2 cores, 186 s at 512x512, 20-24 s for a 256x256 grey one)."""
+    first = 0.07  # the regularised upscale's share of the time (Set5 x4: 3.5-5 s of 47-61)
     with share(0.0, first):
         start = regularised_upscale(pixels, scale)
     y, a = _observation(pixels, scale)
