@@ -362,10 +362,19 @@ def sparse_fill(pixels: np.ndarray, fill: np.ndarray, *, block: int = SPARSE_BLO
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
+def _batch(pixels: np.ndarray) -> torch.Tensor:
+    """(H, W, C) pixels as a new (1, C, H, W) float32 tensor (a copy: callers may change it in place)."""
+    return torch.tensor(np.moveaxis(pixels, -1, 0), dtype=torch.float32)[None]
+
+
+def _pixels(x: torch.Tensor) -> np.ndarray:
+    """A (1, C, H, W) tensor back as (H, W, C) float32 pixels clipped to [0, 1]."""
+    return np.clip(np.moveaxis(x[0].detach().numpy(), 0, -1), 0.0, 1.0).astype(np.float32)
+
+
 def upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
     """Bicubic upscaling by ``scale``: the classical answer to super-resolution."""
-    x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(pixels, -1, 0)))[None].float()
-    up = torch.nn.functional.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+    up = torch.nn.functional.interpolate(_batch(pixels), scale_factor=scale, mode="bicubic", align_corners=False)
     return np.moveaxis(up[0].clamp(0, 1).numpy(), 0, -1)
 
 
@@ -389,7 +398,7 @@ def _observation(pixels: np.ndarray, scale: int):
     """The low-resolution image as a (1, C, h, w) tensor y, and the fit's operator A for it."""
     from .operators import LanczosDownsampler
 
-    y = torch.from_numpy(np.ascontiguousarray(np.moveaxis(pixels, -1, 0), dtype=np.float32))[None]
+    y = _batch(pixels)
     return y, LanczosDownsampler(scale, y.shape[1])
 
 
@@ -419,7 +428,7 @@ def back_project(pixels: np.ndarray, scale: int, *, sparse: bool = True) -> np.n
     gradient steps on ||A x - y||^2 from the bicubic upscale, with (``sparse``) every 8x8
     window's DCT hard-thresholded between them, the threshold falling geometrically."""
     y, a = _observation(pixels, scale)
-    x = torch.from_numpy(np.moveaxis(upscale(pixels, scale), -1, 0).copy())[None]
+    x = _batch(upscale(pixels, scale))
     grad = _data_gradient(a, y)
     step = 1.0 / _lipschitz(a, x.shape)
     d = _dct_matrix(SPARSE_BLOCK)
@@ -432,7 +441,7 @@ def back_project(pixels: np.ndarray, scale: int, *, sparse: bool = True) -> np.n
         _done((i + 1) / (BACKPROJECT_PASSES + 1))
     for _ in range(BACKPROJECT_STEPS):
         x = x - step * grad(x)
-    return np.clip(np.moveaxis(x[0].detach().numpy(), 0, -1), 0.0, 1.0).astype(np.float32)
+    return _pixels(x)
 
 
 def tv_refine(start: np.ndarray, pixels: np.ndarray, scale: int, weight: float = TV_WEIGHT,
@@ -440,7 +449,7 @@ def tv_refine(start: np.ndarray, pixels: np.ndarray, scale: int, weight: float =
     """Minimise mean (A x - y)^2 + ``weight`` * mean |grad x| (isotropic, per channel) from ``start``:
     the total variation sharpens edges that the data leaves open and flattens ringing."""
     y, a = _observation(pixels, scale)
-    x = torch.from_numpy(np.moveaxis(start, -1, 0).astype(np.float32))[None].requires_grad_(True)  # a copy
+    x = _batch(start).requires_grad_(True)
     opt = torch.optim.Adam([x], lr=TV_LR)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for k in range(steps):
@@ -453,7 +462,7 @@ def tv_refine(start: np.ndarray, pixels: np.ndarray, scale: int, weight: float =
         opt.step()
         schedule.step()
         _done((k + 1) / steps)
-    return np.clip(np.moveaxis(x[0].detach().numpy(), 0, -1), 0.0, 1.0).astype(np.float32)
+    return _pixels(x)
 
 
 def regularised_upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
@@ -647,18 +656,17 @@ def bm3d_upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
     with share(0.0, first):
         start = regularised_upscale(pixels, scale)
     y, a = _observation(pixels, scale)
-    x = torch.from_numpy(np.moveaxis(start, -1, 0).copy())[None]
+    x = _batch(start)
     grad = _data_gradient(a, y)
     step = 1.0 / _lipschitz(a, x.shape)
     for i, sigma in enumerate(np.geomspace(*BM3D_UPSCALE_SIGMAS, BM3D_UPSCALE_PASSES)):
         for _ in range(BACKPROJECT_STEPS):
             x = x - step * grad(x)
-        z = np.clip(np.moveaxis(x[0].detach().numpy(), 0, -1), 0.0, 1.0)
-        x = torch.from_numpy(np.moveaxis(bm3d_denoise(z, float(sigma)), -1, 0).copy())[None]
+        x = _batch(bm3d_denoise(_pixels(x), float(sigma)))
         _done(first + (1 - first) * (i + 1) / BM3D_UPSCALE_PASSES)
     for _ in range(BACKPROJECT_STEPS):
         x = x - step * grad(x)
-    return np.clip(np.moveaxis(x[0].detach().numpy(), 0, -1), 0.0, 1.0).astype(np.float32)
+    return _pixels(x)
 
 
 def _per_image(fn, pixels: np.ndarray, *args, **kwargs) -> np.ndarray:

@@ -311,7 +311,7 @@ def request_work(image_path, task_name, scale, mode, preset, iterations, setting
                     "inpaint": "hole" if mode == "hole" else "inpaint"}.get(task_name, task_name)
         its = fit_options(preset or "fast", iterations, 0, "preset", settings).get("iterations")
         cfg = get_preset(task_key, preset or "fast")
-        its = its or preset_cap(cfg.iterations, settings)
+        its = preset_cap(cfg.iterations, settings) if its is None else its
     except Exception:
         return 0.0
     pixels = w * h * (int(scale or 4) ** 2 if task_name == "upscale" else 1)
