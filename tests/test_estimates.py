@@ -146,6 +146,7 @@ def test_a_large_inpainting_starts_without_the_slow_fills(monkeypatch):
 
 
 def test_a_large_upscale_starts_from_the_quick_upscale(monkeypatch, rgb32):
+    monkeypatch.setattr(estimates, "bm3d_available", lambda: False)
     small = np.ascontiguousarray(rgb32)
     monkeypatch.setattr(tasks, "LARGE_START_PIXELS", 64 * 64)
     problem = tasks.SuperResolution(scale=2).problem(Image(small))
@@ -196,9 +197,9 @@ def test_super_resolution_estimate_is_the_regularised_upscale_without_bm3d(rgb32
     np.testing.assert_allclose(problem.estimate(), estimates.regularised_upscale(lo.pixels, 4), atol=1e-6)
 
 
-def test_the_x4_start_with_bm3d_is_the_plug_and_play_upscale(house, monkeypatch):
-    """With the bm3d extra an x4 upscale starts from BM3D plug-and-play on the regularised upscale:
-    it stays as close to the data and, on a real photo, closer to the truth; other scales, large
+def test_the_start_with_bm3d_is_the_plug_and_play_upscale(house, monkeypatch):
+    """With the bm3d extra an x2-x4 upscale starts from BM3D plug-and-play on the regularised
+    upscale: it stays as close to the data and, on a real photo, closer to the truth; x8, large
     results and images too small for the bm3d package keep the other starts."""
     pytest.importorskip("bm3d")
     from deepprior.operators import LanczosDownsampler
@@ -219,7 +220,7 @@ def test_the_x4_start_with_bm3d_is_the_plug_and_play_upscale(house, monkeypatch)
     assert residual(start) < 2 * residual(regularised)
     assert psnr(start, clean.pixels) > psnr(regularised, clean.pixels)
     task = tasks.SuperResolution(scale=4)
-    assert tasks.SuperResolution(scale=2).upscaler(24, 24) == "regularised"
+    assert [tasks.SuperResolution(scale=s).upscaler(24, 24) for s in (2, 3, 8)] == ["bm3d", "bm3d", "regularised"]
     assert task.upscaler(3, 3) == "regularised"  # 12x12: too small for the bm3d package
     monkeypatch.setattr(tasks, "LARGE_START_PIXELS", 96 * 96 - 1)
     assert task.upscaler(24, 24) == "quick"

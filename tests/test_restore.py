@@ -455,21 +455,23 @@ def test_a_failing_fit_returns_its_start_not_something_worse(rgb32):
     assert psnr(r.image.pixels, img) > psnr(plain.image.pixels, img) + 3
 
 
-def test_an_upscale_returns_the_presets_share_of_the_fit_and_its_start(rgb32):
-    """Super-resolution returns the even mean of the fit and its start (FitConfig.fit_share); the
-    report names the blend and why. Same seed, same result."""
+def test_an_upscale_returns_the_tasks_share_of_the_fit_and_its_start(rgb32):
+    """Super-resolution returns a fixed blend of the fit and its start, the task's share for that
+    start (tasks.SR_FIT_SHARES); the report names the blend and why. Same seed, same result."""
     lr = downscale(Image(rgb32), 2).pixels
     task = tasks.SuperResolution(scale=2)
     runs = [restore(lr, task, iterations=6, stop="off", seed=2, threads=1) for _ in range(2)]
     fit = restore(lr, task, iterations=6, stop="off", seed=2, threads=1, fit_share=1.0)
-    start = task.problem(Image(lr)).estimate()
+    problem = task.problem(Image(lr))
+    start, w = problem.estimate(), problem.fit_share
+    assert w == tasks.SR_FIT_SHARES.get((problem.estimate_name, 2), tasks.SR_FIT_SHARE) and 0 < w < 1
     o = runs[0].outcome
-    assert o.returned == "blend" and o.fit_weight == 0.5 and o.fixed_share and o.held_out_errors is None
-    np.testing.assert_allclose(runs[0].image.pixels, np.clip(0.5 * fit.image.pixels + 0.5 * start, 0, 1), atol=1e-6)
+    assert o.returned == "blend" and o.fit_weight == w and o.fixed_share and o.held_out_errors is None
+    np.testing.assert_allclose(runs[0].image.pixels, np.clip(w * fit.image.pixels + (1 - w) * start, 0, 1), atol=1e-6)
     assert np.array_equal(runs[0].image.pixels, runs[1].image.pixels)
     assert fit.outcome.returned == "fit" and not fit.outcome.fixed_share
     returned = runs[0].report()["returned"]
-    assert returned["result"] == "blend" and returned["fit_weight"] == 0.5 and "fixed share" in returned["why"]
+    assert returned["result"] == "blend" and returned["fit_weight"] == w and "fixed share" in returned["why"]
     assert "why" not in fit.report()["returned"]
 
 

@@ -37,8 +37,8 @@ import torch
 from torch import nn
 
 from .fitting import (FitOutcome, Progress, build_optimizer, ema_decay, fill_noise, fixed_share, hold_out_pixels,
-                      init_weights, make_input, make_start, pad_to, resolve_device, select_by_region, to_numpy,
-                      total_variation)
+                      init_weights, make_input, make_start, pad_to, preset_share, resolve_device, select_by_region,
+                      to_numpy, total_variation)
 from .networks import build_network, padded_size
 from .presets import FitConfig
 from .tasks import Problem
@@ -378,8 +378,8 @@ def fit_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu",
             problem, out.to(target), start_tensor.to(target), cfg.blend_weights, cfg.choice_margin,
             remake=lambda make: make_start(make, callback, "restart", cfg.crop_iterations, crops.iterations,
                                            time.perf_counter() - started, start_s)[0], region=tile)
-    elif cfg.fit_share != 1.0:
-        result, weight, returned = fixed_share(out, start_tensor, cfg.fit_share)
+    elif preset_share(cfg, problem) != 1.0:
+        result, weight, returned = fixed_share(out, start_tensor, preset_share(cfg, problem))
         fixed = True
     return FitOutcome(
         output=np.clip(to_numpy(result), 0.0, 1.0),

@@ -643,15 +643,16 @@ def bm3d_fill(pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
 # upscale, back-projection steps through the fit's Lanczos operator, then BM3D at a noise level
 # falling geometrically. Chosen on Set5 x4 (bird, head, butterfly; Y-PSNR over the regularised
 # upscale): 30 to 2 in 6 passes +0.37 dB on the mean, 30 to 1 in 10 +0.40 for 1.7 times the time,
-# 15 to 1 in 8 +0.28, 5 to 0.5 in 6 +0.06.
+# 15 to 1 in 8 +0.28, 5 to 0.5 in 6 +0.06; at x2 (butterfly, woman) 30 to 2 +0.95, 50 to 2 +0.88,
+# 15 to 1 +0.51, 8 to 1 +0.18.
 BM3D_UPSCALE_SIGMAS = (30.0, 2.0)  # first and last noise level, on 0-255
 BM3D_UPSCALE_PASSES = 6
 
 
 def bm3d_upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
     """The super-resolution start with the ``bm3d`` extra: :func:`regularised_upscale` refined
-    by plug-and-play BM3D (:data:`BM3D_UPSCALE_PASSES` runs: 47-61 s for a 256-344 px colour
-    result on 2 cores, 186 s at 512x512, 20-24 s for a 256x256 grey one)."""
+    by plug-and-play BM3D (:data:`BM3D_UPSCALE_PASSES` runs: 47-63 s for a 256-344 px colour
+    result on 2 cores at x2-x4, 186-193 s at 512x512, 20-24 s for a 256x256 grey one)."""
     first = 0.07  # the regularised upscale's share of the time (Set5 x4: 3.5-5 s of 47-61)
     with share(0.0, first):
         start = regularised_upscale(pixels, scale)

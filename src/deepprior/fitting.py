@@ -469,7 +469,7 @@ def why_returned(o: FitOutcome) -> str:
         return ("the preset fits no network here: fits from this start were not reliably better, "
                 "and no check without the ground truth told where one was")
     if o.fixed_share:
-        return f"the preset's fixed share of the fit, {o.fit_weight:g}: nothing is held out to choose on"
+        return f"the preset's fixed share of the fit for this start, {o.fit_weight:g}: nothing is held out to choose on"
     if o.region_shares is not None:
         shares = sorted({s for row in o.region_shares for s in row})
         return (f"chosen region by region ({o.region_size}x{o.region_size}) on the held-out pixels: a region takes "
@@ -524,9 +524,17 @@ def select_against_start(problem: Problem, fitted: torch.Tensor, start: torch.Te
 
 
 def fixed_share(fitted: torch.Tensor, start: torch.Tensor, share: float) -> tuple[torch.Tensor, float, str]:
-    """The preset's blend (``FitConfig.fit_share``) where nothing chooses one: the result, its fit
+    """The preset's blend (:func:`preset_share`) where nothing chooses one: the result, its fit
     weight and what was returned ("fit", "start" or "blend")."""
     return blend(fitted, start, share), share, returned_kind(share)
+
+
+def preset_share(cfg: FitConfig, problem: Problem) -> float:
+    """The fit's share of the result where nothing chooses one: the preset's ``fit_share``, or
+    where that is None the task's for its start (``problem.fit_share``; the fit where it has none)."""
+    if cfg.fit_share is not None:
+        return cfg.fit_share
+    return problem.fit_share if problem.fit_share is not None else 1.0
 
 
 def returned_kind(share: float) -> str:
@@ -790,8 +798,8 @@ def fit(
         result, weight, errors, leads, returned = select_against_start(
             problem, result, _as_tensor(start_image, device), cfg.blend_weights, cfg.choice_margin,
             remake=lambda make: make_start(make, callback, "restart", cfg.iterations, it, elapsed, start_s)[0])
-    elif cfg.fit_share != 1.0 and start_image is not None and uncertainty is None:
-        result, weight, returned = fixed_share(result, _as_tensor(start_image, device), cfg.fit_share)
+    elif preset_share(cfg, problem) != 1.0 and start_image is not None and uncertainty is None:
+        result, weight, returned = fixed_share(result, _as_tensor(start_image, device), preset_share(cfg, problem))
         fixed = True
     return FitOutcome(
         output=np.clip(to_numpy(result), 0.0, 1.0),

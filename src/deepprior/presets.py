@@ -49,8 +49,9 @@ class FitConfig:
     # slight its lead; more keeps the start unless the held-out pixels tell the others apart from it.
     choice_margin: float = 0.0
     # The fit's share of what is returned when nothing chooses it (select_start off) and the fit
-    # started from an estimate: 1 returns the fit, 0.5 the even mean of the fit and its start.
-    fit_share: float = 1.0
+    # started from an estimate: 1 returns the fit, 0.5 the even mean of the fit and its start;
+    # None: the task's share for its start (tasks.Problem.fit_share).
+    fit_share: float | None = 1.0
     stop_window: int = 100
     stop_patience: int = 400
     stop_start: int = 0  # the rule's minima before this iteration are not taken (see stopping.py)
@@ -179,14 +180,14 @@ PRESETS: dict[str, dict[str, FitConfig]] = {
         # upscale refined by plug-and-play BM3D: tasks.SuperResolution.upscaler), 500 iterations: better than
         # 2000 from noise on Set5 x4 in a quarter of the time. The raw outputs jitter with the input
         # perturbation, so their running average is returned; its warm-up lets the first (random)
-        # outputs leave the average early, for good previews and early stops. The even mean of the
-        # fit and its start is returned: above the start on 45 of 49 images measured (under it by at
-        # most 0.05 dB) and above the fit on the tuning sets' mean, where neither held-out
-        # low-resolution pixels nor the same fit one scale lower could tell which of them was better
-        # (BENCHMARKS.md, "Choosing between the fit and its start").
+        # outputs leave the average early, for good previews and early stops. A fixed blend of the
+        # fit and its start is returned, the task's share for its start (tasks.SR_FIT_SHARES: the
+        # even mean, a quarter of the fit over the BM3D start at x2 and x3): above the fit on the tuning
+        # sets' mean, where neither held-out low-resolution pixels nor the same fit one scale lower
+        # could tell which of them was better (BENCHMARKS.md, "Choosing between the fit and its start").
         "fast": FitConfig(net=_FAST_SKIP, input="estimate", lr=0.01, iterations=500, reg_noise_std=0.03, ema=0.99,
                           ema_warmup=10, stop_start=_ESTIMATE_STOP_START, sgld_noise=_FAST_SGLD_NOISE,
-                          crop_iterations=_CROP_ITERATIONS, fit_share=0.5),
+                          crop_iterations=_CROP_ITERATIONS, fit_share=None),
     },
     "sr8": {
         "paper": FitConfig(net=_PAPER_SKIP, lr=0.01, iterations=4000, reg_noise_std=0.05, ema=0.0),

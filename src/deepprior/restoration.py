@@ -197,7 +197,7 @@ def configure(task: Task, preset: str = "fast", **overrides) -> FitConfig:
         raise DeepPriorError(f"stop must be 'auto', 'off' or 'observe', got {overrides['stop']!r}")
     if "stop_rule" in overrides and overrides["stop_rule"] not in ("variance", "holdout"):
         raise DeepPriorError(f"stop rule must be 'variance' or 'holdout', got {overrides['stop_rule']!r}")
-    if "fit_share" in overrides and not 0 <= float(overrides["fit_share"]) <= 1:
+    if overrides.get("fit_share") is not None and not 0 <= float(overrides["fit_share"]) <= 1:
         raise DeepPriorError(f"the fit's share must be between 0 and 1, got {overrides['fit_share']}")
     if "holdout" in overrides and not 0 < float(overrides["holdout"]) < 1:
         raise DeepPriorError(f"holdout fraction must be between 0 and 1, got {overrides['holdout']}")

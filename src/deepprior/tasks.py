@@ -44,6 +44,8 @@ class Problem:
     estimate_name: str | None = None  # what ``estimate`` computes, for the report (e.g. "bm3d")
     # The fit's shares a choice against the start weighs (fitting.choose_result); None: all five.
     blend_weights: tuple[float, ...] | None = None
+    # The fit's share of the result a preset with FitConfig.fit_share None returns (None: the fit).
+    fit_share: float | None = None
     _keep: torch.Tensor | None = field(default=None, repr=False)  # 1 - held, the data term's weight
     _held_values: float = field(default=0.0, repr=False)  # held pixels x channels, counted once
 
@@ -166,12 +168,19 @@ def _denoised_estimate(pixels, sigma, denoiser, exclude=None):
 
 
 #: The super-resolution starts (SuperResolution.upscaler): plug-and-play BM3D on the regularised
-#: upscale with the bm3d extra (x4, Set5: 0.37 dB above the regularised upscale on three images),
-#: the regularised upscale without it, the quick upscale above LARGE_START_PIXELS.
+#: upscale with the bm3d extra (Set5, Y: 0.99, 0.58 and 0.41 dB above the regularised upscale at
+#: x2, x3 and x4), the regularised upscale without it, the quick upscale above LARGE_START_PIXELS.
 UPSCALERS = {"bm3d": estimates.bm3d_upscale, "regularised": estimates.regularised_upscale,
              "quick": estimates.quick_upscale}
 #: The scales the BM3D start was measured at and is used for.
-BM3D_UPSCALE_SCALES = (4,)
+BM3D_UPSCALE_SCALES = (2, 3, 4)
+#: The fit's share of an upscale (the fast preset's FitConfig.fit_share is None), by start and
+#: scale: the even mean of the fit and its start, but a quarter of the fit over the BM3D start at
+#: x2 and x3, which already holds most of the detail (Set5 x2: 36.46 dB Y against 36.39 for the
+#: even mean and 36.31 for the start; x3: 32.71, 32.70 and 32.63, and never under the start,
+#: where the even mean was on baby). Others: SR_FIT_SHARE.
+SR_FIT_SHARES = {("bm3d", 2): 0.25, ("bm3d", 3): 0.25}
+SR_FIT_SHARE = 0.5
 
 
 def _upscale_estimate(pixels, scale, upscaler, exclude=None):
@@ -300,6 +309,7 @@ class SuperResolution(Task):
         p = Problem(_tensor(image.pixels), op, (image.height * s, image.width * s), image.channels)
         p.estimate_name = self.upscaler(image.height, image.width)
         p.estimate = partial(_upscale_estimate, image.pixels, s, p.estimate_name)
+        p.fit_share = SR_FIT_SHARES.get((p.estimate_name, s), SR_FIT_SHARE)
         return p
 
     def upscaler(self, height: int, width: int) -> str:
