@@ -177,8 +177,8 @@ BM3D_UPSCALE_SCALES = (2, 3, 4)
 #: The fit's share of an upscale (the fast preset's FitConfig.fit_share is None), by start and
 #: scale: the even mean of the fit and its start, but a quarter of the fit over the BM3D start at
 #: x2 and x3, which already holds most of the detail (Set5 x2: 36.46 dB Y against 36.39 for the
-#: even mean and 36.31 for the start; x3: 32.71, 32.70 and 32.63, and never under the start,
-#: where the even mean was on baby). Others: SR_FIT_SHARE.
+#: even mean and 36.31 for the start; x3: 32.70 for either share and 32.63, the quarter never
+#: under the start, where the even mean was on baby). Others: SR_FIT_SHARE.
 SR_FIT_SHARES = {("bm3d", 2): 0.25, ("bm3d", 3): 0.25}
 SR_FIT_SHARE = 0.5
 
