@@ -226,6 +226,18 @@ def test_the_start_with_bm3d_is_the_plug_and_play_upscale(house, monkeypatch):
     assert task.upscaler(24, 24) == "quick"
 
 
+def test_an_upscale_blends_a_quarter_of_the_fit_over_the_bm3d_start_at_x2_and_x3(rgb32, monkeypatch):
+    """The fit's share of an upscale follows its start: a quarter over the BM3D upscale at x2 and
+    x3, the even mean over it at x4 and over the regularised upscale (the start is not computed)."""
+    def starts():
+        return [(p.estimate_name, p.fit_share) for p in (tasks.SuperResolution(scale=s).problem(Image(rgb32)) for s in (2, 3, 4))]
+
+    monkeypatch.setattr(estimates, "bm3d_available", lambda: True)
+    assert starts() == [("bm3d", 0.25), ("bm3d", 0.25), ("bm3d", 0.5)]
+    monkeypatch.setattr(estimates, "bm3d_available", lambda: False)
+    assert starts() == [("regularised", 0.5)] * 3
+
+
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_regularised_upscale_agrees_with_the_data_and_beats_bicubic(house, scale):
     """Back-projection makes A(x) match the low-resolution image far better than bicubic does, and on a

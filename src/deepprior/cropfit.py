@@ -372,14 +372,15 @@ def fit_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu",
         reason = "callback" if reason == "completed" else reason
     result = out
     returned, weight, errors, leads, regions, fixed = "fit", 1.0, None, None, None, False
+    share = preset_share(cfg, problem)
     if cfg.select_start and held_out:
         target = problem.target.device
         result, weight, errors, leads, returned, regions = select_by_region(
             problem, out.to(target), start_tensor.to(target), cfg.blend_weights, cfg.choice_margin,
             remake=lambda make: make_start(make, callback, "restart", cfg.crop_iterations, crops.iterations,
                                            time.perf_counter() - started, start_s)[0], region=tile)
-    elif preset_share(cfg, problem) != 1.0:
-        result, weight, returned = fixed_share(out, start_tensor, preset_share(cfg, problem))
+    elif share != 1.0:
+        result, weight, returned = fixed_share(out, start_tensor, share)
         fixed = True
     return FitOutcome(
         output=np.clip(to_numpy(result), 0.0, 1.0),

@@ -423,25 +423,39 @@ def _lipschitz(a, shape) -> float:
     return lipschitz
 
 
+def _project_between(start: np.ndarray, pixels: np.ndarray, scale: int, levels, prior, done) -> np.ndarray:
+    """From ``start``, BACKPROJECT_STEPS gradient steps of size 1 / ||A||^2 on ||A x - y||^2
+    before each ``prior(x, level)`` of ``levels`` and once more after the last; ``done(i)``
+    after the i-th prior. The scheme of the back-projected and the BM3D upscales."""
+    y, a = _observation(pixels, scale)
+    x = _batch(start)
+    grad = _data_gradient(a, y)
+    step = 1.0 / _lipschitz(a, x.shape)
+    for i, level in enumerate(levels):
+        for _ in range(BACKPROJECT_STEPS):
+            x = x - step * grad(x)
+        x = prior(x, float(level))
+        done(i + 1)
+    for _ in range(BACKPROJECT_STEPS):
+        x = x - step * grad(x)
+    return _pixels(x)
+
+
 def back_project(pixels: np.ndarray, scale: int, *, sparse: bool = True) -> np.ndarray:
     """An upscale by ``scale`` that the Lanczos-2 downsampler maps back onto ``pixels``:
     gradient steps on ||A x - y||^2 from the bicubic upscale, with (``sparse``) every 8x8
     window's DCT hard-thresholded between them, the threshold falling geometrically."""
-    y, a = _observation(pixels, scale)
-    x = _batch(upscale(pixels, scale))
-    grad = _data_gradient(a, y)
-    step = 1.0 / _lipschitz(a, x.shape)
     d = _dct_matrix(SPARSE_BLOCK)
-    for i, t in enumerate(np.geomspace(*BACKPROJECT_THRESHOLDS, BACKPROJECT_PASSES)):
-        for _ in range(BACKPROJECT_STEPS):
-            x = x - step * grad(x)
-        if sparse:
-            with torch.no_grad():
-                x = torch.stack([dct_hard_threshold(c, float(t), d) for c in x[0]])[None]
-        _done((i + 1) / (BACKPROJECT_PASSES + 1))
-    for _ in range(BACKPROJECT_STEPS):
-        x = x - step * grad(x)
-    return _pixels(x)
+
+    def threshold(x, t):
+        if not sparse:
+            return x
+        with torch.no_grad():
+            return torch.stack([dct_hard_threshold(c, t, d) for c in x[0]])[None]
+
+    return _project_between(upscale(pixels, scale), pixels, scale,
+                            np.geomspace(*BACKPROJECT_THRESHOLDS, BACKPROJECT_PASSES), threshold,
+                            lambda i: _done(i / (BACKPROJECT_PASSES + 1)))
 
 
 def tv_refine(start: np.ndarray, pixels: np.ndarray, scale: int, weight: float = TV_WEIGHT,
@@ -651,23 +665,14 @@ BM3D_UPSCALE_PASSES = 6
 
 def bm3d_upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
     """The super-resolution start with the ``bm3d`` extra: :func:`regularised_upscale` refined
-    by plug-and-play BM3D (:data:`BM3D_UPSCALE_PASSES` runs: 47-63 s for a 256-344 px colour
-    result on 2 cores at x2-x4, 186-193 s at 512x512, 20-24 s for a 256x256 grey one)."""
+    by plug-and-play BM3D (:data:`BM3D_UPSCALE_PASSES` runs: 47-63 s for a 228-344 px colour
+    result on 2 cores at x2-x4, 186-193 s at 512x512, 18-24 s for a 256x256 grey one)."""
     first = 0.07  # the regularised upscale's share of the time (Set5 x4: 3.5-5 s of 47-61)
     with share(0.0, first):
         start = regularised_upscale(pixels, scale)
-    y, a = _observation(pixels, scale)
-    x = _batch(start)
-    grad = _data_gradient(a, y)
-    step = 1.0 / _lipschitz(a, x.shape)
-    for i, sigma in enumerate(np.geomspace(*BM3D_UPSCALE_SIGMAS, BM3D_UPSCALE_PASSES)):
-        for _ in range(BACKPROJECT_STEPS):
-            x = x - step * grad(x)
-        x = _batch(bm3d_denoise(_pixels(x), float(sigma)))
-        _done(first + (1 - first) * (i + 1) / BM3D_UPSCALE_PASSES)
-    for _ in range(BACKPROJECT_STEPS):
-        x = x - step * grad(x)
-    return _pixels(x)
+    return _project_between(start, pixels, scale, np.geomspace(*BM3D_UPSCALE_SIGMAS, BM3D_UPSCALE_PASSES),
+                            lambda x, sigma: _batch(bm3d_denoise(_pixels(x), sigma)),
+                            lambda i: _done(first + (1 - first) * i / BM3D_UPSCALE_PASSES))
 
 
 def _per_image(fn, pixels: np.ndarray, *args, **kwargs) -> np.ndarray:

@@ -794,12 +794,13 @@ def fit(
         result, stopped_at = running.current, it
     elapsed = time.perf_counter() - start
     returned, weight, errors, leads, fixed = "fit", 1.0, None, None, False
+    share = preset_share(cfg, problem)
     if cfg.select_start and held_out and start_image is not None and uncertainty is None:
         result, weight, errors, leads, returned = select_against_start(
             problem, result, _as_tensor(start_image, device), cfg.blend_weights, cfg.choice_margin,
             remake=lambda make: make_start(make, callback, "restart", cfg.iterations, it, elapsed, start_s)[0])
-    elif preset_share(cfg, problem) != 1.0 and start_image is not None and uncertainty is None:
-        result, weight, returned = fixed_share(result, _as_tensor(start_image, device), preset_share(cfg, problem))
+    elif share != 1.0 and start_image is not None and uncertainty is None:
+        result, weight, returned = fixed_share(result, _as_tensor(start_image, device), share)
         fixed = True
     return FitOutcome(
         output=np.clip(to_numpy(result), 0.0, 1.0),

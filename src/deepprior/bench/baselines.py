@@ -6,7 +6,7 @@ known degradation (the noise sigma, the mask), never tuned on a benchmark image'
 
 * super-resolution: Pillow's bicubic and Lanczos upscaling of the 8-bit low-resolution image,
   the regularised upscale the ``fast`` preset starts from (x2-x4), that upscale refined by
-  plug-and-play BM3D (its x4 start with the ``bm3d`` extra) and Real-ESRGAN x4plus (pretrained;
+  plug-and-play BM3D (its x2-x4 start with the ``bm3d`` extra) and Real-ESRGAN x4plus (pretrained;
   see :mod:`.realesrgan`).
 * denoising: BM3D (the ``bm3d`` package, an optional extra because of its licence; run with
   the true sigma), non-local means (in an opponent colour space, ``h = 0.6 sigma`` on
@@ -89,7 +89,7 @@ def regularised(case: Case, **_) -> np.ndarray:
 
 
 def bm3d_upscale(case: Case, **_) -> np.ndarray:
-    """The regularised upscale refined by plug-and-play BM3D: the ``fast`` preset's x4 start
+    """The regularised upscale refined by plug-and-play BM3D: the ``fast`` preset's x2-x4 start
     with the ``bm3d`` extra."""
     from ..estimates import bm3d_upscale as upscale
 
