@@ -152,6 +152,8 @@ def _start_choice(problem, cfg: FitConfig) -> dict | None:
     if chosen is not None:
         out.update({"fills": list(chosen),
                     "probe_errors": {"+".join(c): round(e, 8) for c, e in start.errors.items()}})
+        if start.refine:
+            out["refined"] = "bm3d"
     return out or None
 
 

@@ -190,24 +190,34 @@ def _upscale_estimate(pixels, scale, upscaler, exclude=None):
 class FillStart:
     """The classical start of an inpainting: the mean of the fills that :func:`estimates.choose_fill`
     picks among ``candidates``, chosen once (on the first call) and kept, so that the start made
-    again from every pixel (Problem.full_estimate) uses the same fills."""
+    again from every pixel (Problem.full_estimate) uses the same fills; with ``refine``, that mean
+    refined by :func:`estimates.bm3d_refine`."""
 
-    def __init__(self, pixels: np.ndarray, fill: np.ndarray, candidates: tuple[tuple[str, ...], ...]):
-        self.pixels, self.fill, self.candidates = pixels, fill, candidates
+    def __init__(self, pixels: np.ndarray, fill: np.ndarray, candidates: tuple[tuple[str, ...], ...],
+                 refine: bool = False):
+        self.pixels, self.fill, self.candidates, self.refine = pixels, fill, candidates, refine
         self.chosen: tuple[str, ...] | None = None
         self.errors: dict = {}
 
     def __call__(self, exclude: np.ndarray | None = None) -> np.ndarray:
         fill = self.fill if exclude is None else self.fill | exclude
-        if self.chosen is not None:
-            return estimates.mean_fill(self.pixels, fill, self.chosen)
-        # Progress: the probe makes every candidate fill once, the start about one candidate's worth.
-        probe = estimates.fill_cost({m for c in self.candidates for m in c}) if len(self.candidates) > 1 else 0.0
-        split = probe / (probe + np.mean([estimates.fill_cost(c) for c in self.candidates]))
-        with estimates.share(0.0, split):
-            self.chosen, self.errors = estimates.choose_fill(self.pixels, fill, self.candidates)
-        with estimates.share(split, 1.0):
-            return estimates.mean_fill(self.pixels, fill, self.chosen)
+        # Progress: the probe makes every candidate fill once, the start about one candidate's worth
+        # and the refinement its own.
+        probe = (estimates.fill_cost({m for c in self.candidates for m in c})
+                 if self.chosen is None and len(self.candidates) > 1 else 0.0)
+        made = (estimates.fill_cost(self.chosen) if self.chosen is not None
+                else np.mean([estimates.fill_cost(c) for c in self.candidates]))
+        refine = estimates.fill_cost(("bm3d-refine",)) if self.refine else 0.0
+        total = probe + made + refine
+        if self.chosen is None:
+            with estimates.share(0.0, probe / total):
+                self.chosen, self.errors = estimates.choose_fill(self.pixels, fill, self.candidates)
+        with estimates.share(probe / total, (probe + made) / total):
+            start = estimates.mean_fill(self.pixels, fill, self.chosen)
+        if not self.refine:
+            return start
+        with estimates.share((probe + made) / total, 1.0):
+            return estimates.bm3d_refine(start, self.pixels, fill)
 
 
 class Task:
@@ -416,7 +426,8 @@ class Inpaint(Task):
         op = operators.Mask(known)
         target = _tensor(image.pixels * known[:, :, None])
         return Problem(target, op, (image.height, image.width), image.channels, known=known,
-                       estimate=FillStart(image.pixels, fill, self.start_fills), holdout_region=self.check_region(fill))
+                       estimate=FillStart(image.pixels, fill, self.start_fills, self.refine_start),
+                       holdout_region=self.check_region(fill))
 
     def check_region(self, fill: np.ndarray) -> np.ndarray:
         """Where the pixels held out to stop the fit and to choose between it and its start are
@@ -435,6 +446,14 @@ class Inpaint(Task):
             return candidates
         quick = (tuple(m for m in c if m not in SLOW_FILLS) for c in candidates)
         return tuple(dict.fromkeys(c for c in quick if c)) or (("fsr",),)
+
+    @property
+    def refine_start(self) -> bool:
+        """Whether the text start is refined by plug-and-play BM3D (:func:`estimates.bm3d_refine`):
+        where the ``bm3d`` extra is installed, for text, up to :data:`LARGE_START_PIXELS`."""
+        mask = np.asarray(self.mask)
+        return (self.mode == "text" and estimates.bm3d_available() and mask.size <= LARGE_START_PIXELS
+                and min(mask.shape) >= BM3D_MIN_SIDE)
 
     def finish(self, image: Image, restored: np.ndarray) -> np.ndarray:
         if not self.keep_known:
@@ -473,6 +492,10 @@ class Reconstruct(Inpaint):
         p.estimate_name = self.start_fills[0][0]
         p.blend_weights = RECONSTRUCT_BLENDS.get(p.estimate_name)
         return p
+
+    @property
+    def refine_start(self) -> bool:
+        return False  # the BM3D fill is plug-and-play BM3D already
 
     @property
     def start_fills(self) -> tuple[tuple[str, ...], ...]:

@@ -258,10 +258,10 @@ def fsr_half(case: Case, **_) -> np.ndarray:
 
 def start_fill(case: Case, **_) -> np.ndarray:
     """The classical start of the ``fast`` preset: the mean of fills chosen for the image
-    (``tasks.FillStart``)."""
+    (``tasks.FillStart``), for text refined by BM3D where the ``bm3d`` extra is installed."""
     from ..tasks import FillStart
 
-    return FillStart(case.degraded.pixels, case.mask, case.task.start_fills)()
+    return FillStart(case.degraded.pixels, case.mask, case.task.start_fills, case.task.refine_start)()
 
 
 # --------------------------------------------------------------------------- registry
@@ -306,7 +306,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("fsr", "FSR (OpenCV xphoto)", ("inpaint", "text", "hole"), fsr),
     Method("fsrbest", "FSR best mode", ("text", "hole"), fsr_best),
     Method("fsrhalf", "FSR best, half size", ("text", "hole"), fsr_half),
-    Method("bm3d-fill", "BM3D fill (plug-and-play)", ("inpaint",), bm3d_fill, _bm3d_missing),
+    Method("bm3d-fill", "BM3D fill (plug-and-play)", ("inpaint", "text"), bm3d_fill, _bm3d_missing),
     Method("start", "DIP's start (chosen fills)", ("text", "hole"), start_fill),
 )}
 
