@@ -654,11 +654,12 @@ def bm3d_fill(pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
 
 
 # Plug-and-play BM3D from a text fill, on its luminance: a few passes at a low noise level, the
-# known pixels put back after each. Chosen inside the text of the inpaint-text suite's first seven
-# images (from the chosen fills; luminance only, colour kept from the fill): 5 to 1 in 3 passes
-# +0.08 dB on the mean (coastguard's water -0.09, barbara's stripes +0.27); 10 to 1 in 4 +0.06
-# (coastguard -0.57); 20 to 1 in 5 under both. On luminance alone a pass costs a third of CBM3D's on
-# colour for most of its gain (baboon +0.08 against +0.14 at 10 to 1).
+# known pixels put back after each. Chosen inside the text of 13 inpaint-text suite images, from the
+# chosen fills, luminance only (colour kept from the fill): 5 to 1 in 3 passes +0.13 dB on the mean
+# (coastguard's water -0.09 to foreman +0.50); on the first seven 10 to 1 in 4 +0.06 (coastguard
+# -0.57) and 20 to 1 in 5 -0.18; on six others 3 to 1 in 2 +0.10 where 5 to 1 gained 0.19. On
+# luminance a pass costs a third of CBM3D's on colour for most of its gain (baboon, 10 to 1 in 4:
+# +0.08 against +0.14).
 BM3D_REFINE_SIGMAS = (5.0, 1.0)  # first and last noise level, on 0-255
 BM3D_REFINE_PASSES = 3
 

@@ -118,7 +118,8 @@ _CROP_ITERATIONS = 600
 # the 256 of cropfit.BN_BATCHES.
 _DENOISE_CROP_ITERATIONS = 1500
 
-# Text and hole filling: from the classical fill chosen for the image (tasks.FillStart), the fit
+# Text and hole filling: from the classical fill chosen for the image (tasks.FillStart; for text
+# refined by plug-and-play BM3D where the bm3d extra is installed), the fit
 # has its content by iteration 200 at lr 0.02 and a short average (0.01 and 0.99 were still
 # climbing at 800). Stopped, and chosen against its start and their blends, on 2 % of the known
 # pixels within 8 pixels of the mask (tasks.near_mask).

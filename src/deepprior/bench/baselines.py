@@ -307,7 +307,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("fsrbest", "FSR best mode", ("text", "hole"), fsr_best),
     Method("fsrhalf", "FSR best, half size", ("text", "hole"), fsr_half),
     Method("bm3d-fill", "BM3D fill (plug-and-play)", ("inpaint", "text"), bm3d_fill, _bm3d_missing),
-    Method("start", "DIP's start (chosen fills)", ("text", "hole"), start_fill),
+    Method("start", "DIP's start", ("text", "hole"), start_fill),
 )}
 
 
