@@ -646,10 +646,18 @@ def bm3d_fill(pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
         x = sparse_fill(pixels, fill)
     if not fill.any():
         return x
+    return _put_back_passes(x, pixels, fill, np.geomspace(*BM3D_FILL_SIGMAS, BM3D_FILL_PASSES), bm3d_denoise,
+                            lambda i: _done(first + (1 - first) * i / BM3D_FILL_PASSES))
+
+
+def _put_back_passes(x: np.ndarray, pixels: np.ndarray, fill: np.ndarray, levels, denoise, done) -> np.ndarray:
+    """Plug-and-play for missing pixels: ``denoise(x, level)`` for each of ``levels``, the known
+    pixels put back after each, ``done(i)`` after the i-th. The scheme of the BM3D fill and of
+    the BM3D refinement of a text fill."""
     known = ~fill[:, :, None]
-    for i, sigma in enumerate(np.geomspace(*BM3D_FILL_SIGMAS, BM3D_FILL_PASSES)):
-        x = np.where(known, pixels, bm3d_denoise(x, float(sigma)))
-        _done(first + (1 - first) * (i + 1) / BM3D_FILL_PASSES)
+    for i, level in enumerate(levels):
+        x = np.where(known, pixels, denoise(x, float(level)))
+        done(i + 1)
     return x.astype(np.float32)
 
 
@@ -673,12 +681,13 @@ def bm3d_refine(start: np.ndarray, pixels: np.ndarray, fill: np.ndarray) -> np.n
     x = np.asarray(start, dtype=np.float32)
     if not fill.any():
         return x
-    known = ~fill[:, :, None]
-    for i, sigma in enumerate(np.geomspace(*BM3D_REFINE_SIGMAS, BM3D_REFINE_PASSES)):
+
+    def luminance(x, sigma):
         y = x.mean(axis=2, keepdims=True)
-        x = np.where(known, pixels, np.clip(x + bm3d_denoise(y, float(sigma)) - y, 0.0, 1.0))
-        _done((i + 1) / BM3D_REFINE_PASSES)
-    return x.astype(np.float32)
+        return np.clip(x + bm3d_denoise(y, sigma) - y, 0.0, 1.0)
+
+    return _put_back_passes(x, pixels, fill, np.geomspace(*BM3D_REFINE_SIGMAS, BM3D_REFINE_PASSES), luminance,
+                            lambda i: _done(i / BM3D_REFINE_PASSES))
 
 
 # Plug-and-play BM3D for super-resolution, as bm3d_fill for missing pixels: from the regularised

@@ -382,6 +382,13 @@ SLOW_FILLS = ("sparse", "sparse16", "biharmonic", "fsrhalf")
 HOLDOUT_REACH = 8
 
 
+def bm3d_start_fits(mask: np.ndarray) -> bool:
+    """Whether a fill of ``mask``'s image may start from BM3D: the ``bm3d`` extra installed, the
+    image no larger than :data:`LARGE_START_PIXELS` and no side under :data:`BM3D_MIN_SIDE`."""
+    mask = np.asarray(mask)
+    return estimates.bm3d_available() and mask.size <= LARGE_START_PIXELS and min(mask.shape) >= BM3D_MIN_SIDE
+
+
 def near_mask(fill: np.ndarray, reach: int = HOLDOUT_REACH) -> np.ndarray:
     """The known pixels within ``reach`` of a missing one: the held-out check of an inpainting
     is drawn there, where the fit's and the fill's answers differ most, and not from the rest of
@@ -451,9 +458,7 @@ class Inpaint(Task):
     def refine_start(self) -> bool:
         """Whether the text start is refined by plug-and-play BM3D (:func:`estimates.bm3d_refine`):
         where the ``bm3d`` extra is installed, for text, up to :data:`LARGE_START_PIXELS`."""
-        mask = np.asarray(self.mask)
-        return (self.mode == "text" and estimates.bm3d_available() and mask.size <= LARGE_START_PIXELS
-                and min(mask.shape) >= BM3D_MIN_SIDE)
+        return self.mode == "text" and bm3d_start_fits(self.mask)
 
     def finish(self, image: Image, restored: np.ndarray) -> np.ndarray:
         if not self.keep_known:
@@ -501,9 +506,7 @@ class Reconstruct(Inpaint):
     def start_fills(self) -> tuple[tuple[str, ...], ...]:
         # Scattered missing pixels: the sparse-DCT fill keeps texture the smooth fills lose; with
         # the bm3d extra, plug-and-play BM3D refines it (estimates.bm3d_fill: +0.5 dB on Heide11).
-        mask = np.asarray(self.mask)
-        if (estimates.bm3d_available() and mask.size <= LARGE_START_PIXELS
-                and min(mask.shape) >= BM3D_MIN_SIDE):
+        if bm3d_start_fits(self.mask):
             return (("bm3d",),)
         return (("sparse",),)
 
