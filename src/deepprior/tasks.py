@@ -9,6 +9,7 @@ describe its job with plain parameters (:func:`from_name`).
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Callable
@@ -191,15 +192,24 @@ class FillStart:
     """The classical start of an inpainting: the mean of the fills that :func:`estimates.choose_fill`
     picks among ``candidates``, chosen once (on the first call) and kept, so that the start made
     again from every pixel (Problem.full_estimate) uses the same fills; with ``refine``, that mean
-    refined by :func:`estimates.bm3d_refine`."""
+    refined by :func:`estimates.bm3d_refine`.
+
+    Called with ``exclude`` (held-out pixels left out), it makes the start from every pixel too,
+    in a thread beside it, and the next call without ``exclude`` returns that one: the fit asks
+    for both whenever it returns any share of its start, and BM3D (the refinement, the BM3D fill)
+    runs on one thread, so on two cores the pair takes about the time of one."""
 
     def __init__(self, pixels: np.ndarray, fill: np.ndarray, candidates: tuple[tuple[str, ...], ...],
                  refine: bool = False):
         self.pixels, self.fill, self.candidates, self.refine = pixels, fill, candidates, refine
         self.chosen: tuple[str, ...] | None = None
         self.errors: dict = {}
+        self._full: np.ndarray | None = None
 
     def __call__(self, exclude: np.ndarray | None = None) -> np.ndarray:
+        if exclude is None and self._full is not None:
+            full, self._full = self._full, None
+            return full
         fill = self.fill if exclude is None else self.fill | exclude
         # Progress: the probe makes every candidate fill once, the start about one candidate's worth
         # and the refinement its own.
@@ -212,11 +222,26 @@ class FillStart:
         if self.chosen is None:
             with estimates.share(0.0, probe / total):
                 self.chosen, self.errors = estimates.choose_fill(self.pixels, fill, self.candidates)
-        with estimates.share(probe / total, (probe + made) / total):
+        with estimates.share(probe / total, 1.0):
+            if exclude is None:
+                return self._make(fill, made / (made + refine))
+            pool = ThreadPoolExecutor(1)  # the start from every pixel; it reports no progress
+            try:
+                full = pool.submit(self._make, self.fill, 1.0)
+                start = self._make(fill, made / (made + refine))
+                self._full = full.result()
+            finally:  # interrupted (Ctrl-C): nothing waits for the other start
+                pool.shutdown(wait=False, cancel_futures=True)
+            return start
+
+    def _make(self, fill: np.ndarray, fill_share: float) -> np.ndarray:
+        """The chosen mean of fills for ``fill``, refined where asked; the fills take ``fill_share``
+        of the progress reported."""
+        with estimates.share(0.0, fill_share):
             start = estimates.mean_fill(self.pixels, fill, self.chosen)
         if not self.refine:
             return start
-        with estimates.share((probe + made) / total, 1.0):
+        with estimates.share(fill_share, 1.0):
             return estimates.bm3d_refine(start, self.pixels, fill)
 
 
