@@ -549,6 +549,32 @@ def test_the_bm3d_start_is_bm3d_and_large_images_take_non_local_means(rgb32, mon
     assert restore(noisy[:8, :8], tasks.Denoise(start="bm3d"), iterations=2).report()["params"]["start"]["estimate"] == "nlm"
 
 
+@pytest.mark.parametrize("denoiser", ["nlm", "bm3d"])
+def test_the_denoising_start_from_every_pixel_is_made_beside_the_held_out_one(house, denoiser):
+    """Asked for with held-out pixels left out, the start makes the one from every pixel in a thread
+    beside it; both are bit for bit those made alone, and the second is returned once, not twice."""
+    if denoiser == "bm3d":
+        pytest.importorskip("bm3d")
+    from deepprior import estimates
+
+    img = np.ascontiguousarray(house[64:128, 64:128])
+    noisy = np.clip(img + np.random.default_rng(3).normal(0, 0.1, img.shape), 0, 1).astype(np.float32)
+    held = np.random.default_rng(4).random(img.shape[:2]) < 0.02
+    made = []
+
+    def make(exclude=None):
+        made.append(exclude is None)
+        return tasks._denoised_estimate(noisy, 25, denoiser, exclude)
+
+    start = tasks.PairedStart(make)
+    np.testing.assert_array_equal(start(held), tasks.DENOISERS[denoiser](
+        estimates.fill_from_neighbours(noisy, held), 25))
+    np.testing.assert_array_equal(start(), tasks._denoised_estimate(noisy, 25, denoiser))
+    assert sorted(made) == [False, True]
+    start()
+    assert sorted(made) == [False, True, True]  # asked again, it is made again
+
+
 def test_the_choice_is_made_among_the_presets_blend_weights(rgb32):
     img = np.ascontiguousarray(np.tile(rgb32, (2, 2, 1)))
     noisy = np.clip(img + np.random.default_rng(1).normal(0, 0.1, img.shape), 0, 1).astype(np.float32)

@@ -188,16 +188,45 @@ def _upscale_estimate(pixels, scale, upscaler, exclude=None):
     return UPSCALERS[upscaler](estimates.fill_from_neighbours(pixels, exclude), scale)
 
 
+def _beside(first: Callable[[], np.ndarray], second: Callable[[], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``first()`` in this thread (it reports progress) and ``second()`` in one beside it: a start
+    with held-out pixels left out and the one from every pixel, which the fit asks for whenever it
+    returns any share of its start. BM3D runs on one thread (estimates.bm3d_denoise), so on two
+    cores the pair takes about the time of one."""
+    pool = ThreadPoolExecutor(1)
+    try:
+        other = pool.submit(second)
+        return first(), other.result()
+    finally:  # interrupted (Ctrl-C): nothing waits for the other start
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+class PairedStart:
+    """A classical start ``make(exclude=None)`` that, asked for with held-out pixels left out, makes
+    the start from every pixel beside it (:func:`_beside`); the next call without ``exclude``
+    returns that one."""
+
+    def __init__(self, make: Callable[..., np.ndarray]):
+        self.make = make
+        self._full: np.ndarray | None = None
+
+    def __call__(self, exclude: np.ndarray | None = None) -> np.ndarray:
+        if exclude is None:
+            full, self._full = self._full, None
+            return self.make() if full is None else full
+        start, self._full = _beside(partial(self.make, exclude=exclude), self.make)
+        return start
+
+
 class FillStart:
     """The classical start of an inpainting: the mean of the fills that :func:`estimates.choose_fill`
     picks among ``candidates``, chosen once (on the first call) and kept, so that the start made
     again from every pixel (Problem.full_estimate) uses the same fills; with ``refine``, that mean
     refined by :func:`estimates.bm3d_refine`.
 
-    Called with ``exclude`` (held-out pixels left out), it makes the start from every pixel too,
-    in a thread beside it, and the next call without ``exclude`` returns that one: the fit asks
-    for both whenever it returns any share of its start, and BM3D (the refinement, the BM3D fill)
-    runs on one thread, so on two cores the pair takes about the time of one."""
+    Called with ``exclude`` (held-out pixels left out), it makes the start from every pixel beside
+    it (:func:`_beside`), once the fills are chosen, and the next call without ``exclude`` returns
+    that one, as :class:`PairedStart` does."""
 
     def __init__(self, pixels: np.ndarray, fill: np.ndarray, candidates: tuple[tuple[str, ...], ...],
                  refine: bool = False):
@@ -225,13 +254,8 @@ class FillStart:
         with estimates.share(probe / total, 1.0):
             if exclude is None:
                 return self._make(fill, made / (made + refine))
-            pool = ThreadPoolExecutor(1)  # the start from every pixel; it reports no progress
-            try:
-                full = pool.submit(self._make, self.fill, 1.0)
-                start = self._make(fill, made / (made + refine))
-                self._full = full.result()
-            finally:  # interrupted (Ctrl-C): nothing waits for the other start
-                pool.shutdown(wait=False, cancel_futures=True)
+            start, self._full = _beside(partial(self._make, fill, made / (made + refine)),
+                                        partial(self._make, self.fill, 1.0))
             return start
 
     def _make(self, fill: np.ndarray, fill_share: float) -> np.ndarray:
@@ -304,7 +328,7 @@ class Denoise(Task):
     def problem(self, image: Image) -> Problem:
         p = super().problem(image)
         p.estimate_name = self.denoiser(image.height, image.width)
-        p.estimate = partial(_denoised_estimate, image.pixels, self.sigma, p.estimate_name)
+        p.estimate = PairedStart(partial(_denoised_estimate, image.pixels, self.sigma, p.estimate_name))
         p.blend_weights = denoise_blends(p.estimate_name, self.sigma, image.pixels)
         return p
 
