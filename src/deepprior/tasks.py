@@ -9,7 +9,7 @@ describe its job with plain parameters (:func:`from_name`).
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Callable
@@ -193,12 +193,22 @@ def _beside(first: Callable[[], np.ndarray], second: Callable[[], np.ndarray]) -
     with held-out pixels left out and the one from every pixel, which the fit asks for whenever it
     returns any share of its start. BM3D runs on one thread (estimates.bm3d_denoise), so on two
     cores the pair takes about the time of one."""
-    pool = ThreadPoolExecutor(1)
-    try:
-        other = pool.submit(second)
-        return first(), other.result()
-    finally:  # interrupted (Ctrl-C): nothing waits for the other start
-        pool.shutdown(wait=False, cancel_futures=True)
+    out: dict = {}
+
+    def run():
+        try:
+            out["start"] = second()
+        except BaseException as e:  # raised here, in the caller's thread
+            out["error"] = e
+
+    # A daemon thread: interrupted (Ctrl-C), the process exits without waiting for it.
+    thread = threading.Thread(target=run, name="deepprior-start", daemon=True)
+    thread.start()
+    start = first()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return start, out["start"]
 
 
 class PairedStart:
