@@ -280,7 +280,7 @@ def test_a_refined_start_refines_the_chosen_fills_each_time_it_is_made(rgb32, mo
 
 
 @pytest.mark.parametrize("task", ["text", "reconstruct"])
-def test_the_start_from_every_pixel_made_beside_the_held_out_one_is_the_same(house, task, monkeypatch):
+def test_the_start_from_every_pixel_made_beside_the_held_out_one_is_the_same(house, task):
     """The start from every pixel, made in a thread beside the held-out one, is bit for bit the one
     made alone (the fills and BM3D are repeatable), and the held-out one is unchanged by it."""
     img = np.ascontiguousarray(house[64:160, 64:160])

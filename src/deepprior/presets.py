@@ -122,7 +122,7 @@ _DENOISE_CROP_ITERATIONS = 1500
 # refined by plug-and-play BM3D where the bm3d extra is installed), the fit
 # has its content by iteration 200 at lr 0.02 and a short average (0.01 and 0.99 were still
 # climbing at 800): 300 iterations returned the same as 500 within 0.02 dB inside the text on the 17
-# suite images from the BM3D-refined start, for about 25 s less; from the unrefined fills (no bm3d
+# suite images from the BM3D-refined start, the fit some 20 s shorter; from the unrefined fills (no bm3d
 # extra) within 0.05 dB on five (mean -0.01). Stopped, and chosen against its start and
 # their blends, on 2 % of the known pixels within 8 pixels of the mask (tasks.near_mask).
 _FAST_FILL = FitConfig(

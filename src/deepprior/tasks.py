@@ -232,50 +232,45 @@ class FillStart:
     """The classical start of an inpainting: the mean of the fills that :func:`estimates.choose_fill`
     picks among ``candidates``, chosen once (on the first call) and kept, so that the start made
     again from every pixel (Problem.full_estimate) uses the same fills; with ``refine``, that mean
-    refined by :func:`estimates.bm3d_refine`.
-
-    Called with ``exclude`` (held-out pixels left out), it makes the start from every pixel beside
-    it (:func:`_beside`), once the fills are chosen, and the next call without ``exclude`` returns
-    that one, as :class:`PairedStart` does."""
+    refined by :func:`estimates.bm3d_refine`. Once the fills are chosen the start is a
+    :class:`PairedStart`: called with ``exclude``, it makes the one from every pixel beside it."""
 
     def __init__(self, pixels: np.ndarray, fill: np.ndarray, candidates: tuple[tuple[str, ...], ...],
                  refine: bool = False):
         self.pixels, self.fill, self.candidates, self.refine = pixels, fill, candidates, refine
         self.chosen: tuple[str, ...] | None = None
         self.errors: dict = {}
-        self._full: np.ndarray | None = None
+        self._paired = PairedStart(self._make)
 
     def __call__(self, exclude: np.ndarray | None = None) -> np.ndarray:
-        if exclude is None and self._full is not None:
-            full, self._full = self._full, None
-            return full
         fill = self.fill if exclude is None else self.fill | exclude
         # Progress: the probe makes every candidate fill once, the start about one candidate's worth
         # and the refinement its own.
         probe = (estimates.fill_cost({m for c in self.candidates for m in c})
                  if self.chosen is None and len(self.candidates) > 1 else 0.0)
-        made = (estimates.fill_cost(self.chosen) if self.chosen is not None
-                else np.mean([estimates.fill_cost(c) for c in self.candidates]))
-        refine = estimates.fill_cost(("bm3d-refine",)) if self.refine else 0.0
-        total = probe + made + refine
+        total = probe + self._made_cost() + self._refine_cost()
         if self.chosen is None:
             with estimates.share(0.0, probe / total):
                 self.chosen, self.errors = estimates.choose_fill(self.pixels, fill, self.candidates)
         with estimates.share(probe / total, 1.0):
-            if exclude is None:
-                return self._make(fill, made / (made + refine))
-            start, self._full = _beside(partial(self._make, fill, made / (made + refine)),
-                                        partial(self._make, self.fill, 1.0))
-            return start
+            return self._paired(exclude)
 
-    def _make(self, fill: np.ndarray, fill_share: float) -> np.ndarray:
-        """The chosen mean of fills for ``fill``, refined where asked; the fills take ``fill_share``
-        of the progress reported."""
-        with estimates.share(0.0, fill_share):
+    def _made_cost(self) -> float:
+        return (estimates.fill_cost(self.chosen) if self.chosen is not None
+                else np.mean([estimates.fill_cost(c) for c in self.candidates]))
+
+    def _refine_cost(self) -> float:
+        return estimates.fill_cost(("bm3d-refine",)) if self.refine else 0.0
+
+    def _make(self, exclude: np.ndarray | None = None) -> np.ndarray:
+        """The chosen mean of fills with ``exclude`` left out too, refined where asked."""
+        fill = self.fill if exclude is None else self.fill | exclude
+        made = self._made_cost()
+        with estimates.share(0.0, made / (made + self._refine_cost())):
             start = estimates.mean_fill(self.pixels, fill, self.chosen)
         if not self.refine:
             return start
-        with estimates.share(fill_share, 1.0):
+        with estimates.share(made / (made + self._refine_cost()), 1.0):
             return estimates.bm3d_refine(start, self.pixels, fill)
 
 
