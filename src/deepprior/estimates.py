@@ -14,6 +14,7 @@ to whoever asked, through :func:`reporting`.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -50,6 +51,27 @@ def share(start: float, end: float) -> Iterator[None]:
         yield
     finally:
         _report.reset(token)
+
+
+def beside(first: Callable[[], np.ndarray], second: Callable[[], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``first()`` in this thread (it reports progress) and ``second()`` in one beside it, for two
+    estimates that each run on one thread (BM3D): on two cores the pair takes about the time of one."""
+    out: dict = {}
+
+    def run():
+        try:
+            out["second"] = second()
+        except BaseException as e:  # raised here, in the caller's thread
+            out["error"] = e
+
+    # A daemon thread: interrupted (Ctrl-C), the process exits without waiting for it.
+    thread = threading.Thread(target=run, name="deepprior-beside", daemon=True)
+    thread.start()
+    made = first()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return made, out["second"]
 
 
 def _done(fraction: float) -> None:
@@ -624,6 +646,31 @@ def bm3d_denoise(pixels: np.ndarray, sigma: float | None = None) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
+
+#: bm3d_denoise_halves: each half carries this many rows of the other (BM3D's blocks are matched
+#: within 19 pixels), and images shorter than four times it on their longer side are run whole.
+BM3D_HALVES_MARGIN = 32
+
+
+def bm3d_denoise_halves(pixels: np.ndarray, sigma: float | None = None) -> np.ndarray:
+    """:func:`bm3d_denoise` for an estimate made alone: the image cut across its longer side, each
+    half (with :data:`BM3D_HALVES_MARGIN` rows of the other) denoised in a thread of its own, so
+    that both cores work. Deterministic, and within 0.01 dB of one call at sigma 10 (CBM3D on
+    butterfly 256x256 and baby 512x512, grey butterfly and house), in 0.65-0.7 of its time on 2
+    cores. Not the same bits: the parts differ from one call by up to 0.03 (on 0-1) anywhere in the
+    image, not only near the cut, as BM3D's transforms depend on the size and range of the image."""
+    n = max(pixels.shape[:2])
+    if n < 4 * BM3D_HALVES_MARGIN:
+        return bm3d_denoise(pixels, sigma)
+    if sigma is None:  # one noise level for both halves
+        sigma = noise_sigma(pixels) * 255.0
+    rows = pixels if pixels.shape[0] == n else pixels.transpose(1, 0, 2)
+    cut, m = n // 2, BM3D_HALVES_MARGIN
+    top, bottom = beside(lambda: bm3d_denoise(np.ascontiguousarray(rows[: cut + m]), sigma),
+                         lambda: bm3d_denoise(np.ascontiguousarray(rows[cut - m :]), sigma))
+    out = np.concatenate([top[:cut], bottom[m:]])
+    return out if pixels.shape[0] == n else np.ascontiguousarray(out.transpose(1, 0, 2))
+
 # Plug-and-play BM3D for scattered missing pixels (after Venkatakrishnan et al., "Plug-and-play
 # priors", 2013): from the sparse-DCT fill, denoise with BM3D at a noise level falling
 # geometrically and put the known pixels back after each pass. Chosen on 256x256 crops of Heide11
@@ -708,7 +755,7 @@ def bm3d_upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
     with share(0.0, first):
         start = regularised_upscale(pixels, scale)
     return _project_between(start, pixels, scale, np.geomspace(*BM3D_UPSCALE_SIGMAS, BM3D_UPSCALE_PASSES),
-                            lambda x, sigma: _batch(bm3d_denoise(_pixels(x), sigma)),
+                            lambda x, sigma: _batch(bm3d_denoise_halves(_pixels(x), sigma)),
                             lambda i: _done(first + (1 - first) * i / BM3D_UPSCALE_PASSES))
 
 

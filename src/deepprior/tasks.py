@@ -9,7 +9,6 @@ describe its job with plain parameters (:func:`from_name`).
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Callable
@@ -188,32 +187,10 @@ def _upscale_estimate(pixels, scale, upscaler, exclude=None):
     return UPSCALERS[upscaler](estimates.fill_from_neighbours(pixels, exclude), scale)
 
 
-def _beside(first: Callable[[], np.ndarray], second: Callable[[], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """``first()`` in this thread (it reports progress) and ``second()`` in one beside it: a start
-    with held-out pixels left out and the one from every pixel, which the fit asks for whenever it
-    returns any share of its start. BM3D runs on one thread (estimates.bm3d_denoise), so on two
-    cores the pair takes about the time of one."""
-    out: dict = {}
-
-    def run():
-        try:
-            out["start"] = second()
-        except BaseException as e:  # raised here, in the caller's thread
-            out["error"] = e
-
-    # A daemon thread: interrupted (Ctrl-C), the process exits without waiting for it.
-    thread = threading.Thread(target=run, name="deepprior-start", daemon=True)
-    thread.start()
-    start = first()
-    thread.join()
-    if "error" in out:
-        raise out["error"]
-    return start, out["start"]
-
-
 class PairedStart:
     """A classical start ``make(exclude=None)`` that, asked for with held-out pixels left out, makes
-    the start from every pixel beside it (:func:`_beside`); the next call without ``exclude``
+    the start from every pixel beside it (:func:`estimates.beside`: BM3D runs on one thread, so on
+    two cores the pair takes about the time of one); the next call without ``exclude``
     returns that one."""
 
     def __init__(self, make: Callable[..., np.ndarray]):
@@ -224,7 +201,7 @@ class PairedStart:
         if exclude is None:
             full, self._full = self._full, None
             return self.make() if full is None else full
-        start, self._full = _beside(partial(self.make, exclude=exclude), self.make)
+        start, self._full = estimates.beside(partial(self.make, exclude=exclude), self.make)
         return start
 
 
