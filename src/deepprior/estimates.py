@@ -749,9 +749,10 @@ BM3D_UPSCALE_PASSES = 6
 
 def bm3d_upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
     """The super-resolution start with the ``bm3d`` extra: :func:`regularised_upscale` refined
-    by plug-and-play BM3D (:data:`BM3D_UPSCALE_PASSES` runs: 47-63 s for a 228-344 px colour
-    result on 2 cores at x2-x4, 186-193 s at 512x512, 18-24 s for a 256x256 grey one)."""
-    first = 0.07  # the regularised upscale's share of the time (Set5 x4: 3.5-5 s of 47-61)
+    by plug-and-play BM3D (:data:`BM3D_UPSCALE_PASSES` runs, each on the image's two halves side
+    by side: 63-92 s for a 228-344 px colour result at x4 on an Intel Xeon with 2 cores, 217 s
+    at 512x512)."""
+    first = 0.07  # the regularised upscale's share of the time (Set5 x4 on AMD EPYC: 3.5-5 s of 47-61)
     with share(0.0, first):
         start = regularised_upscale(pixels, scale)
     return _project_between(start, pixels, scale, np.geomspace(*BM3D_UPSCALE_SIGMAS, BM3D_UPSCALE_PASSES),
