@@ -646,7 +646,6 @@ def bm3d_denoise(pixels: np.ndarray, sigma: float | None = None) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-
 #: bm3d_denoise_halves: each half carries this many rows of the other (BM3D's blocks are matched
 #: within 19 pixels), and images shorter than four times it on their longer side are run whole.
 BM3D_HALVES_MARGIN = 32
@@ -656,7 +655,7 @@ def bm3d_denoise_halves(pixels: np.ndarray, sigma: float | None = None) -> np.nd
     """:func:`bm3d_denoise` for an estimate made alone: the image cut across its longer side, each
     half (with :data:`BM3D_HALVES_MARGIN` rows of the other) denoised in a thread of its own, so
     that both cores work. Deterministic, and within 0.01 dB of one call at sigma 10 (CBM3D on
-    butterfly 256x256 and baby 512x512, grey butterfly and house), in 0.65-0.7 of its time on 2
+    butterfly 256x256 and baby 512x512, grey butterfly and house), in 0.64-0.71 of its time on 2
     cores. Not the same bits: the parts differ from one call by up to 0.03 (on 0-1) anywhere in the
     image, not only near the cut, as BM3D's transforms depend on the size and range of the image."""
     n = max(pixels.shape[:2])
@@ -670,6 +669,7 @@ def bm3d_denoise_halves(pixels: np.ndarray, sigma: float | None = None) -> np.nd
                          lambda: bm3d_denoise(np.ascontiguousarray(rows[cut - m :]), sigma))
     out = np.concatenate([top[:cut], bottom[m:]])
     return out if pixels.shape[0] == n else np.ascontiguousarray(out.transpose(1, 0, 2))
+
 
 # Plug-and-play BM3D for scattered missing pixels (after Venkatakrishnan et al., "Plug-and-play
 # priors", 2013): from the sparse-DCT fill, denoise with BM3D at a noise level falling
