@@ -655,8 +655,8 @@ def bm3d_denoise_halves(pixels: np.ndarray, sigma: float | None = None) -> np.nd
     """:func:`bm3d_denoise` for an estimate made alone: the image cut across its longer side, each
     half (with :data:`BM3D_HALVES_MARGIN` rows of the other) denoised in a thread of its own, so
     that both cores work. Deterministic, and within 0.01 dB of one call at sigma 10 (CBM3D on
-    butterfly 256x256 and baby 512x512, grey butterfly and house), in 0.64-0.71 of its time on 2
-    cores. Not the same bits: the parts differ from one call by up to 0.03 (on 0-1) anywhere in the
+    butterfly 256x256 and baby 512x512, grey butterfly and house), in 0.57-0.68 of its time on 2
+    cores. Not the same bits: the parts differ from one call by up to 0.013 (on 0-1) anywhere in the
     image, not only near the cut, as BM3D's transforms depend on the size and range of the image."""
     n = max(pixels.shape[:2])
     if n < 4 * BM3D_HALVES_MARGIN:

@@ -243,11 +243,12 @@ class FillStart:
         """The chosen mean of fills with ``exclude`` left out too, refined where asked."""
         fill = self.fill if exclude is None else self.fill | exclude
         made = self._made_cost()
-        with estimates.share(0.0, made / (made + self._refine_cost())):
+        fills_share = made / (made + self._refine_cost())
+        with estimates.share(0.0, fills_share):
             start = estimates.mean_fill(self.pixels, fill, self.chosen)
         if not self.refine:
             return start
-        with estimates.share(made / (made + self._refine_cost()), 1.0):
+        with estimates.share(fills_share, 1.0):
             return estimates.bm3d_refine(start, self.pixels, fill)
 
 
