@@ -245,6 +245,20 @@ def test_bm3d_in_two_halves_side_by_side_matches_one_call(house):
     np.testing.assert_array_equal(estimates.bm3d_denoise_halves(small, 15), estimates.bm3d_denoise(small, 15))
 
 
+def test_bm3d_low_complexity_profile_denoises_and_an_unknown_profile_is_refused(house):
+    """The refinement's low-complexity BM3D is another result than the normal profile's, still
+    a denoiser (far above the noisy image); a profile that is not offered is a clear error."""
+    pytest.importorskip("bm3d")
+    clean = np.ascontiguousarray(house[40:168, 60:156].mean(axis=2, keepdims=True))
+    noisy = np.clip(clean + np.random.default_rng(0).normal(0, 15 / 255, clean.shape), 0, 1).astype(np.float32)
+    quick = estimates.bm3d_denoise(noisy, 15, "lc")
+    assert quick.shape == noisy.shape and quick.dtype == np.float32
+    assert not np.array_equal(quick, estimates.bm3d_denoise(noisy, 15))
+    assert psnr(quick, clean) > psnr(noisy, clean) + 5
+    with pytest.raises(ValueError, match="unknown BM3D profile"):
+        estimates.bm3d_denoise(noisy, 15, "fast")
+
+
 def test_an_upscale_blends_a_quarter_of_the_fit_over_the_bm3d_start_at_x2_and_x3(rgb32, monkeypatch):
     """The fit's share of an upscale follows its start: a quarter over the BM3D upscale at x2 and
     x3, the even mean over it at x4 and over the regularised upscale (the start is not computed)."""

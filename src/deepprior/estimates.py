@@ -207,7 +207,7 @@ def mean_fill(pixels: np.ndarray, fill: np.ndarray, methods: tuple[str, ...] = F
 #: Rough relative times of the fills (the fill suites' seconds per 256x256 image, 2 cores), to share
 #: the progress of several fills among them.
 FILL_COST = {"telea": 0.02, "ns": 0.02, "biharmonic": 0.05, "fsr": 1.0, "sparse": 1.0, "sparse16": 1.0,
-             "fsrhalf": 4.0, "fsrbest": 12.0, "bm3d": 15.0, "bm3d-refine": 3.0}
+             "fsrhalf": 4.0, "fsrbest": 12.0, "bm3d": 15.0, "bm3d-refine": 1.5}
 
 
 def fill_cost(methods) -> float:
@@ -626,19 +626,24 @@ def bm3d_available() -> bool:
     return importlib.util.find_spec("bm3d") is not None
 
 
-def bm3d_denoise(pixels: np.ndarray, sigma: float | None = None) -> np.ndarray:
+def bm3d_denoise(pixels: np.ndarray, sigma: float | None = None, profile: str = "np") -> np.ndarray:
     """BM3D (Dabov et al.; CBM3D in its opponent colour space for colour), from the optional
     ``bm3d`` package, ``sigma`` on 0-255 (estimated when None): the strongest classical denoiser
     installable here, 1.4 dB above :func:`nlm_denoise` on CBM3D_color9 at sigma 25 for some 40
-    times its time (about 8 s at 256x256, 30 s at 512x512). Run on one thread: with more its sums are added in a
+    times its time (about 8 s at 256x256, 30 s at 512x512). ``profile``: the package's settings,
+    "np" (normal) or "lc" (low complexity: sparser reference blocks and smaller searches, about a
+    third of the time). Run on one thread: with more its sums are added in a
     varying order and a seed would not repeat a restoration bit for bit."""
     import bm3d
-    from bm3d.profiles import BM3DProfile
+    from bm3d.profiles import BM3DProfile, BM3DProfileLC
 
     s = noise_sigma(pixels) if sigma is None else sigma / 255.0
     if s <= 0:
         return pixels.astype(np.float32)
-    profile = BM3DProfile()
+    profiles = {"np": BM3DProfile, "lc": BM3DProfileLC}
+    if profile not in profiles:
+        raise ValueError(f"unknown BM3D profile {profile!r}; choose {' or '.join(profiles)}")
+    profile = profiles[profile]()
     profile.num_threads = 1
     p = pixels.astype(np.float64)
     out = (bm3d.bm3d_rgb(p, s, profile=profile) if p.shape[2] == 3
@@ -714,14 +719,17 @@ def _put_back_passes(x: np.ndarray, pixels: np.ndarray, fill: np.ndarray, levels
 # (coastguard's water -0.09 to foreman +0.50); on the first seven 10 to 1 in 4 +0.06 (coastguard
 # -0.57) and 20 to 1 in 5 -0.18; on six others 3 to 1 in 2 +0.10 where 5 to 1 gained 0.19. On
 # luminance a pass costs a third of CBM3D's on colour for most of its gain (baboon, 10 to 1 in 4:
-# +0.08 against +0.14).
+# +0.08 against +0.14). BM3D's low-complexity profile in 4 passes: 28.72 dB inside the text of the
+# 17 suite images, as the normal profile in 3 (28.72; low complexity in 3: 28.70), in half its time
+# (6.0 s against 12.6 at 256x256 on an Intel Xeon).
 BM3D_REFINE_SIGMAS = (5.0, 1.0)  # first and last noise level, on 0-255
-BM3D_REFINE_PASSES = 3
+BM3D_REFINE_PASSES = 4
+BM3D_REFINE_PROFILE = "lc"
 
 
 def bm3d_refine(start: np.ndarray, pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
     """A fill of the pixels where ``fill`` is True, refined by :data:`BM3D_REFINE_PASSES` passes
-    of BM3D (the optional ``bm3d`` package) on its luminance (the mean of the channels; the
+    of BM3D (the optional ``bm3d`` package, :data:`BM3D_REFINE_PROFILE`) on its luminance (the mean of the channels; the
     difference added to every channel), the known pixels put back after each: BM3D's grouping of
     similar blocks completes strokes that the local fills leave blurred. Exact on the known pixels."""
     fill = np.asarray(fill, dtype=bool)
@@ -731,7 +739,7 @@ def bm3d_refine(start: np.ndarray, pixels: np.ndarray, fill: np.ndarray) -> np.n
 
     def luminance(x, sigma):
         y = x.mean(axis=2, keepdims=True)
-        return np.clip(x + bm3d_denoise(y, sigma) - y, 0.0, 1.0)
+        return np.clip(x + bm3d_denoise(y, sigma, BM3D_REFINE_PROFILE) - y, 0.0, 1.0)
 
     return _put_back_passes(x, pixels, fill, np.geomspace(*BM3D_REFINE_SIGMAS, BM3D_REFINE_PASSES), luminance,
                             lambda i: _done(i / BM3D_REFINE_PASSES))
