@@ -33,6 +33,22 @@ def test_denoise_writes_output_and_report(tmp_path, photo, capsys):
     assert "wrote" in err
 
 
+def test_zero_iterations_write_the_classical_start(tmp_path, photo, capsys, monkeypatch):
+    """--iters 0: the upscale's classical start, no network fitted, and the report says so."""
+    from deepprior import estimates
+
+    monkeypatch.setattr(estimates, "bm3d_available", lambda: False)  # the regularised upscale, quick
+    out, rep = tmp_path / "out.png", tmp_path / "run.json"
+    code, _, err = run(capsys, "upscale", photo, "-o", out, "--scale", 2, "--iters", 0, "--report", rep, "-q")
+    assert code == 0, err
+    report = json.loads(rep.read_text())
+    assert report["iterations"] == 0 and report["returned"]["result"] == "start"
+    assert report["network_parameters"] == 0 and report["params"]["start"]["estimate"] == "regularised"
+    small = np.asarray(PILImage.open(photo), dtype=np.float32) / 255.0
+    start = np.rint(estimates.regularised_upscale(small, 2) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(PILImage.open(out)), start)
+
+
 def test_every_task_runs(tmp_path, photo, capsys):
     mask = tmp_path / "mask.png"
     code, _, err = run(capsys, "degrade", photo, "-o", tmp_path / "holes.png", "--drop", 0.5, "--mask-out", mask)
@@ -85,7 +101,8 @@ def test_degrade_options(tmp_path, photo, capsys):
         (["denoise", "{missing}", "-o", "{out}"], "no such file"),
         (["denoise", "{photo}", "-o", "{photo}"], "overwrite the input"),
         (["denoise", "{photo}", "-o", "{tmp}"], ""),
-        (["denoise", "{photo}", "-o", "{out}", "--iters", "0"], "iters"),
+        (["denoise", "{photo}", "-o", "{out}", "--iters", "-1"], "iters"),
+        (["deblur", "{photo}", "-o", "{out}", "--kernel", "gaussian:2", "--iters", "0"], "classical start alone"),
         (["denoise", "{photo}", "-o", "{out}", "--bogus"], "No such option"),
         (["denoise", "{text}", "-o", "{out}"], "not an image"),
         (["inpaint", "{photo}", "-o", "{out}", "--mask", "{bigmask}"], "mask is"),

@@ -227,7 +227,7 @@ def photo(tmp_path) -> Path:
 BAD_OPTIONS = {
     "scale 5": (["upscale", "{src}", "-o", "{out}", "--scale", "5"], "--scale must be one of"),
     "negative sigma": (["denoise", "{src}", "-o", "{out}", "--sigma", "-3"], "sigma must be >= 0"),
-    "zero iterations": (["denoise", "{src}", "-o", "{out}", "--iters", "0"], "--iters must be at least 1"),
+    "negative iterations": (["denoise", "{src}", "-o", "{out}", "--iters", "-1"], "--iters must be 0"),
     "negative threads": (["denoise", "{src}", "-o", "{out}", "--threads", "-2"], "--threads must be at least 1"),
     "zero max pixels": (["denoise", "{src}", "-o", "{out}", "--max-pixels", "0"], "--max-pixels must be positive"),
     "unknown device": (["denoise", "{src}", "-o", "{out}", "--device", "gpu9"], "unknown device"),
@@ -367,7 +367,7 @@ def test_output_in_a_folder_without_permission(photo, capfd):
 def test_api_refuses_bad_options_with_deeprior_error():
     image = Image(np.full((6, 6, 3), 0.5, np.float32))
     for kwargs, fragment in (
-        (dict(iterations=0), "iterations must be at least 1"),
+        (dict(iterations=-1), "iterations must be 0"),
         (dict(threads=-1), "threads must be at least 1"),
         (dict(lr=-0.1), "learning rate"),
         (dict(stop="sometimes"), "stop must be"),

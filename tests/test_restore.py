@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from deepprior import DeepPriorError, Image, fitting, load_image, restore, tasks
+from deepprior import DeepPriorError, Image, estimates, fitting, load_image, restore, tasks
 from deepprior.degrade import add_noise, downscale, random_mask
 from deepprior.fitting import BLEND_WEIGHTS
 from deepprior.metrics import psnr
@@ -201,13 +201,27 @@ def test_report_has_the_documented_keys(rgb32):
     assert rep["history"][0]["iter"] == 1 and "psnr" in rep["history"][0]
 
 
+def test_zero_iterations_return_the_classical_start_alone(rgb32):
+    """Asked for 0 iterations, a preset that starts from an estimate returns that estimate made
+    from every pixel, no network fitted, and says so; a preset that starts from noise has no
+    start to return and says that instead."""
+    noisy = np.clip(rgb32 + np.random.default_rng(0).normal(0, 25 / 255, rgb32.shape), 0, 1).astype(np.float32)
+    task = tasks.Denoise(sigma=25, start="nlm")
+    r = restore(noisy, task, iterations=0)
+    np.testing.assert_array_equal(r.image.pixels, np.clip(estimates.nlm_denoise(noisy, 25), 0, 1))
+    assert r.iterations == 0 and r.outcome.returned == "start" and r.outcome.parameters == 0
+    assert r.report()["returned"]["result"] == "start" and "start" in r.report()["returned"]["why"]
+    with pytest.raises(DeepPriorError, match="classical start alone"):
+        restore(noisy, tasks.Denoise(), preset="paper", iterations=0)
+
+
 def test_bad_options_are_clear_errors(rgb32):
     with pytest.raises(DeepPriorError):
         tasks.SuperResolution(scale=5)
     with pytest.raises(DeepPriorError):
         tasks.Denoise(sigma=-1)
     with pytest.raises(DeepPriorError):
-        restore(rgb32, tasks.Denoise(), iterations=0)
+        restore(rgb32, tasks.Denoise(), iterations=-1)
     with pytest.raises(DeepPriorError):
         restore(rgb32, tasks.Denoise(), preset="slow")
     with pytest.raises(DeepPriorError):

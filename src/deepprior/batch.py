@@ -74,8 +74,8 @@ class Settings:
             raise DeepPriorError(f"unknown task {self.task!r}; choose one of {', '.join(TASK_NAMES)}")
         if self.preset not in ("fast", "paper"):
             raise DeepPriorError(f"preset must be 'fast' or 'paper', got {self.preset!r}")
-        if self.iterations is not None and self.iterations < 1:
-            raise DeepPriorError(f"--iters must be at least 1, got {self.iterations}")
+        if self.iterations is not None and self.iterations < 0:
+            raise DeepPriorError(f"--iters must be 0 (the classical start alone) or more, got {self.iterations}")
         if not -(2**63 - 3) <= self.seed <= 2**63 - 3:  # the fit also seeds with seed + 1, seed + 2
             raise DeepPriorError(f"--seed must be between {-(2**63 - 3)} and {2**63 - 3}, got {self.seed}")
         if self.max_pixels < 1:

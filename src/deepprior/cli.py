@@ -27,7 +27,7 @@ from . import __version__, degrade as deg
 from .errors import DeepPriorError
 from .images import DEFAULT_MAX_PIXELS, check_output_path, check_output_size, load_image, save_image
 from .fitting import STAGE_LINES, START_STAGES, resolve_device, returned_phrase, why_returned
-from .restoration import restore
+from .restoration import configure, restore
 try:  # typer >= 0.20 vendors its own click
     from typer._click import exceptions as _cx
 except ImportError:  # pragma: no cover
@@ -83,7 +83,8 @@ class HoleMode(str, Enum):
 Input = Annotated[Path, typer.Argument(help="Degraded image to restore.", show_default=False)]
 Output = Annotated[Path, typer.Option("-o", "--output", help="Where to write the result (.png, .tif, .jpg, .webp, .bmp).")]
 PresetOpt = Annotated[PresetName, typer.Option("--preset", help="fast (CPU-friendly) or paper (published settings).")]
-Iters = Annotated[Optional[int], typer.Option("--iters", help="Maximum iterations (default: the preset's).")]
+Iters = Annotated[Optional[int], typer.Option("--iters", help="Maximum iterations (default: the preset's; 0: the "
+                                                              "classical start alone, no network fitted).")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed; the same seed reproduces a run.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 Threads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for PyTorch.")]
@@ -177,8 +178,8 @@ def _native_stderr_silenced():
 
 def _check_options(c: Common) -> None:
     """Refuse impossible shared options before anything is read or computed."""
-    if c.iters is not None and c.iters < 1:
-        raise DeepPriorError(f"--iters must be at least 1, got {c.iters}")
+    if c.iters is not None and c.iters < 0:
+        raise DeepPriorError(f"--iters must be 0 (the classical start alone) or more, got {c.iters}")
     if c.max_pixels < 1:
         raise DeepPriorError(f"--max-pixels must be positive, got {c.max_pixels}")
     if c.threads is not None and c.threads < 1:
@@ -230,6 +231,7 @@ def _restore_and_write(task_factory, input_path: Path, c: Common, extra_inputs=(
     with _native_stderr_silenced():
         image = load_image(input_path, max_pixels=c.max_pixels)
         task = task_factory(image)
+        configure(task, c.preset, iterations=c.iters)  # a preset with no start to return at 0 iterations
         scale = getattr(task, "scale", 1)
         check_output_size(c.output, (image.width * scale, image.height * scale))
         # The ground truth is as large as the result (an upscale's is 64 times the input at x8).
@@ -611,7 +613,8 @@ def bench(
     out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: bench-out/SUITE).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the results in --out, skipping finished (image, method) pairs.")] = False,
     seed: Seed = 0,
-    iters: Iters = None,
+    iters: Annotated[Optional[int], typer.Option("--iters", help="DIP's maximum iterations (default: the preset's; at least "
+                                                              "1: the classical starts are methods of their own).")] = None,
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Real-ESRGAN weights: an RRDBNet .pth (basicsr key names) or an ncnn .param.")] = None,
     threads: Threads = None,
     quiet: Quiet = False,

@@ -672,14 +672,19 @@ def build_optimizer(cfg: FitConfig, net: nn.Module, z: torch.Tensor) -> torch.op
     return torch.optim.Adam(groups, lr=cfg.lr)
 
 
+#: The error of 0 iterations asked of a preset whose fit starts from noise, not from a classical start.
+NO_START = "0 iterations return the classical start alone, and this preset has none (its fit starts from noise)"
+
+
 def start_only(problem: Problem, cfg: FitConfig,
                callback: Callable[[Progress], bool | None] | None = None) -> FitOutcome:
-    """The classical start itself, made from every pixel, with no network fitted: what a preset
-    of 0 iterations returns (hole filling, where no fit from the start was reliably better and
-    no check without the truth told where one was; BENCHMARKS.md)."""
+    """The classical start itself, made from every pixel, with no network fitted: what 0
+    iterations return, by default for hole filling (where no fit from the start was reliably
+    better and no check without the truth told where one was; BENCHMARKS.md) and when asked for
+    (the start alone, in its own time)."""
     make = problem.full_estimate or problem.estimate
     if cfg.input != "estimate" or make is None:
-        raise DeepPriorError("a preset of 0 iterations returns the task's classical start, and this one has none")
+        raise DeepPriorError(NO_START)
     image, seconds = make_start(make, callback, "start", 0)
     return FitOutcome(output=np.clip(image, 0.0, 1.0).astype(np.float32), iterations=0, stopped_at=0,
                       stop_reason="completed", elapsed_s=seconds, history=[], backtracks=0, stop_curve=[],

@@ -22,7 +22,7 @@ from . import __version__, estimates
 from .batch import EXECUTORS
 from .errors import DeepPriorError
 from .cropfit import fit_crops
-from .fitting import FitOutcome, Progress, fit, resolve_device, why_returned
+from .fitting import NO_START, FitOutcome, Progress, fit, resolve_device, why_returned
 from .images import Image, atomic_write_bytes, colormap, load_image, save_image
 from .metrics import quality
 from .networks import padded_size
@@ -193,8 +193,8 @@ def configure(task: Task, preset: str = "fast", **overrides) -> FitConfig:
     unknown = set(overrides) - known
     if unknown:
         raise DeepPriorError(f"unknown fit option(s): {', '.join(sorted(unknown))}")
-    if "iterations" in overrides and not int(overrides["iterations"]) >= 1:
-        raise DeepPriorError(f"iterations must be at least 1, got {overrides['iterations']}")
+    if "iterations" in overrides and not int(overrides["iterations"]) >= 0:
+        raise DeepPriorError(f"iterations must be 0 (the classical start alone) or more, got {overrides['iterations']}")
     if "stop" in overrides and overrides["stop"] not in ("auto", "off", "observe"):
         raise DeepPriorError(f"stop must be 'auto', 'off' or 'observe', got {overrides['stop']!r}")
     if "stop_rule" in overrides and overrides["stop_rule"] not in ("variance", "holdout"):
@@ -210,7 +210,10 @@ def configure(task: Task, preset: str = "fast", **overrides) -> FitConfig:
         if not w or not all(0 <= x <= 1 for x in w):
             raise DeepPriorError(f"blend weights must be fit shares between 0 and 1, got {overrides['blend_weights']}")
         overrides["blend_weights"] = w
-    return replace(cfg, **overrides)
+    cfg = replace(cfg, **overrides)
+    if cfg.iterations == 0 and cfg.input != "estimate":
+        raise DeepPriorError(NO_START)
+    return cfg
 
 
 def large_image_method(cfg: FitConfig, result_pixels: int, max_fit_pixels: int | None, large: str = "auto") -> str:
@@ -284,7 +287,8 @@ def restore(
         result as a local run given the same seed and threads per fit. A whole fit, or a fit on
         crops, is one optimisation and runs in this process either way.
     overrides : any :class:`~deepprior.presets.FitConfig` field, e.g. ``iterations=500``,
-        ``stop="off"``, ``lr=0.005``.
+        ``stop="off"``, ``lr=0.005``; ``iterations=0`` returns the preset's classical start
+        alone, made from every pixel, with no network fitted (presets that start from noise have none).
     """
     if executor not in EXECUTORS:
         raise DeepPriorError(f"unknown executor {executor!r}; choose {' or '.join(EXECUTORS)}")
