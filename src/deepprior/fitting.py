@@ -131,6 +131,7 @@ class FitOutcome:
     choice_margin: float = 0.0  # the lead a candidate needed over the start to be taken
     region_shares: list[list[float]] | None = None  # each region's fit share, when chosen region by region
     region_size: int = 0  # the side of those regions, output pixels
+    start_asked: bool = False  # 0 iterations were asked of a preset that fits a network (the start alone)
 
 
 def ema_decay(ema: float, warmup: int, iteration: int) -> float:
@@ -465,6 +466,8 @@ def choose_result(problem: Problem, fitted: torch.Tensor, start: torch.Tensor,
 
 def why_returned(o: FitOutcome) -> str:
     """Why the choice against the start returned what it did, in words for a report."""
+    if o.iterations == 0 and o.start_asked:
+        return "0 iterations were asked for"
     if o.fixed_share and o.iterations == 0:
         return ("the preset fits no network here: fits from this start were not reliably better, "
                 "and no check without the ground truth told where one was")
