@@ -643,11 +643,11 @@ def bm3d_denoise(pixels: np.ndarray, sigma: float | None = None, profile: str = 
     profiles = {"np": BM3DProfile, "lc": BM3DProfileLC}
     if profile not in profiles:
         raise ValueError(f"unknown BM3D profile {profile!r}; choose {' or '.join(profiles)}")
-    profile = profiles[profile]()
-    profile.num_threads = 1
+    settings = profiles[profile]()
+    settings.num_threads = 1
     p = pixels.astype(np.float64)
-    out = (bm3d.bm3d_rgb(p, s, profile=profile) if p.shape[2] == 3
-           else bm3d.bm3d(p[:, :, 0], s, profile=profile)[:, :, None])
+    out = (bm3d.bm3d_rgb(p, s, profile=settings) if p.shape[2] == 3
+           else bm3d.bm3d(p[:, :, 0], s, profile=settings)[:, :, None])
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 

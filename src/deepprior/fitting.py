@@ -466,7 +466,7 @@ def choose_result(problem: Problem, fitted: torch.Tensor, start: torch.Tensor,
 
 def why_returned(o: FitOutcome) -> str:
     """Why the choice against the start returned what it did, in words for a report."""
-    if o.iterations == 0 and o.start_asked:
+    if o.start_asked:
         return "0 iterations were asked for"
     if o.fixed_share and o.iterations == 0:
         return ("the preset fits no network here: fits from this start were not reliably better, "
