@@ -259,6 +259,18 @@ def test_bm3d_low_complexity_profile_denoises_and_an_unknown_profile_is_refused(
         estimates.bm3d_denoise(noisy, 15, "fast")
 
 
+def test_bm3d_on_a_grey_picture_stored_as_colour_is_grey_bm3d_in_every_channel(house):
+    """CBM3D divides by the range of each colour difference; a grey picture stored as RGB has
+    none, and its denoised copy is the grey one's in all three channels, not NaN."""
+    pytest.importorskip("bm3d")
+    clean = np.ascontiguousarray(house[40:168, 60:156].mean(axis=2, keepdims=True))
+    noisy = np.clip(clean + np.random.default_rng(0).normal(0, 15 / 255, clean.shape), 0, 1).astype(np.float32)
+    grey = estimates.bm3d_denoise(noisy, 15)
+    colour = estimates.bm3d_denoise(np.repeat(noisy, 3, axis=2), 15)
+    assert np.isfinite(colour).all()
+    np.testing.assert_allclose(colour, np.repeat(grey, 3, axis=2), atol=1e-6)
+
+
 def test_an_upscale_blends_a_quarter_of_the_fit_over_the_bm3d_start_at_x2_and_x3(rgb32, monkeypatch):
     """The fit's share of an upscale follows its start: a quarter over the BM3D upscale at x2 and
     x3, the even mean over it at x4 and over the regularised upscale (the start is not computed)."""
