@@ -257,11 +257,10 @@ def fsr_half(case: Case, **_) -> np.ndarray:
 
 
 def start_fill(case: Case, **_) -> np.ndarray:
-    """The classical start of the ``fast`` preset: the mean of fills chosen for the image
-    (``tasks.FillStart``), for text refined by BM3D where the ``bm3d`` extra is installed."""
-    from ..tasks import FillStart
-
-    return FillStart(case.degraded.pixels, case.mask, case.task.start_fills, case.task.refine_start)()
+    """The classical start of the ``fast`` preset, as the task makes it (``tasks.FillStart``): the
+    mean of fills chosen for the image, for text with the ``bm3d`` extra refined by BM3D and
+    blended with the BM3D fill."""
+    return case.task.problem(case.degraded).estimate()
 
 
 # --------------------------------------------------------------------------- registry
