@@ -322,53 +322,6 @@ def test_a_refined_start_refines_the_chosen_fills_each_time_it_is_made(rgb32, mo
     assert len(calls) == 3  # asked again, it is made again
 
 
-def test_a_blended_text_start_is_made_once_without_the_held_out_pixels(rgb32, monkeypatch):
-    """With a BM3D share, the start is the mean of fills blended with that share of the BM3D fill
-    (in the text preset's profile and passes), both made without the held-out pixels; the start
-    asked for next, from every pixel, is that one with the held-out pixels put back, not made again."""
-    made = []
-
-    def bm3d_fill(pixels, fill, profile, passes):
-        made.append((int(fill.sum()), profile, passes))
-        return np.full_like(pixels, 0.25)
-
-    monkeypatch.setattr(estimates, "bm3d_fill", bm3d_fill)
-    fill = random_mask(rgb32.shape[:2], 0.2, seed=3)
-    held = random_mask(rgb32.shape[:2], 0.05, seed=4) & ~fill
-    start = tasks.FillStart(rgb32, fill, (("fsr",),), bm3d_share=0.4)
-
-    def blend(f):
-        return np.where(f[:, :, None], 0.6 * estimates.mean_fill(rgb32, f, ("fsr",)) + 0.4 * 0.25, rgb32)
-
-    np.testing.assert_allclose(start(held), blend(fill | held), atol=1e-6)
-    np.testing.assert_allclose(start(), np.where(fill[:, :, None], blend(fill | held), rgb32), atol=1e-6)
-    assert made == [(int((fill | held).sum()), tasks.TEXT_BM3D_PROFILE, tasks.TEXT_BM3D_PASSES)]
-    np.testing.assert_allclose(start(), blend(fill), atol=1e-6)  # asked again, it is made again
-    assert len(made) == 2
-
-
-def test_no_bm3d_blend_where_the_probe_finds_the_sparse_fills_far_behind(rgb32, monkeypatch):
-    """Regular texture, where the sparse fills (the BM3D fill's own start) are far behind the
-    chosen start on the probe, keeps the start unblended; elsewhere the text preset blends it, and
-    only text with the bm3d extra is given a share."""
-    monkeypatch.setattr(estimates, "bm3d_fill", lambda pixels, fill, *_: np.zeros_like(pixels))
-    fill = random_mask(rgb32.shape[:2], 0.2, seed=3)
-    candidates = (("fsr",), tasks.TEXT_BM3D_LIKE)
-    for ratio, blended in ((tasks.TEXT_BM3D_MAX_RATIO * 1.1, False), (tasks.TEXT_BM3D_MAX_RATIO * 0.9, True)):
-        errors = {("fsr",): 1.0, tasks.TEXT_BM3D_LIKE: ratio}
-        monkeypatch.setattr(estimates, "choose_fill", lambda *_: (("fsr",), errors))
-        out = tasks.FillStart(rgb32, fill, candidates, bm3d_share=0.4)()
-        unblended = estimates.mean_fill(rgb32, fill, ("fsr",))
-        assert np.allclose(out, unblended, atol=1e-6) != blended
-    monkeypatch.setattr(estimates, "bm3d_available", lambda: True)
-    mask = np.zeros((24, 24), bool)
-    mask[4:8, 4:8] = True
-    picture = Image(np.zeros((24, 24, 3), np.float32))
-    shares = [t.problem(picture).estimate.bm3d_share
-              for t in (tasks.Inpaint(mask=mask), tasks.Inpaint(mask=mask, mode="hole"), tasks.Reconstruct(mask=mask))]
-    assert shares == [tasks.TEXT_BM3D_SHARE, 0.0, 0.0]
-
-
 @pytest.mark.parametrize("task", ["text", "reconstruct"])
 def test_the_start_from_every_pixel_made_beside_the_held_out_one_is_the_same(house, task):
     """The start from every pixel, made in a thread beside the held-out one, is bit for bit the one

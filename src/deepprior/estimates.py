@@ -700,21 +700,19 @@ BM3D_FILL_SIGMAS = (10.0, 1.0)  # first and last noise level, on 0-255
 BM3D_FILL_PASSES = 8
 
 
-def bm3d_fill(pixels: np.ndarray, fill: np.ndarray, profile: str = "np", passes: int = BM3D_FILL_PASSES) -> np.ndarray:
+def bm3d_fill(pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
     """Fill the pixels where ``fill`` is True: the sparse-DCT fill refined by plug-and-play BM3D
-    (the optional ``bm3d`` package) in ``passes`` runs with ``profile`` (:func:`bm3d_denoise`).
-    Exact on the known pixels. Scattered missing pixels: on Heide11 with 50 % dropped 0.11-1.25 dB
-    above :func:`sparse_fill` (0.5 on the mean), for 8 BM3D runs (about 90 s for a 512x512 grey
-    image on 2 cores)."""
+    (the optional ``bm3d`` package). Exact on the known pixels. Scattered missing pixels: on
+    Heide11 with 50 % dropped 0.11-1.25 dB above :func:`sparse_fill` (0.5 on the mean), for 8 BM3D
+    runs (about 90 s for a 512x512 grey image on 2 cores)."""
     fill = np.asarray(fill, dtype=bool)
-    first = 1.0 / (passes + 1)  # the sparse fill, about as long as one BM3D pass
+    first = 1.0 / (BM3D_FILL_PASSES + 1)  # the sparse fill, about as long as one BM3D pass
     with share(0.0, first):
         x = sparse_fill(pixels, fill)
     if not fill.any():
         return x
-    return _put_back_passes(x, pixels, fill, np.geomspace(*BM3D_FILL_SIGMAS, passes),
-                            lambda x, sigma: bm3d_denoise(x, sigma, profile),
-                            lambda i: _done(first + (1 - first) * i / passes))
+    return _put_back_passes(x, pixels, fill, np.geomspace(*BM3D_FILL_SIGMAS, BM3D_FILL_PASSES), bm3d_denoise,
+                            lambda i: _done(first + (1 - first) * i / BM3D_FILL_PASSES))
 
 
 def _put_back_passes(x: np.ndarray, pixels: np.ndarray, fill: np.ndarray, levels, denoise, done) -> np.ndarray:

@@ -209,36 +209,28 @@ class FillStart:
     """The classical start of an inpainting: the mean of the fills that :func:`estimates.choose_fill`
     picks among ``candidates``, chosen once (on the first call) and kept, so that the start made
     again from every pixel (Problem.full_estimate) uses the same fills; with ``refine``, that mean
-    refined by :func:`estimates.bm3d_refine`, and with ``bm3d_share``, blended with that share of
-    the BM3D fill (:meth:`_blended`). Without a blend, once the fills are chosen the start is a
+    refined by :func:`estimates.bm3d_refine`. Once the fills are chosen the start is a
     :class:`PairedStart`: called with ``exclude``, it makes the one from every pixel beside it."""
 
     def __init__(self, pixels: np.ndarray, fill: np.ndarray, candidates: tuple[tuple[str, ...], ...],
-                 refine: bool = False, bm3d_share: float = 0.0):
+                 refine: bool = False):
         self.pixels, self.fill, self.candidates, self.refine = pixels, fill, candidates, refine
-        self.bm3d_share = bm3d_share
         self.chosen: tuple[str, ...] | None = None
         self.errors: dict = {}
         self._paired = PairedStart(self._make)
-        self._full: np.ndarray | None = None
 
     def __call__(self, exclude: np.ndarray | None = None) -> np.ndarray:
-        if self.bm3d_share > 0:
-            return self._blended(exclude)
         fill = self.fill if exclude is None else self.fill | exclude
         # Progress: the probe makes every candidate fill once, the start about one candidate's worth
         # and the refinement its own.
         probe = (estimates.fill_cost({m for c in self.candidates for m in c})
                  if self.chosen is None and len(self.candidates) > 1 else 0.0)
         total = probe + self._made_cost() + self._refine_cost()
-        with estimates.share(0.0, probe / total):
-            self._choose(fill)
+        if self.chosen is None:
+            with estimates.share(0.0, probe / total):
+                self.chosen, self.errors = estimates.choose_fill(self.pixels, fill, self.candidates)
         with estimates.share(probe / total, 1.0):
             return self._paired(exclude)
-
-    def _choose(self, fill: np.ndarray) -> None:
-        if self.chosen is None:
-            self.chosen, self.errors = estimates.choose_fill(self.pixels, fill, self.candidates)
 
     def _made_cost(self) -> float:
         return (estimates.fill_cost(self.chosen) if self.chosen is not None
@@ -246,13 +238,6 @@ class FillStart:
 
     def _refine_cost(self) -> float:
         return estimates.fill_cost(("bm3d-refine",)) if self.refine else 0.0
-
-    def _blends_bm3d(self) -> bool:
-        """Whether the chosen start is blended with the BM3D fill: unless the probe found the sparse
-        fills (which the BM3D fill starts from) far behind it (:data:`TEXT_BM3D_MAX_RATIO`): regular
-        texture, where the BM3D fill is 4 dB under the start (barbara)."""
-        sparse = self.errors.get(TEXT_BM3D_LIKE)
-        return sparse is None or sparse <= TEXT_BM3D_MAX_RATIO * min(self.errors.values())
 
     def _make(self, exclude: np.ndarray | None = None) -> np.ndarray:
         """The chosen mean of fills with ``exclude`` left out too, refined where asked."""
@@ -265,31 +250,6 @@ class FillStart:
             return start
         with estimates.share(fills_share, 1.0):
             return estimates.bm3d_refine(start, self.pixels, fill)
-
-    def _blended(self, exclude: np.ndarray | None = None) -> np.ndarray:
-        """The refined start blended with ``bm3d_share`` of the BM3D fill (:data:`TEXT_BM3D_PROFILE`,
-        :data:`TEXT_BM3D_PASSES` passes), or where :meth:`_blends_bm3d` says no the refined start
-        alone. The BM3D fill (one thread) runs beside the choice of fills and the refined start. Called
-        with ``exclude``, the start from every pixel is not made again: the next call returns this
-        one with the held-out pixels put back (on 2 cores sharing one core's caches the two starts
-        and the BM3D fill would add some 20 s for a colour 256x256 image, for 0.03 dB)."""
-        if exclude is None and self._full is not None:
-            full, self._full = self._full, None
-            return full
-        fill = self.fill if exclude is None else self.fill | exclude
-
-        def start():
-            self._choose(fill)
-            return self._make(exclude)
-
-        other, made = estimates.beside(
-            lambda: estimates.bm3d_fill(self.pixels, fill, TEXT_BM3D_PROFILE, TEXT_BM3D_PASSES), start)
-        if self._blends_bm3d():
-            w = self.bm3d_share
-            made = np.where(fill[:, :, None], (1.0 - w) * made + w * other, self.pixels).astype(np.float32)
-        if exclude is not None:
-            self._full = np.where(self.fill[:, :, None], made, self.pixels).astype(np.float32)
-        return made
 
 
 class Task:
@@ -445,16 +405,6 @@ START_FILLS = {"text": (("fsr",), ("fsr", "sparse"), ("sparse", "sparse16"), ("f
                         ("fsr", "sparse", "sparse16")),
                "hole": ((*estimates.FILLS, "fsrhalf"),)}
 
-#: The share of the BM3D fill (estimates.bm3d_fill, low-complexity BM3D in TEXT_BM3D_PASSES passes)
-#: in the refined text start, where the bm3d extra is installed: the BM3D fill and the refined mean
-#: of fills err in different places, and their blend is above each on most images.
-TEXT_BM3D_SHARE = 0.4
-TEXT_BM3D_PROFILE = "lc"
-TEXT_BM3D_PASSES = 8
-#: No blend where the probe's error of TEXT_BM3D_LIKE is above this many times the chosen start's.
-TEXT_BM3D_LIKE = ("sparse", "sparse16")
-TEXT_BM3D_MAX_RATIO = 1.5
-
 #: Fills left out of the start of an image above LARGE_START_PIXELS: they cost minutes per megapixel
 #: on 2 cores (the sparse-DCT fill about 10 minutes at 12 megapixels, where FSR takes about 1.5;
 #: FSR's best mode at half size about ten times FSR's fast mode on the hole suite).
@@ -515,8 +465,7 @@ class Inpaint(Task):
         op = operators.Mask(known)
         target = _tensor(image.pixels * known[:, :, None])
         return Problem(target, op, (image.height, image.width), image.channels, known=known,
-                       estimate=FillStart(image.pixels, fill, self.start_fills, self.refine_start,
-                                          TEXT_BM3D_SHARE if self.refine_start else 0.0),
+                       estimate=FillStart(image.pixels, fill, self.start_fills, self.refine_start),
                        holdout_region=self.check_region(fill))
 
     def check_region(self, fill: np.ndarray) -> np.ndarray:

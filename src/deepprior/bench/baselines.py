@@ -258,8 +258,8 @@ def fsr_half(case: Case, **_) -> np.ndarray:
 
 def start_fill(case: Case, **_) -> np.ndarray:
     """The classical start of the ``fast`` preset, as the task makes it (``tasks.FillStart``): the
-    mean of fills chosen for the image, for text with the ``bm3d`` extra refined by BM3D and
-    blended with the BM3D fill."""
+    mean of fills chosen for the image, for text refined by BM3D where the ``bm3d`` extra is
+    installed."""
     return case.task.problem(case.degraded).estimate()
 
 
