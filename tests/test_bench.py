@@ -498,6 +498,18 @@ def test_bench_report_writes_the_marked_block_of_a_run(tmp_path, capsys, monkeyp
     assert doc.read_text() == "# Benchmarks\n"
 
 
+def test_the_command_under_a_run_on_some_images_names_them(tmp_path):
+    """A run on part of its set (--images) reproduces with the same images, in the set's order;
+    once resumed over the whole set, the command asks for no images."""
+    data = make_data(tmp_path / "data", "Set5", ["a", "b", "c"], size=(32, 32))
+    out = tmp_path / "out"
+    suite = suites.get_suite("sr-x2")
+    res = runner.run_bench(suite, data, out, methods=["bicubic"], names=["c", "a"], threads=1)
+    assert report.reproduce_command(res) == "deepprior bench sr-x2 --set Set5 --images a,c --methods bicubic --threads 1"
+    res = runner.run_bench(suite, data, out, methods=["bicubic"], resume=True, threads=1)
+    assert report.reproduce_command(res) == "deepprior bench sr-x2 --set Set5 --methods bicubic --threads 1"
+
+
 def test_photo_mosaic_centre_crops_images_of_different_sizes(tmp_path):
     from deepprior.bench import photo
 

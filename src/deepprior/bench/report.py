@@ -402,6 +402,16 @@ def _set_asked(cfg: dict) -> str | None:
     return cfg.get("set") if cfg.get("set") != suites.get_suite(cfg["suite"]).set_name else None
 
 
+def _images_asked(data: dict) -> list[str] | None:
+    """The images of a run that covered only part of its set, in the set's order; None where it
+    covered all of it (or predates the record of the set's images)."""
+    whole = data.get("set_images")
+    ran = {r["image"] for r in data["rows"]}
+    if not whole or ran >= set(whole):
+        return None
+    return [n for n in whole if n in ran]
+
+
 def reproduce_command(data: dict) -> str:
     """The ``deepprior bench`` command line that makes the rows of ``data`` again."""
     cfg = data.get("config", {})
@@ -410,6 +420,9 @@ def reproduce_command(data: dict) -> str:
     parts = ["deepprior bench", str(cfg.get("suite"))]
     if str(cfg.get("suite", "")).startswith("sr-") or _set_asked(cfg) is not None:
         parts.append(f"--set {cfg.get('set')}")
+    images = _images_asked(data)
+    if images:
+        parts.append("--images " + ",".join(images))
     parts.append("--methods " + ",".join(methods))
     dip = next((r for r in rows if r["method"] == "dip"), None)
     if dip is not None and dip.get("preset") not in (None, "fast"):

@@ -220,6 +220,9 @@ def run_bench(
     data["machine"] = machine_info()  # after the threads are set: it records them
     data["data_dir"] = str(data_dir)
     data["suite_description"] = suite.description()
+    # The whole set's images, so that the report of a run on some of them (--images, --limit)
+    # can say which to ask for again.
+    data["set_images"] = [suites.image_name(f) for f in suites.select(suite, manifest)]
     write_results(out_dir, data)
 
     case = None
