@@ -510,6 +510,20 @@ def test_the_command_under_a_run_on_some_images_names_them(tmp_path):
     assert report.reproduce_command(res) == "deepprior bench sr-x2 --set Set5 --methods bicubic --threads 1"
 
 
+def test_the_table_of_a_resumed_run_lists_images_in_the_set_order(tmp_path):
+    """Images added by a resumed run sit in the table where their set puts them, not at its end."""
+    data = make_data(tmp_path / "data", "Set5", ["a", "b", "c"], size=(32, 32))
+    out = tmp_path / "out"
+    suite = suites.get_suite("sr-x2")
+    runner.run_bench(suite, data, out, methods=["bicubic"], names=["c"], threads=1)
+    res = runner.run_bench(suite, data, out, methods=["bicubic", "lanczos"], resume=True, threads=1)
+    assert [r["image"] for r in res["rows"]][:2] == ["c", "a"]  # as they ran
+    assert [(r["image"], r["method"]) for r in report.in_set_order(res)] == [
+        ("a", "bicubic"), ("a", "lanczos"), ("b", "bicubic"), ("b", "lanczos"), ("c", "bicubic"), ("c", "lanczos")]
+    lines = [ln for ln in report.suite_section(res).splitlines() if ln.startswith("| ") and ln[2] in "abc"]
+    assert [ln.split(" | ")[0] for ln in lines] == ["| a", "| b", "| c"]
+
+
 def test_photo_mosaic_centre_crops_images_of_different_sizes(tmp_path):
     from deepprior.bench import photo
 

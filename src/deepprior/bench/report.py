@@ -49,6 +49,13 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def in_set_order(data: dict) -> list[dict]:
+    """The rows of a suite run, images in their set's order (a resumed run appends the images it
+    adds after those already done); each image's methods as they ran."""
+    rank = {name: i for i, name in enumerate(data.get("set_images") or [])}
+    return sorted(data["rows"], key=lambda r: rank.get(r["image"], len(rank)))
+
+
 def _ordered(rows) -> tuple[list[str], list[str]]:
     images = list(dict.fromkeys(r["image"] for r in rows))
     present = {r["method"] for r in rows}
@@ -294,7 +301,7 @@ def write_report(out_dir: Path, data: dict, suite: suites.Suite, n_images_total:
                  figures: bool = True) -> Path:
     """Write ``report.md`` (and, with ``figures``, the PNG figures) for the results in ``data``."""
     out_dir = Path(out_dir)
-    rows = data["rows"]
+    rows = in_set_order(data)
     cfg = data.get("config", {})
     mach = data.get("machine", {})
     parts = [f"# deepprior bench: {suite.name} ({suite.set_name})", ""]
@@ -489,7 +496,7 @@ def colour_against_best(rows) -> str | None:
 def suite_section(data: dict) -> str:
     """The markdown block for one suite run in BENCHMARKS.md: its headline table with a mean
     time row, how DIP stands against the best other method, the machine and the command."""
-    rows = data["rows"]
+    rows = in_set_order(data)
     cfg = data.get("config", {})
     suite = suites.get_suite(cfg["suite"], _set_asked(cfg))
     metric = suite.metric
