@@ -243,6 +243,11 @@ def test_bm3d_in_two_halves_side_by_side_matches_one_call(house):
     np.testing.assert_allclose(estimates.bm3d_denoise_halves(wide, 15), halves.transpose(1, 0, 2), atol=1e-6)
     small = noisy[:120, :96]
     np.testing.assert_array_equal(estimates.bm3d_denoise_halves(small, 15), estimates.bm3d_denoise(small, 15))
+    # The profile reaches both halves: the low-complexity one (the SR start's) is its own result.
+    lc = estimates.bm3d_denoise_halves(noisy, 15, "lc")
+    assert psnr(lc, clean) > psnr(noisy, clean) + 5
+    assert not np.array_equal(lc, halves)
+    np.testing.assert_array_equal(estimates.bm3d_denoise_halves(small, 15, "lc"), estimates.bm3d_denoise(small, 15, "lc"))
 
 
 def test_bm3d_low_complexity_profile_denoises_and_an_unknown_profile_is_refused(house):

@@ -669,7 +669,7 @@ def _flat_opponent(p: np.ndarray) -> bool:
 BM3D_HALVES_MARGIN = 32
 
 
-def bm3d_denoise_halves(pixels: np.ndarray, sigma: float | None = None) -> np.ndarray:
+def bm3d_denoise_halves(pixels: np.ndarray, sigma: float | None = None, profile: str = "np") -> np.ndarray:
     """:func:`bm3d_denoise` for an estimate made alone: the image cut across its longer side, each
     half (with :data:`BM3D_HALVES_MARGIN` rows of the other) denoised in a thread of its own, so
     that both cores work. Deterministic, and within 0.01 dB of one call at sigma 10 (CBM3D on
@@ -678,13 +678,13 @@ def bm3d_denoise_halves(pixels: np.ndarray, sigma: float | None = None) -> np.nd
     image, not only near the cut, as BM3D's transforms depend on the size and range of the image."""
     n = max(pixels.shape[:2])
     if n < 4 * BM3D_HALVES_MARGIN:
-        return bm3d_denoise(pixels, sigma)
+        return bm3d_denoise(pixels, sigma, profile)
     if sigma is None:  # one noise level for both halves
         sigma = noise_sigma(pixels) * 255.0
     rows = pixels if pixels.shape[0] == n else pixels.transpose(1, 0, 2)
     cut, m = n // 2, BM3D_HALVES_MARGIN
-    top, bottom = beside(lambda: bm3d_denoise(np.ascontiguousarray(rows[: cut + m]), sigma),
-                         lambda: bm3d_denoise(np.ascontiguousarray(rows[cut - m :]), sigma))
+    top, bottom = beside(lambda: bm3d_denoise(np.ascontiguousarray(rows[: cut + m]), sigma, profile),
+                         lambda: bm3d_denoise(np.ascontiguousarray(rows[cut - m :]), sigma, profile))
     out = np.concatenate([top[:cut], bottom[m:]])
     return out if pixels.shape[0] == n else np.ascontiguousarray(out.transpose(1, 0, 2))
 
@@ -761,24 +761,29 @@ def bm3d_refine(start: np.ndarray, pixels: np.ndarray, fill: np.ndarray) -> np.n
 # Plug-and-play BM3D for super-resolution, as bm3d_fill for missing pixels: from the regularised
 # upscale, back-projection steps through the fit's Lanczos operator, then BM3D at a noise level
 # falling geometrically. Chosen on Set5 x4 (bird, head, butterfly; Y-PSNR over the regularised
-# upscale): 30 to 2 in 6 passes +0.37 dB on the mean, 30 to 1 in 10 +0.40 for 1.7 times the time,
-# 15 to 1 in 8 +0.28, 5 to 0.5 in 6 +0.06; at x2 (butterfly, woman) 30 to 2 +0.95, 50 to 2 +0.88,
-# 15 to 1 +0.51, 8 to 1 +0.18.
+# upscale, normal profile): 30 to 2 in 6 passes +0.37 dB on the mean, 30 to 1 in 10 +0.40 for 1.7
+# times the time, 15 to 1 in 8 +0.28, 5 to 0.5 in 6 +0.06; at x2 (butterfly, woman) 30 to 2 +0.95,
+# 50 to 2 +0.88, 15 to 1 +0.51, 8 to 1 +0.18. At x4 BM3D's low-complexity profile in 8 passes makes
+# the start 0.014 dB under the normal profile's 6 on Set5's mean (butterfly 0.06 under) in 0.42-0.60
+# of its time. At x2 and x3, where the start holds more of the detail, it was 0.02 and 0.015 under
+# on four Set5 images (butterfly's sharp edges 0.15 and 0.14) for 0.51-0.60: they keep the normal profile.
 BM3D_UPSCALE_SIGMAS = (30.0, 2.0)  # first and last noise level, on 0-255
-BM3D_UPSCALE_PASSES = 6
+#: BM3D's profile and number of passes in the start, by scale (other scales: the normal profile in 6).
+BM3D_UPSCALE_PASSES = {4: ("lc", 8)}
 
 
 def bm3d_upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
     """The super-resolution start with the ``bm3d`` extra: :func:`regularised_upscale` refined
-    by plug-and-play BM3D (:data:`BM3D_UPSCALE_PASSES` runs, each on the image's two halves side
-    by side: 63-92 s for a 228-344 px colour result at x4 on an Intel Xeon with 2 cores, 217 s
-    at 512x512)."""
-    first = 0.07  # the regularised upscale's share of the time (Set5 x4 on AMD EPYC: 3.5-5 s of 47-61)
+    by plug-and-play BM3D (:data:`BM3D_UPSCALE_PASSES`, each pass on the image's two halves side
+    by side: at x4 35-40 s for a 256-344 px colour result on an Intel Xeon with 2 cores, 105 s at
+    512x512)."""
+    profile, passes = BM3D_UPSCALE_PASSES.get(scale, ("np", 6))
+    first = 0.18  # the regularised upscale's share of the time (bird x4 on an Intel Xeon: 8 s of 44)
     with share(0.0, first):
         start = regularised_upscale(pixels, scale)
-    return _project_between(start, pixels, scale, np.geomspace(*BM3D_UPSCALE_SIGMAS, BM3D_UPSCALE_PASSES),
-                            lambda x, sigma: _batch(bm3d_denoise_halves(_pixels(x), sigma)),
-                            lambda i: _done(first + (1 - first) * i / BM3D_UPSCALE_PASSES))
+    return _project_between(start, pixels, scale, np.geomspace(*BM3D_UPSCALE_SIGMAS, passes),
+                            lambda x, sigma: _batch(bm3d_denoise_halves(_pixels(x), sigma, profile)),
+                            lambda i: _done(first + (1 - first) * i / passes))
 
 
 def _per_image(fn, pixels: np.ndarray, *args, **kwargs) -> np.ndarray:
