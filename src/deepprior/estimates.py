@@ -775,7 +775,7 @@ BM3D_UPSCALE_PASSES = {4: ("lc", 8)}
 def bm3d_upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
     """The super-resolution start with the ``bm3d`` extra: :func:`regularised_upscale` refined
     by plug-and-play BM3D (:data:`BM3D_UPSCALE_PASSES`, each pass on the image's two halves side
-    by side: at x4 35-40 s for a 256-344 px colour result on an Intel Xeon with 2 cores, 105 s at
+    by side: at x4 35-43 s for a 256-344 px colour result on an Intel Xeon with 2 cores, 105 s at
     512x512)."""
     profile, passes = BM3D_UPSCALE_PASSES.get(scale, ("np", 6))
     first = 0.18  # the regularised upscale's share of the time (bird x4 on an Intel Xeon: 8 s of 44)

@@ -168,7 +168,7 @@ def _denoised_estimate(pixels, sigma, denoiser, exclude=None):
 
 
 #: The super-resolution starts (SuperResolution.upscaler): plug-and-play BM3D on the regularised
-#: upscale with the bm3d extra (Set5, Y: 0.99, 0.58 and 0.41 dB above the regularised upscale at
+#: upscale with the bm3d extra (Set5, Y: 0.99, 0.58 and 0.39 dB above the regularised upscale at
 #: x2, x3 and x4), the regularised upscale without it, the quick upscale above LARGE_START_PIXELS.
 UPSCALERS = {"bm3d": estimates.bm3d_upscale, "regularised": estimates.regularised_upscale,
              "quick": estimates.quick_upscale}
