@@ -250,6 +250,20 @@ def test_bm3d_in_two_halves_side_by_side_matches_one_call(house):
     np.testing.assert_array_equal(estimates.bm3d_denoise_halves(small, 15, "lc"), estimates.bm3d_denoise(small, 15, "lc"))
 
 
+def test_the_bm3d_upscale_runs_its_scale_s_profile_and_passes(monkeypatch):
+    """The SR start's BM3D passes follow BM3D_UPSCALE_PASSES: at x4 eight of the low-complexity
+    profile, at x2 and x3 six of the normal one, the noise level falling from 30 to 2 on 0-255."""
+    calls = []
+    monkeypatch.setattr(estimates, "bm3d_denoise_halves",
+                        lambda x, sigma, profile="np": calls.append((profile, sigma)) or x)
+    pixels = np.random.default_rng(0).random((8, 8, 3)).astype(np.float32)
+    for scale, profile, passes in ((4, "lc", 8), (2, "np", 6), (3, "np", 6)):
+        calls.clear()
+        assert estimates.bm3d_upscale(pixels, scale).shape == (8 * scale, 8 * scale, 3)
+        assert [p for p, _ in calls] == [profile] * passes
+        np.testing.assert_allclose([s for _, s in calls], np.geomspace(30.0, 2.0, passes))
+
+
 def test_bm3d_low_complexity_profile_denoises_and_an_unknown_profile_is_refused(house):
     """The refinement's low-complexity BM3D is another result than the normal profile's, still
     a denoiser (far above the noisy image); a profile that is not offered is a clear error."""
