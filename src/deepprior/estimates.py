@@ -765,11 +765,12 @@ def bm3d_refine(start: np.ndarray, pixels: np.ndarray, fill: np.ndarray) -> np.n
 # times the time, 15 to 1 in 8 +0.28, 5 to 0.5 in 6 +0.06; at x2 (butterfly, woman) 30 to 2 +0.95,
 # 50 to 2 +0.88, 15 to 1 +0.51, 8 to 1 +0.18. At x4 BM3D's low-complexity profile in 8 passes makes
 # the start 0.014 dB under the normal profile's 6 on Set5's mean (butterfly 0.06 under) in 0.42-0.60
-# of its time. At x2 and x3 it was 0.02 and 0.015 under
-# on four Set5 images (butterfly's sharp edges 0.15 and 0.14) for 0.51-0.60: they keep the normal profile.
+# of its time. At x2 and x3 it was 0.02 and 0.015 under on four Set5 images (butterfly's sharp
+# edges 0.15 and 0.14) for 0.51-0.60: they keep the normal profile.
 BM3D_UPSCALE_SIGMAS = (30.0, 2.0)  # first and last noise level, on 0-255
-#: BM3D's profile and number of passes in the start, by scale (other scales: the normal profile in 6).
+#: BM3D's profile and number of passes in the start, by scale; other scales take BM3D_UPSCALE_DEFAULT.
 BM3D_UPSCALE_PASSES = {4: ("lc", 8)}
+BM3D_UPSCALE_DEFAULT = ("np", 6)
 
 
 def bm3d_upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
@@ -777,8 +778,9 @@ def bm3d_upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
     by plug-and-play BM3D (:data:`BM3D_UPSCALE_PASSES`, each pass on the image's two halves side
     by side: at x4 35-43 s for a 256-344 px colour result on an Intel Xeon with 2 cores, 105 s at
     512x512)."""
-    profile, passes = BM3D_UPSCALE_PASSES.get(scale, ("np", 6))
-    first = 0.18  # the regularised upscale's share of the time, for progress (bird x4 on an Intel Xeon: 8 s of 44)
+    profile, passes = BM3D_UPSCALE_PASSES.get(scale, BM3D_UPSCALE_DEFAULT)
+    # The regularised upscale's share of the time, for progress (bird x4 on an Intel Xeon: 8 s of 44).
+    first = 0.18
     with share(0.0, first):
         start = regularised_upscale(pixels, scale)
     return _project_between(start, pixels, scale, np.geomspace(*BM3D_UPSCALE_SIGMAS, passes),
