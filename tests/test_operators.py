@@ -3,18 +3,48 @@ import pytest
 import torch
 
 from deepprior import DeepPriorError
-from deepprior.operators import Blur, LanczosDownsampler, Mask, gaussian_kernel, lanczos2_kernel, motion_kernel, parse_kernel
+from deepprior.operators import Blur, LanczosDownsampler, Mask, gaussian_kernel, lanczos_kernel, motion_kernel, parse_kernel
 from deepprior.tasks import Inpaint
 
 
+@pytest.mark.parametrize("support", [2, 3])
 @pytest.mark.parametrize("factor", [2, 3, 4, 8])
-def test_lanczos_kernel_is_normalised_symmetric_and_4x_wide(factor):
-    k = lanczos2_kernel(factor)
-    width = 4 * factor if factor % 2 == 0 else 4 * factor - 1  # odd factors: taps on pixel centres
+def test_lanczos_kernel_is_normalised_symmetric_and_support_wide(factor, support):
+    k = lanczos_kernel(factor, support)
+    n = 2 * support * factor
+    width = n if factor % 2 == 0 else n - 1  # odd factors: taps on pixel centres
     assert k.shape == (width, width)
     assert k.sum() == pytest.approx(1.0)
     np.testing.assert_allclose(k, k[::-1, ::-1])
     np.testing.assert_allclose(k, k.T)
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4, 8])
+def test_downsampler_reaches_support_low_resolution_pixels(factor):
+    assert LanczosDownsampler(factor, 1).reach == 3
+    assert LanczosDownsampler(factor, 1, support=2).reach == 2
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4, 8])
+def test_downsampler_matches_pillow_lanczos(factor):
+    # Users' low-resolution images (and the suites') come from Pillow-style Lanczos-3 downscaling:
+    # the data term's A makes the same image from the same high-resolution one, away from the
+    # border (Pillow clips its window there, the operator replicates).
+    from PIL import Image as PILImage
+
+    rng = np.random.default_rng(factor)
+    smooth = rng.random((12, 12))
+    hr = np.kron(smooth, np.ones((4 * factor // 2, 4 * factor // 2)))[: 16 * factor, : 16 * factor]
+    hr = np.clip(hr + 0.05 * rng.standard_normal(hr.shape), 0, 1).astype(np.float32)
+    pil = PILImage.fromarray(hr, mode="F").resize((16, 16), PILImage.LANCZOS)
+    inner = (slice(3, -3), slice(3, -3))
+
+    def rms(support):
+        ours = LanczosDownsampler(factor, 1, support=support)(torch.from_numpy(hr)[None, None])[0, 0].numpy()
+        return np.sqrt(np.mean((ours[inner] - np.asarray(pil)[inner]) ** 2))
+
+    assert rms(3) < 1e-5  # Pillow's kernel, to float rounding
+    assert rms(2) > 5e-3  # the paper's Lanczos-2 is a different image
 
 
 @pytest.mark.parametrize("factor", [2, 3, 4, 8])

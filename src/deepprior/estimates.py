@@ -401,7 +401,7 @@ def upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
 
 
 # A super-resolution start that agrees with the data: gradient
-# back-projection through the fit's own Lanczos-2 downsampler A from the bicubic upscale, the DCT
+# back-projection through the fit's own Lanczos downsampler A from the bicubic upscale, the DCT
 # of every 8x8 window hard-thresholded between steps (as sparse_fill does for missing pixels), then
 # min ||A x - y||^2 + weight * TV(x) from there (Adam, cosine-decayed step). The known operator is
 # what makes it strong: x4, Set14 less face and monarch (Set5's head and butterfly), mean Y-PSNR
@@ -464,7 +464,7 @@ def _project_between(start: np.ndarray, pixels: np.ndarray, scale: int, levels, 
 
 
 def back_project(pixels: np.ndarray, scale: int, *, sparse: bool = True) -> np.ndarray:
-    """An upscale by ``scale`` that the Lanczos-2 downsampler maps back onto ``pixels``:
+    """An upscale by ``scale`` that the Lanczos downsampler A maps back onto ``pixels``:
     gradient steps on ||A x - y||^2 from the bicubic upscale, with (``sparse``) every 8x8
     window's DCT hard-thresholded between them, the threshold falling geometrically."""
     d = _dct_matrix(SPARSE_BLOCK)

@@ -332,7 +332,7 @@ SCALES = (2, 3, 4, 8)
 
 @dataclass(frozen=True)
 class SuperResolution(Task):
-    """Super-resolution by ``scale``: A is the paper's Lanczos-2 downsampler."""
+    """Super-resolution by ``scale``: A is a Lanczos-3 downsampler, as Pillow's Lanczos filter."""
 
     scale: int = 4
     name = "upscale"
