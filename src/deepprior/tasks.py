@@ -168,18 +168,18 @@ def _denoised_estimate(pixels, sigma, denoiser, exclude=None):
 
 
 #: The super-resolution starts (SuperResolution.upscaler): plug-and-play BM3D on the regularised
-#: upscale with the bm3d extra (Set5, Y: 0.99, 0.58 and 0.39 dB above the regularised upscale at
-#: x2, x3 and x4), the regularised upscale without it, the quick upscale above LARGE_START_PIXELS.
+#: upscale with the bm3d extra, the regularised upscale without it, the quick upscale above
+#: LARGE_START_PIXELS.
 UPSCALERS = {"bm3d": estimates.bm3d_upscale, "regularised": estimates.regularised_upscale,
              "quick": estimates.quick_upscale}
 #: The scales the BM3D start was measured at and is used for.
 BM3D_UPSCALE_SCALES = (2, 3, 4)
 #: The fit's share of an upscale (the fast preset's FitConfig.fit_share is None), by start and
-#: scale: the even mean of the fit and its start, but a quarter of the fit over the BM3D start at
-#: x2 and x3, which already holds most of the detail (Set5 x2: 36.46 dB Y against 36.39 for the
-#: even mean and 36.31 for the start; x3: 32.70 for either share and 32.63, the quarter never
-#: under the start, where the even mean was on baby). Others: SR_FIT_SHARE.
-SR_FIT_SHARES = {("bm3d", 2): 0.25, ("bm3d", 3): 0.25}
+#: scale: the even mean of the fit and its start, but a quarter of the fit over the BM3D start,
+#: which already holds most of the detail (Set5 x4: 30.75 dB Y against 30.73 for the even mean
+#: and the start alike, the fit alone 30.58; BENCHMARKS.md has the curve at each scale). Others:
+#: SR_FIT_SHARE.
+SR_FIT_SHARES = {("bm3d", 2): 0.25, ("bm3d", 3): 0.25, ("bm3d", 4): 0.25}
 SR_FIT_SHARE = 0.5
 
 
