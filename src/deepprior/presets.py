@@ -185,7 +185,7 @@ PRESETS: dict[str, dict[str, FitConfig]] = {
         # perturbation, so their running average is returned; its warm-up lets the first (random)
         # outputs leave the average early, for good previews and early stops. A fixed blend of the
         # fit and its start is returned, the task's share for its start (tasks.SR_FIT_SHARES: the
-        # even mean, a quarter of the fit over the BM3D start): above the fit on the tuning
+        # even mean, less of the fit over the BM3D start): above the fit on the tuning
         # sets' mean, where neither held-out low-resolution pixels nor the same fit one scale lower
         # could tell which of them was better (BENCHMARKS.md, "Choosing between the fit and its start").
         "fast": FitConfig(net=_FAST_SKIP, input="estimate", lr=0.01, iterations=500, reg_noise_std=0.03, ema=0.99,
