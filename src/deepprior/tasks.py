@@ -178,7 +178,7 @@ BM3D_UPSCALE_SCALES = (2, 3, 4)
 #: scale: the even mean of the fit and its start, but less of the fit over the BM3D start, which
 #: already holds most of the detail: a quarter at x3 and x4 (Set5 x4: 30.75 dB Y against 30.73
 #: for the even mean and the start alike, the fit alone 30.58), a tenth at x2, where the fit alone
-#: is 1.2 dB under its start (Set5 x2: 36.83 against the start's 36.82, a quarter 36.78).
+#: is 1.2 dB under its start (Set5 x2: 36.822 dB Y against the start's 36.816, a quarter 36.775).
 #: BENCHMARKS.md has the curve at each scale. Others: SR_FIT_SHARE.
 SR_FIT_SHARES = {("bm3d", 2): 0.1, ("bm3d", 3): 0.25, ("bm3d", 4): 0.25}
 SR_FIT_SHARE = 0.5
