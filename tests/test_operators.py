@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from deepprior import DeepPriorError
+from deepprior import DeepPriorError, Image
+from deepprior.degrade import downscale
 from deepprior.operators import Blur, LanczosDownsampler, Mask, gaussian_kernel, lanczos_kernel, motion_kernel, parse_kernel
 from deepprior.tasks import Inpaint
 
@@ -27,21 +28,18 @@ def test_downsampler_reaches_support_low_resolution_pixels(factor):
 
 @pytest.mark.parametrize("factor", [2, 3, 4, 8])
 def test_downsampler_matches_pillow_lanczos(factor):
-    # Users' low-resolution images (and the suites') come from Pillow-style Lanczos-3 downscaling:
-    # the data term's A makes the same image from the same high-resolution one, away from the
-    # border (Pillow clips its window there, the operator replicates).
-    from PIL import Image as PILImage
-
+    # Users' low-resolution images (and the suites': degrade.downscale) come from Pillow's Lanczos-3
+    # downscaling: the data term's A makes the same image from the same high-resolution one, away
+    # from the border (Pillow clips its window there, the operator replicates).
     rng = np.random.default_rng(factor)
-    smooth = rng.random((12, 12))
-    hr = np.kron(smooth, np.ones((4 * factor // 2, 4 * factor // 2)))[: 16 * factor, : 16 * factor]
-    hr = np.clip(hr + 0.05 * rng.standard_normal(hr.shape), 0, 1).astype(np.float32)
-    pil = PILImage.fromarray(hr, mode="F").resize((16, 16), PILImage.LANCZOS)
+    hr = np.kron(rng.random((12, 12)), np.ones((2 * factor, 2 * factor)))[: 16 * factor, : 16 * factor]
+    hr = np.clip(hr + 0.05 * rng.standard_normal(hr.shape), 0, 1).astype(np.float32)[:, :, None]
     inner = (slice(3, -3), slice(3, -3))
+    pil = downscale(Image(hr, bit_depth=16), factor).pixels[:, :, 0][inner]  # Pillow in floating point
 
     def rms(support):
-        ours = LanczosDownsampler(factor, 1, support=support)(torch.from_numpy(hr)[None, None])[0, 0].numpy()
-        return np.sqrt(np.mean((ours[inner] - np.asarray(pil)[inner]) ** 2))
+        ours = LanczosDownsampler(factor, 1, support=support)(torch.from_numpy(hr[:, :, 0])[None, None])[0, 0].numpy()
+        return np.sqrt(np.mean((ours[inner] - pil) ** 2))
 
     assert rms(3) < 1e-5  # Pillow's kernel, to float rounding
     assert rms(2) > 5e-3  # the paper's Lanczos-2 is a different image

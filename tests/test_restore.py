@@ -479,7 +479,7 @@ def test_an_upscale_returns_the_tasks_share_of_the_fit_and_its_start(rgb32):
     fit = restore(lr, task, iterations=6, stop="off", seed=2, threads=1, fit_share=1.0)
     problem = task.problem(Image(lr))
     start, w = problem.estimate(), problem.fit_share
-    assert w == {"bm3d": tasks.SR_FIT_SHARES.get(("bm3d", 2)), "regularised": tasks.SR_FIT_SHARE}[problem.estimate_name]
+    assert w == {"bm3d": 0.1, "regularised": 0.5}[problem.estimate_name]
     o = runs[0].outcome
     assert o.returned == "blend" and o.fit_weight == w and o.fixed_share and o.held_out_errors is None
     np.testing.assert_allclose(runs[0].image.pixels, np.clip(w * fit.image.pixels + (1 - w) * start, 0, 1), atol=1e-6)
