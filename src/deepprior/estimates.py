@@ -767,7 +767,8 @@ def bm3d_refine(start: np.ndarray, pixels: np.ndarray, fill: np.ndarray) -> np.n
 # the start 0.014 dB under the normal profile's 6 on Set5's mean (butterfly 0.06 under) in 0.42-0.60
 # of its time. At x2 and x3 it was 0.02 and 0.015 under on four Set5 images (butterfly's sharp
 # edges 0.15 and 0.14) for 0.51-0.60: they keep the normal profile. All measured with the Lanczos-2
-# kernel in the operator; with Lanczos-3, 30 to 2 stays within 0.005 dB of the best of six levels at x4.
+# kernel in the operator; with Lanczos-3, 30 to 2 stays within 0.005 dB of the best of six levels at x4
+# (bird, butterfly, head, woman).
 BM3D_UPSCALE_SIGMAS = (30.0, 2.0)  # first and last noise level, on 0-255
 #: BM3D's profile and number of passes in the start, by scale; other scales take BM3D_UPSCALE_DEFAULT.
 BM3D_UPSCALE_PASSES = {4: ("lc", 8)}
