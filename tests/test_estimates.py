@@ -8,7 +8,7 @@ from deepprior import DeepPriorError, Image, degrade, restore, tasks
 from deepprior.degrade import downscale, random_mask
 from deepprior import estimates
 from deepprior.estimates import biharmonic_fill, upscale
-from deepprior.fitting import make_input
+from deepprior.fitting import make_input, returned_phrase
 from deepprior.metrics import psnr
 from deepprior.networks import padded_size
 from deepprior.presets import FitConfig
@@ -377,6 +377,67 @@ def test_bm3d_refine_keeps_the_known_pixels_and_brings_the_text_closer_to_the_tr
     np.testing.assert_array_equal(out[~fill], damaged[~fill])
     np.testing.assert_array_equal(out, estimates.bm3d_refine(start, damaged, fill))
     assert psnr(out[fill], img[fill]) > psnr(start[fill], img[fill])
+
+
+def test_the_bm3d_fill_of_luminance_keeps_the_known_pixels_and_fills_closer_than_its_sparse_start(house):
+    """BM3D on the luminance alone: exact on the known pixels, repeatable, the same as the full
+    BM3D fill on a grey image, and inside the text closer to the truth than the sparse-DCT fill
+    it starts from, on a real colour photo."""
+    pytest.importorskip("bm3d")
+    img = np.ascontiguousarray(house[64:160, 64:160])
+    fill = degrade.text_mask(img.shape[:2], "deep image prior", 0, size=12)
+    damaged = img * ~fill[:, :, None]
+    out = estimates.bm3d_fill(damaged, fill, luminance=True)
+    assert out.shape == img.shape and out.dtype == np.float32
+    np.testing.assert_array_equal(out[~fill], damaged[~fill])
+    np.testing.assert_array_equal(out, estimates.bm3d_fill(damaged, fill, luminance=True))
+    sparse = estimates.sparse_fill(damaged, fill)
+    assert psnr(out[fill], img[fill]) > psnr(sparse[fill], img[fill])
+    grey = np.ascontiguousarray(damaged.mean(axis=2, keepdims=True))
+    np.testing.assert_array_equal(estimates.bm3d_fill(grey, fill, luminance=True), estimates.bm3d_fill(grey, fill))
+
+
+def test_the_bm3d_fill_partners_a_text_start_unless_the_probe_rules_it_out(monkeypatch):
+    """The BM3D fill is blended into text fills only (with the extra, as the refinement), at its
+    share, and not where the probe found the sparse-DCT fills it refines far off the chosen start."""
+    mask = np.zeros((24, 24), bool)
+    mask[4:8, 4:8] = True
+    monkeypatch.setattr(estimates, "bm3d_available", lambda: True)
+    assert tasks.Inpaint(mask=mask, mode="text").partner_fill
+    assert not tasks.Inpaint(mask=mask, mode="hole").partner_fill
+    assert not tasks.Reconstruct(mask=mask).partner_fill
+    monkeypatch.setattr(estimates, "bm3d_available", lambda: False)
+    assert not tasks.Inpaint(mask=mask, mode="text").partner_fill
+
+    start = tasks.FillStart(np.zeros((24, 24, 3), np.float32), mask, tasks.START_FILLS["text"], True, True)
+    assert start.partner_share == 0.0  # nothing chosen yet
+    start.chosen = ("fsr", "sparse16")
+    start.errors = {("fsr", "sparse16"): 1.0, ("sparse", "sparse16"): tasks.PARTNER_PROBE_RATIO * 0.99}
+    assert start.partner_share == tasks.PARTNER_SHARE
+    start.errors[("sparse", "sparse16")] = tasks.PARTNER_PROBE_RATIO
+    assert start.partner_share == 0.0 and start.partner() == (None, 0.0)
+    assert tasks.FillStart(np.zeros((24, 24, 3), np.float32), mask, tasks.START_FILLS["text"], True).partner_share == 0.0
+
+
+def test_a_text_fill_returns_its_choice_blended_with_the_bm3d_fill_and_says_so(rgb32, monkeypatch):
+    """Where the BM3D fill partners the start, the result is the fit's choice blended with it at its
+    share (the same fit, seed for seed, as without it), the known pixels kept, and the report names it."""
+    monkeypatch.setattr(estimates, "bm3d_available", lambda: True)
+    monkeypatch.setattr(estimates, "bm3d_refine", lambda start, pixels, fill: start)
+    partner = np.full(rgb32.shape, 0.9, np.float32)
+    monkeypatch.setattr(estimates, "bm3d_fill", lambda pixels, fill, luminance=False: partner)
+    fill = degrade.text_mask(rgb32.shape[:2], "dip", 0, size=10)
+    damaged = rgb32 * ~fill[:, :, None]
+    task = tasks.Inpaint(mask=fill, mode="text")
+    r = restore(damaged, task, iterations=6)
+    monkeypatch.setattr(tasks.Inpaint, "partner_fill", property(lambda self: False))
+    alone = restore(damaged, task, iterations=6)
+    share = tasks.PARTNER_SHARE
+    np.testing.assert_allclose(r.image.pixels[fill], (1 - share) * alone.image.pixels[fill] + share * 0.9, atol=1e-5)
+    np.testing.assert_array_equal(r.image.pixels[~fill], damaged[~fill])
+    assert r.outcome.partner_share == share and alone.outcome.partner_share == 0.0
+    assert r.report()["returned"]["blended_with"] == {"estimate": "BM3D fill", "share": share}
+    assert f"blended with {share:.0%} BM3D fill" in returned_phrase(r.outcome)
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])

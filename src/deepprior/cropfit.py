@@ -38,7 +38,7 @@ from torch import nn
 
 from .fitting import (FitOutcome, Progress, build_optimizer, ema_decay, fill_noise, fixed_share, hold_out_pixels,
                       init_weights, make_input, make_start, pad_to, preset_share, resolve_device, select_by_region,
-                      to_numpy, total_variation)
+                      to_numpy, total_variation, with_partner)
 from .networks import build_network, padded_size
 from .presets import FitConfig
 from .tasks import Problem
@@ -382,6 +382,7 @@ def fit_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu",
     elif share != 1.0:
         result, weight, returned = fixed_share(out, start_tensor, share)
         fixed = True
+    result, partner_share = with_partner(problem, result)
     return FitOutcome(
         output=np.clip(to_numpy(result), 0.0, 1.0),
         iterations=crops.iterations,
@@ -400,4 +401,6 @@ def fit_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu",
         choice_margin=cfg.choice_margin,
         region_shares=regions.tolist() if regions is not None else None,
         region_size=tile if regions is not None else 0,
+        partner=problem.partner_name if partner_share else None,
+        partner_share=partner_share,
     )

@@ -132,6 +132,8 @@ class FitOutcome:
     region_shares: list[list[float]] | None = None  # each region's fit share, when chosen region by region
     region_size: int = 0  # the side of those regions, output pixels
     start_asked: bool = False  # 0 iterations were asked of a preset that fits a network (the start alone)
+    partner: str | None = None  # a second classical estimate blended in after the choice (Problem.partner)
+    partner_share: float = 0.0  # its share of the returned image
 
 
 def ema_decay(ema: float, warmup: int, iteration: int) -> float:
@@ -490,11 +492,16 @@ def why_returned(o: FitOutcome) -> str:
 
 
 def returned_phrase(o: FitOutcome) -> str:
-    """'fit', 'classical start' or 'blend of 75% fit and 25% classical start', for a report."""
+    """'fit', 'classical start' or 'blend of 75% fit and 25% classical start', for a report;
+    with a second estimate blended in after (:attr:`FitOutcome.partner`), its share named too."""
     if o.returned == "blend":
-        return (f"blend of {o.fit_weight:.0%} fit and {1 - o.fit_weight:.0%} classical start"
-                + (" on average" if o.region_shares is not None else ""))
-    return {"start": "classical start"}.get(o.returned, o.returned)
+        phrase = (f"blend of {o.fit_weight:.0%} fit and {1 - o.fit_weight:.0%} classical start"
+                  + (" on average" if o.region_shares is not None else ""))
+    else:
+        phrase = {"start": "classical start"}.get(o.returned, o.returned)
+    if o.partner_share:
+        phrase += f", {1 - o.partner_share:.0%} of it blended with {o.partner_share:.0%} {o.partner}"
+    return phrase
 
 
 def margin_ratio(differences: torch.Tensor) -> float:
@@ -530,6 +537,17 @@ def fixed_share(fitted: torch.Tensor, start: torch.Tensor, share: float) -> tupl
     """The preset's blend (:func:`preset_share`) where nothing chooses one: the result, its fit
     weight and what was returned ("fit", "start" or "blend")."""
     return blend(fitted, start, share), share, returned_kind(share)
+
+
+def with_partner(problem: Problem, result: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``result`` with the problem's second classical estimate (:attr:`Problem.partner`) blended in
+    at its share, after the choice against the start; the share (0 where there is none)."""
+    if problem.partner is None:
+        return result, 0.0
+    image, share = problem.partner()
+    if image is None or not share:
+        return result, 0.0
+    return blend(_as_tensor(image, result.device), result, share), share
 
 
 def preset_share(cfg: FitConfig, problem: Problem) -> float:
@@ -810,6 +828,9 @@ def fit(
     elif share != 1.0 and start_image is not None and uncertainty is None:
         result, weight, returned = fixed_share(result, _as_tensor(start_image, device), share)
         fixed = True
+    partner_share = 0.0
+    if uncertainty is None:
+        result, partner_share = with_partner(problem, result)
     return FitOutcome(
         output=np.clip(to_numpy(result), 0.0, 1.0),
         iterations=it,
@@ -829,6 +850,8 @@ def fit(
         held_out_errors=errors,
         held_out_leads=leads or None,
         choice_margin=cfg.choice_margin,
+        partner=problem.partner_name if partner_share else None,
+        partner_share=partner_share,
     )
 
 

@@ -169,6 +169,8 @@ def _returned(o: FitOutcome) -> dict:
     if o.region_shares is not None:
         out["region_size"] = o.region_size
         out["region_shares"] = o.region_shares
+    if o.partner_share:
+        out["blended_with"] = {"estimate": o.partner, "share": o.partner_share}
     return out
 
 

@@ -42,6 +42,10 @@ class Problem:
     # The estimate from every pixel, held-out ones included: what a start chosen by them returns.
     full_estimate: Callable[..., np.ndarray] | None = field(default=None, repr=False)
     estimate_name: str | None = None  # what ``estimate`` computes, for the report (e.g. "bm3d")
+    # A second classical estimate blended into the result after the choice against the start:
+    # called, it returns that image (H, W, C) and its share of the result (None and 0: none).
+    partner: Callable[[], tuple[np.ndarray | None, float]] | None = field(default=None, repr=False)
+    partner_name: str | None = None  # what ``partner`` computes, for the report
     # The fit's shares a choice against the start weighs (fitting.choose_result); None: all five.
     blend_weights: tuple[float, ...] | None = None
     # The fit's share of the result a preset with FitConfig.fit_share None returns (None: the fit).
@@ -206,19 +210,33 @@ class PairedStart:
         return start
 
 
+#: The share of the result a text fill gives to the BM3D fill of luminance (estimates.bm3d_fill,
+#: made from every pixel beside the starts) where the ``bm3d`` extra is installed: it and the
+#: refined mean of fills err in different places (the BM3D fill 0.3 dB under that start inside the
+#: text of the 17 inpaint-text suite images, above it on 7; 0.3 / 0.4 / 0.5 of it blended into the
+#: start: +0.05 / +0.05 / +0.04 dB on the mean). Left out where the probe found the two sparse-DCT
+#: fills, which the BM3D fill refines, :data:`PARTNER_PROBE_RATIO` times the chosen fills' error
+#: (Set14's barbara, whose stripes the BM3D fill loses: 3.8 dB under the start).
+PARTNER_SHARE = 0.4
+PARTNER_PROBE_RATIO = 1.5
+
+
 class FillStart:
     """The classical start of an inpainting: the mean of the fills that :func:`estimates.choose_fill`
     picks among ``candidates``, chosen once (on the first call) and kept, so that the start made
     again from every pixel (Problem.full_estimate) uses the same fills; with ``refine``, that mean
     refined by :func:`estimates.bm3d_refine`. Once the fills are chosen the start is a
-    :class:`PairedStart`: called with ``exclude``, it makes the one from every pixel beside it."""
+    :class:`PairedStart`: called with ``exclude``, it makes the one from every pixel beside it.
+    With ``partner``, the BM3D fill of luminance is made beside them too, for :meth:`partner`."""
 
     def __init__(self, pixels: np.ndarray, fill: np.ndarray, candidates: tuple[tuple[str, ...], ...],
-                 refine: bool = False):
+                 refine: bool = False, partner: bool = False):
         self.pixels, self.fill, self.candidates, self.refine = pixels, fill, candidates, refine
+        self.with_partner = partner
         self.chosen: tuple[str, ...] | None = None
         self.errors: dict = {}
         self._paired = PairedStart(self._make)
+        self._partner: np.ndarray | None = None
 
     def __call__(self, exclude: np.ndarray | None = None) -> np.ndarray:
         fill = self.fill if exclude is None else self.fill | exclude
@@ -231,7 +249,34 @@ class FillStart:
             with estimates.share(0.0, probe / total):
                 self.chosen, self.errors = estimates.choose_fill(self.pixels, fill, self.candidates)
         with estimates.share(probe / total, 1.0):
+            if self.partner_share and self._partner is None:
+                start, self._partner = estimates.beside(lambda: self._paired(exclude), self._make_partner)
+                return start
             return self._paired(exclude)
+
+    @property
+    def partner_share(self) -> float:
+        """The BM3D fill's share of the result (:data:`PARTNER_SHARE`; 0 without ``partner``,
+        before the fills are chosen, or where the probe rules it out)."""
+        if not self.with_partner or self.chosen is None:
+            return 0.0
+        sparse, chosen = self.errors.get(("sparse", "sparse16")), self.errors.get(self.chosen)
+        if sparse is not None and chosen and sparse >= PARTNER_PROBE_RATIO * chosen:
+            return 0.0
+        return PARTNER_SHARE
+
+    def partner(self) -> tuple[np.ndarray | None, float]:
+        """The BM3D fill of luminance from every pixel and its share of the result (None and 0
+        where it takes none), made now if the starts did not make it."""
+        share = self.partner_share
+        if not share:
+            return None, 0.0
+        if self._partner is None:
+            self._partner = self._make_partner()
+        return self._partner, share
+
+    def _make_partner(self) -> np.ndarray:
+        return estimates.bm3d_fill(self.pixels, self.fill, luminance=True)
 
     def _made_cost(self) -> float:
         return (estimates.fill_cost(self.chosen) if self.chosen is not None
@@ -465,9 +510,10 @@ class Inpaint(Task):
         known = (~fill).astype(np.float32)
         op = operators.Mask(known)
         target = _tensor(image.pixels * known[:, :, None])
-        return Problem(target, op, (image.height, image.width), image.channels, known=known,
-                       estimate=FillStart(image.pixels, fill, self.start_fills, self.refine_start),
-                       holdout_region=self.check_region(fill))
+        start = FillStart(image.pixels, fill, self.start_fills, self.refine_start, self.partner_fill)
+        return Problem(target, op, (image.height, image.width), image.channels, known=known, estimate=start,
+                       holdout_region=self.check_region(fill),
+                       partner=start.partner if self.partner_fill else None, partner_name="BM3D fill")
 
     def check_region(self, fill: np.ndarray) -> np.ndarray:
         """Where the pixels held out to stop the fit and to choose between it and its start are
@@ -492,6 +538,12 @@ class Inpaint(Task):
         """Whether the text start is refined by plug-and-play BM3D (:func:`estimates.bm3d_refine`):
         where the ``bm3d`` extra is installed, for text, up to :data:`LARGE_START_PIXELS`."""
         return self.mode == "text" and bm3d_start_fits(self.mask)
+
+    @property
+    def partner_fill(self) -> bool:
+        """Whether the BM3D fill of luminance is blended into a text fill's result
+        (:data:`PARTNER_SHARE`): where the start is refined by BM3D (text, the ``bm3d`` extra)."""
+        return self.refine_start
 
     def finish(self, image: Image, restored: np.ndarray) -> np.ndarray:
         if not self.keep_known:

@@ -135,9 +135,11 @@ def dip_table(rows) -> str | None:
 
 
 def _returned(row: dict) -> str:
-    """What a DIP fit returned: the fit, its start, or a blend (with the fit's share)."""
+    """What a DIP fit returned: the fit, its start, or a blend (with the fit's share), and the
+    share of a second estimate blended in after."""
     kind = row.get("returned", "fit")
-    return f"blend, fit {row.get('fit_weight', 1.0):.2f}" if kind == "blend" else kind
+    text = f"blend, fit {row.get('fit_weight', 1.0):.2f}" if kind == "blend" else kind
+    return text + (f" (+{row['partner_share']:.2f} {row.get('partner')})" if row.get("partner_share") else "")
 
 
 # --------------------------------------------------------------------------- figures

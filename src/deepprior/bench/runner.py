@@ -275,6 +275,7 @@ def _run_pair(suite, case, method, *, preset, seed, iters, weights, dip_callback
                    stop_reason=result.outcome.stop_reason, history=result.history,
                    fit_params=result.params, stop_curve=thinned_stop_curve(result.outcome),
                    returned=result.outcome.returned, fit_weight=result.outcome.fit_weight,
+                   partner=result.outcome.partner, partner_share=result.outcome.partner_share,
                    held_out_errors=result.outcome.held_out_errors, held_out_leads=result.outcome.held_out_leads)
     else:
         estimate = baselines.METHODS[method].run(case, weights=weights)
