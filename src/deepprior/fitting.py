@@ -500,7 +500,7 @@ def returned_phrase(o: FitOutcome) -> str:
     else:
         phrase = {"start": "classical start"}.get(o.returned, o.returned)
     if o.partner_share:
-        phrase += f", {1 - o.partner_share:.0%} of it blended with {o.partner_share:.0%} {o.partner}"
+        phrase += f" with {o.partner_share:.0%} of the {o.partner} blended in"
     return phrase
 
 
