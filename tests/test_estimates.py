@@ -424,8 +424,8 @@ def test_a_text_fill_returns_its_choice_blended_with_the_bm3d_fill_and_says_so(r
     share (the same fit, seed for seed, as without it), the known pixels kept, and the report names it."""
     monkeypatch.setattr(estimates, "bm3d_available", lambda: True)
     monkeypatch.setattr(estimates, "bm3d_refine", lambda start, pixels, fill: start)
-    partner = np.full(rgb32.shape, 0.9, np.float32)
-    monkeypatch.setattr(estimates, "bm3d_fill", lambda pixels, fill, luminance=False: partner)
+    partner, made = np.full(rgb32.shape, 0.9, np.float32), []
+    monkeypatch.setattr(estimates, "bm3d_fill", lambda pixels, fill, luminance=False: made.append(1) or partner)
     fill = degrade.text_mask(rgb32.shape[:2], "dip", 0, size=10)
     damaged = rgb32 * ~fill[:, :, None]
     task = tasks.Inpaint(mask=fill, mode="text")
@@ -438,6 +438,12 @@ def test_a_text_fill_returns_its_choice_blended_with_the_bm3d_fill_and_says_so(r
     assert r.outcome.partner_share == share and alone.outcome.partner_share == 0.0
     assert r.report()["returned"]["blended_with"] == {"estimate": "BM3D fill", "share": share}
     assert returned_phrase(r.outcome).endswith(f" with {share:.0%} of the BM3D fill blended in")
+    assert len(made) == 1
+    monkeypatch.undo()  # the start alone (0 iterations) neither makes nor blends it
+    monkeypatch.setattr(estimates, "bm3d_available", lambda: True)
+    monkeypatch.setattr(estimates, "bm3d_refine", lambda start, pixels, fill: start)
+    monkeypatch.setattr(estimates, "bm3d_fill", lambda pixels, fill, luminance=False: made.append(1) or partner)
+    assert restore(damaged, task, iterations=0).outcome.partner_share == 0.0 and len(made) == 1
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])

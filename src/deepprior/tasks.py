@@ -250,7 +250,7 @@ class FillStart:
             with estimates.share(0.0, probe / total):
                 self.chosen, self.errors = estimates.choose_fill(self.pixels, fill, self.candidates)
         with estimates.share(probe / total, 1.0):
-            if self.partner_share and self._partner is None:
+            if exclude is not None and self.partner_share and self._partner is None:  # the fit's start
                 start, self._partner = estimates.beside(lambda: self._paired(exclude), self._make_partner)
                 return start
             return self._paired(exclude)
