@@ -307,16 +307,21 @@ def test_only_a_text_start_is_refined_by_bm3d_and_only_where_it_is_installed(mon
     mean of fills and reconstruction its own BM3D fill (the start is not computed)."""
     mask = np.zeros((24, 24), bool)
     mask[4:8, 4:8] = True
+
+    def refined(task):  # the BM3D fill is blended in exactly where the start is refined
+        assert task.partner_fill == task.refine_start
+        return task.refine_start
+
     monkeypatch.setattr(estimates, "bm3d_available", lambda: True)
-    assert tasks.Inpaint(mask=mask, mode="text").refine_start
-    assert not tasks.Inpaint(mask=mask, mode="hole").refine_start
-    assert not tasks.Reconstruct(mask=mask).refine_start
-    assert not tasks.Inpaint(mask=mask[:8, :8], mode="text").refine_start  # too small for the bm3d package
+    assert refined(tasks.Inpaint(mask=mask, mode="text"))
+    assert not refined(tasks.Inpaint(mask=mask, mode="hole"))
+    assert not refined(tasks.Reconstruct(mask=mask))
+    assert not refined(tasks.Inpaint(mask=mask[:8, :8], mode="text"))  # too small for the bm3d package
     monkeypatch.setattr(tasks, "LARGE_START_PIXELS", 24 * 24 - 1)
-    assert not tasks.Inpaint(mask=mask, mode="text").refine_start
+    assert not refined(tasks.Inpaint(mask=mask, mode="text"))
     monkeypatch.setattr(tasks, "LARGE_START_PIXELS", 24 * 24)
     monkeypatch.setattr(estimates, "bm3d_available", lambda: False)
-    assert not tasks.Inpaint(mask=mask, mode="text").refine_start
+    assert not refined(tasks.Inpaint(mask=mask, mode="text"))
 
 
 def test_a_refined_start_refines_the_chosen_fills_each_time_it_is_made(rgb32, monkeypatch):
@@ -397,18 +402,11 @@ def test_the_bm3d_fill_of_luminance_keeps_the_known_pixels_and_fills_closer_than
     np.testing.assert_array_equal(estimates.bm3d_fill(grey, fill, luminance=True), estimates.bm3d_fill(grey, fill))
 
 
-def test_the_bm3d_fill_partners_a_text_start_unless_the_probe_rules_it_out(monkeypatch):
-    """The BM3D fill is blended into text fills only (with the extra, as the refinement), at its
-    share, and not where the probe found the sparse-DCT fills it refines far off the chosen start."""
+def test_the_bm3d_fill_partners_a_text_start_unless_the_probe_rules_it_out():
+    """The BM3D fill (blended into text fills where the start is refined, see above) takes its
+    share, and none where the probe found the sparse-DCT fills it refines far off the chosen start."""
     mask = np.zeros((24, 24), bool)
     mask[4:8, 4:8] = True
-    monkeypatch.setattr(estimates, "bm3d_available", lambda: True)
-    assert tasks.Inpaint(mask=mask, mode="text").partner_fill
-    assert not tasks.Inpaint(mask=mask, mode="hole").partner_fill
-    assert not tasks.Reconstruct(mask=mask).partner_fill
-    monkeypatch.setattr(estimates, "bm3d_available", lambda: False)
-    assert not tasks.Inpaint(mask=mask, mode="text").partner_fill
-
     start = tasks.FillStart(np.zeros((24, 24, 3), np.float32), mask, tasks.START_FILLS["text"], True, True)
     assert start.partner_share == 0.0  # nothing chosen yet
     start.chosen = ("fsr", "sparse16")

@@ -722,7 +722,8 @@ def bm3d_fill(pixels: np.ndarray, fill: np.ndarray, *, luminance: bool = False) 
 
 def bm3d_luminance(x: np.ndarray, sigma: float, profile: str = "np") -> np.ndarray:
     """:func:`bm3d_denoise` of the luminance of ``x`` (the mean of its channels), the change added
-    to every channel: a third of CBM3D's time on colour, where the refinements of a fill need it."""
+    to every channel: on colour well under half of CBM3D's time (normal profile, 256x256: 23-27 s
+    for the eight passes of a BM3D fill against 55-66 s), where the refinements of a fill need it."""
     if x.shape[2] == 1:
         return bm3d_denoise(x, sigma, profile)
     y = x.mean(axis=2, keepdims=True)
