@@ -55,24 +55,43 @@ def share(start: float, end: float) -> Iterator[None]:
 
 
 def beside(first: Callable[[], np.ndarray], second: Callable[[], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """``first()`` in this thread (it reports progress) and ``second()`` in one beside it, for two
-    estimates that each run on one thread (BM3D): on two cores the pair takes about the time of one."""
+    """``first()`` in this thread and ``second()`` in one beside it, for two estimates that each
+    run on one thread (BM3D): on two cores the pair takes about the time of one. Progress is the
+    slower one's (the pair ends when both have), reported from this thread."""
     out: dict = {}
+    outer = _report.get()
+    done: list[float | None] = [0.0, None]  # the second's counts once it reports
+
+    def report(i: int, fraction: float) -> None:
+        done[i] = fraction
+        if outer is not None and i == 0:
+            outer(min(f for f in done if f is not None))
 
     def run():
         try:
-            out["second"] = second()
+            with reporting(partial(report, 1)):
+                out["second"] = second()
         except BaseException as e:  # raised here, in the caller's thread
             out["error"] = e
+        finally:
+            done[1] = 1.0
 
     # A daemon thread: interrupted (Ctrl-C), the process exits without waiting for it.
     thread = threading.Thread(target=run, name="deepprior-beside", daemon=True)
     thread.start()
-    made = first()
-    thread.join()
+    with reporting(partial(report, 0)):
+        made = first()
+    report(0, 1.0)
+    while thread.is_alive():  # first is done: report the second's progress while it goes on
+        thread.join(BESIDE_REPORT_S)
+        report(0, 1.0)
     if "error" in out:
         raise out["error"]
     return made, out["second"]
+
+
+#: How often, in seconds, :func:`beside` reports the second estimate's progress once the first is done.
+BESIDE_REPORT_S = 1.0
 
 
 def _done(fraction: float) -> None:
