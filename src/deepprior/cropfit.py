@@ -38,7 +38,7 @@ from torch import nn
 
 from .fitting import (FitOutcome, Progress, build_optimizer, ema_decay, fill_noise, fixed_share, hold_out_pixels,
                       init_weights, make_input, make_start, pad_to, preset_share, resolve_device, select_by_region,
-                      share_map, to_numpy, total_variation, with_partner)
+                      to_numpy, total_variation, with_partner)
 from .networks import build_network, padded_size
 from .presets import FitConfig
 from .tasks import Problem
@@ -373,20 +373,16 @@ def fit_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu",
     result = out
     returned, weight, errors, leads, regions, fixed = "fit", 1.0, None, None, None, False
     share = preset_share(cfg, problem)
-    checked = None
     if cfg.select_start and held_out:
         target = problem.target.device
         result, weight, errors, leads, returned, regions = select_by_region(
             problem, out.to(target), start_tensor.to(target), cfg.blend_weights, cfg.choice_margin,
             remake=lambda make: make_start(make, callback, "restart", cfg.crop_iterations, crops.iterations,
                                            time.perf_counter() - started, start_s)[0], region=tile)
-        if problem.partner is not None:  # the regions' choice with the start the held-out pixels judged
-            checked = torch.lerp(start_tensor.to(target), out.to(target),
-                                 share_map(regions, out.shape[-2:], tile).to(target).float())
     elif share != 1.0:
         result, weight, returned = fixed_share(out, start_tensor, share)
         fixed = True
-    result, partner_share, partner_errors = with_partner(problem, result, checked)
+    result, partner_share = with_partner(problem, result)
     return FitOutcome(
         output=np.clip(to_numpy(result), 0.0, 1.0),
         iterations=crops.iterations,
@@ -407,5 +403,4 @@ def fit_crops(problem: Problem, cfg: FitConfig, *, seed: int = 0, device="cpu",
         region_size=tile if regions is not None else 0,
         partner=problem.partner_name if partner_share else None,
         partner_share=partner_share,
-        partner_errors=partner_errors,
     )

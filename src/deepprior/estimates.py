@@ -60,12 +60,12 @@ def beside(first: Callable[[], np.ndarray], second: Callable[[], np.ndarray]) ->
     slower one's (the pair ends when both have), reported from this thread."""
     out: dict = {}
     outer = _report.get()
-    done: list[float | None] = [0.0, None]  # the second's counts once it reports
+    done = [0.0, 0.0]
 
     def report(i: int, fraction: float) -> None:
         done[i] = fraction
         if outer is not None and i == 0:
-            outer(min(f for f in done if f is not None))
+            outer(min(done))
 
     def run():
         try:

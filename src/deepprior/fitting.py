@@ -134,7 +134,6 @@ class FitOutcome:
     start_asked: bool = False  # 0 iterations were asked of a preset that fits a network (the start alone)
     partner: str | None = None  # a second classical estimate blended in after the choice (Problem.partner)
     partner_share: float = 0.0  # its share of the returned image
-    partner_errors: tuple[float, float] | None = None  # held-out error without and with it, where checked
 
 
 def ema_decay(ema: float, warmup: int, iteration: int) -> float:
@@ -540,29 +539,15 @@ def fixed_share(fitted: torch.Tensor, start: torch.Tensor, share: float) -> tupl
     return blend(fitted, start, share), share, returned_kind(share)
 
 
-def with_partner(problem: Problem, result: torch.Tensor, checked: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, float, tuple[float, float] | None]:
+def with_partner(problem: Problem, result: torch.Tensor) -> tuple[torch.Tensor, float]:
     """``result`` with the problem's second classical estimate (:attr:`Problem.partner`) blended in
-    at its share, after the choice against the start. With ``checked``, what the held-out pixels
-    can judge of ``result`` (the chosen candidate, its start made without them, as the partner
-    is), the partner is blended in only where that lowers the mean error on them: a share fixed
-    in advance ends under the start on images where the partner is the worse of the two. Returns
-    the result, the partner's share (0 where none is blended in) and, where checked, the
-    held-out error without and with the partner."""
+    at its share, after the choice against the start; the share (0 where there is none)."""
     if problem.partner is None:
-        return result, 0.0, None
+        return result, 0.0
     image, share = problem.partner()
     if image is None or not share:
-        return result, 0.0, None
-    partner = _as_tensor(image, result.device)
-    errors = None
-    if checked is not None and problem.held is not None:
-        with torch.no_grad():
-            errors = (float(problem.held_out_loss(checked)),
-                      float(problem.held_out_loss(blend(partner, checked, share))))
-        if errors[1] >= errors[0]:
-            return result, 0.0, errors
-    return blend(partner, result, share), share, errors
+        return result, 0.0
+    return blend(_as_tensor(image, result.device), result, share), share
 
 
 def preset_share(cfg: FitConfig, problem: Problem) -> float:
@@ -834,20 +819,18 @@ def fit(
     else:
         result, stopped_at = running.current, it
     elapsed = time.perf_counter() - start
-    returned, weight, errors, leads, fixed, checked = "fit", 1.0, None, None, False, None
+    returned, weight, errors, leads, fixed = "fit", 1.0, None, None, False
     share = preset_share(cfg, problem)
     if cfg.select_start and held_out and start_image is not None and uncertainty is None:
-        fitted, held_start = result, _as_tensor(start_image, device)
         result, weight, errors, leads, returned = select_against_start(
-            problem, fitted, held_start, cfg.blend_weights, cfg.choice_margin,
+            problem, result, _as_tensor(start_image, device), cfg.blend_weights, cfg.choice_margin,
             remake=lambda make: make_start(make, callback, "restart", cfg.iterations, it, elapsed, start_s)[0])
-        checked = blend(fitted, held_start, weight)
     elif share != 1.0 and start_image is not None and uncertainty is None:
         result, weight, returned = fixed_share(result, _as_tensor(start_image, device), share)
         fixed = True
-    partner_share, partner_errors = 0.0, None
+    partner_share = 0.0
     if uncertainty is None:
-        result, partner_share, partner_errors = with_partner(problem, result, checked)
+        result, partner_share = with_partner(problem, result)
     return FitOutcome(
         output=np.clip(to_numpy(result), 0.0, 1.0),
         iterations=it,
@@ -869,7 +852,6 @@ def fit(
         choice_margin=cfg.choice_margin,
         partner=problem.partner_name if partner_share else None,
         partner_share=partner_share,
-        partner_errors=partner_errors,
     )
 
 

@@ -171,8 +171,6 @@ def _returned(o: FitOutcome) -> dict:
         out["region_shares"] = o.region_shares
     if o.partner_share:
         out["blended_with"] = {"estimate": o.partner, "share": o.partner_share}
-    if o.partner_errors is not None:  # the held-out pixels' error of the choice without and with it
-        out["partner_check"] = {"without": o.partner_errors[0], "with": o.partner_errors[1]}
     return out
 
 

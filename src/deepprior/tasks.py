@@ -211,11 +211,10 @@ class PairedStart:
 
 
 #: The share of the result a text fill gives to the BM3D fill of luminance (estimates.bm3d_fill,
-#: made beside the fit's start) where the ``bm3d`` extra is installed and the held-out pixels
-#: find the blend better (fitting.with_partner): it and the refined mean of fills err in
-#: different places (the BM3D fill 0.32 dB under that start inside the text of the 17
-#: inpaint-text suite images, above it on 8; 0.3 / 0.4 / 0.5 of it blended into the start:
-#: +0.05 / +0.05 / +0.04 dB on the mean, and +0.05 / +0.06 / +0.06 on the Set5+Kodak photos,
+#: made from every pixel beside the starts) where the ``bm3d`` extra is installed: it and the
+#: refined mean of fills err in different places (the BM3D fill 0.32 dB under that start inside the
+#: text of the 17 inpaint-text suite images, above it on 8; 0.3 / 0.4 / 0.5 of it blended into the
+#: start: +0.05 / +0.05 / +0.04 dB on the mean, and +0.05 / +0.06 / +0.06 on the Set5+Kodak photos,
 #: above the start on 9 of 10 at each). Left out where the probe found the two sparse-DCT
 #: fills, which the BM3D fill refines, :data:`PARTNER_PROBE_RATIO` times the chosen fills' error
 #: (Set14's barbara, whose stripes the BM3D fill loses: 3.8 dB under the start).
@@ -252,8 +251,7 @@ class FillStart:
                 self.chosen, self.errors = estimates.choose_fill(self.pixels, fill, self.candidates)
         with estimates.share(probe / total, 1.0):
             if exclude is not None and self.partner_share and self._partner is None:  # the fit's start
-                start, self._partner = estimates.beside(lambda: self._paired(exclude),
-                                                        partial(self._make_partner, exclude))
+                start, self._partner = estimates.beside(lambda: self._paired(exclude), self._make_partner)
                 return start
             return self._paired(exclude)
 
@@ -269,9 +267,8 @@ class FillStart:
         return PARTNER_SHARE
 
     def partner(self) -> tuple[np.ndarray | None, float]:
-        """The BM3D fill of luminance and its share of the result (None and 0 where it takes none):
-        made beside the fit's start without the held-out pixels, so that they can judge whether to
-        blend it in (fitting.with_partner); made now from every pixel if no start made it."""
+        """The BM3D fill of luminance from every pixel and its share of the result (None and 0
+        where it takes none), made now if the starts did not make it."""
         share = self.partner_share
         if not share:
             return None, 0.0
@@ -279,9 +276,8 @@ class FillStart:
             self._partner = self._make_partner()
         return self._partner, share
 
-    def _make_partner(self, exclude: np.ndarray | None = None) -> np.ndarray:
-        fill = self.fill if exclude is None else self.fill | exclude
-        return estimates.bm3d_fill(self.pixels, fill, luminance=True)
+    def _make_partner(self) -> np.ndarray:
+        return estimates.bm3d_fill(self.pixels, self.fill, luminance=True)
 
     def _made_cost(self) -> float:
         return (estimates.fill_cost(self.chosen) if self.chosen is not None
