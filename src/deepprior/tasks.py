@@ -212,10 +212,11 @@ class PairedStart:
 
 #: The share of the result a text fill gives to the BM3D fill of luminance (estimates.bm3d_fill,
 #: made from every pixel beside the probe and the starts) where the ``bm3d`` extra is installed:
-#: it and the refined mean of fills err in different places (the BM3D fill 0.32 dB under that start inside the
-#: text of the 17 inpaint-text suite images, above it on 8; 0.3 / 0.4 / 0.5 of it blended into the
-#: start: +0.05 / +0.05 / +0.04 dB on the mean, and +0.05 / +0.06 / +0.06 on the Set5+Kodak photos,
-#: above the start on 9 of 10 at each). Left out where the probe found the two sparse-DCT
+#: it and the refined mean of fills err in different places (the BM3D fill 0.32 dB under that
+#: start inside the text of the 17 inpaint-text suite images, above it on 8; 0.3 / 0.4 / 0.5 of it
+#: blended into the start: +0.05 / +0.05 / +0.04 dB on the mean, and +0.05 / +0.06 / +0.06 on the
+#: Set5+Kodak photos, above the start on 9 of 10 at each). Weighing it by the held-out pixels
+#: instead scored lower on every text set (BENCHMARKS.md). Left out where the probe found the two sparse-DCT
 #: fills, which the BM3D fill refines, :data:`PARTNER_PROBE_RATIO` times the chosen fills' error
 #: (Set14's barbara, whose stripes the BM3D fill loses: 3.8 dB under the start).
 PARTNER_SHARE = 0.4
