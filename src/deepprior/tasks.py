@@ -216,9 +216,9 @@ class PairedStart:
 #: start inside the text of the 17 inpaint-text suite images, above it on 8; 0.3 / 0.4 / 0.5 of it
 #: blended into the start: +0.05 / +0.05 / +0.04 dB on the mean, and +0.05 / +0.06 / +0.06 on the
 #: Set5+Kodak photos, above the start on 9 of 10 at each). Weighing it by the held-out pixels
-#: instead scored lower on every text set (BENCHMARKS.md). Left out where the probe found the two sparse-DCT
-#: fills, which the BM3D fill refines, :data:`PARTNER_PROBE_RATIO` times the chosen fills' error
-#: (Set14's barbara, whose stripes the BM3D fill loses: 3.8 dB under the start).
+#: instead scored lower on every text set (BENCHMARKS.md). Left out where the probe found the two
+#: sparse-DCT fills, which the BM3D fill refines, :data:`PARTNER_PROBE_RATIO` times the chosen
+#: fills' error (Set14's barbara, whose stripes the BM3D fill loses: 3.8 dB under the start).
 PARTNER_SHARE = 0.4
 PARTNER_PROBE_RATIO = 1.5
 
@@ -244,7 +244,8 @@ class FillStart:
     def __call__(self, exclude: np.ndarray | None = None) -> np.ndarray:
         if exclude is not None and self.with_partner and self._partner is None:  # the fit's start
             # The BM3D fill needs no choice of fills, so it is made beside the probe as well as the
-            # starts (kate, 512x512: the probe 25 s, the pair 57 s, the BM3D fill 103 s on one core).
+            # starts (kate, 512x512: the probe 25 s, the pair 57 s, the BM3D fill 103 s on one core),
+            # even where the probe then rules it out (partner_share).
             start, self._partner = estimates.beside(partial(self._start, exclude), self._make_partner)
             return start
         return self._start(exclude)
