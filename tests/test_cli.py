@@ -74,14 +74,18 @@ def test_every_task_runs(tmp_path, photo, capsys):
         assert PILImage.open(out).size == expected, args
 
 
-def test_a_hole_filled_by_the_fast_preset_says_no_network_was_fitted(tmp_path, photo, capsys):
+def test_a_hole_filled_with_0_iterations_says_no_network_was_fitted(tmp_path, photo, capsys):
     mask = tmp_path / "hole.png"
     code, _, err = run(capsys, "degrade", photo, "-o", tmp_path / "holed.png", "--hole", "--mask-out", mask)
     assert code == 0, err
     code, _, err = run(capsys, "inpaint", tmp_path / "holed.png", "--mask", mask, "--mode", "hole",
-                       "-o", tmp_path / "filled.png", "-q")
+                       "-o", tmp_path / "filled.png", "--iters", 0, "-q")
     assert code == 0, err
     assert "no network fitted" in err and "returned the classical start" in err
+    code, _, err = run(capsys, "inpaint", tmp_path / "holed.png", "--mask", mask, "--mode", "hole",
+                       "-o", tmp_path / "fitted.png", "--iters", 5, "-q")
+    assert code == 0, err
+    assert "5 iterations" in err and "blend" in err
 
 
 def test_degrade_options(tmp_path, photo, capsys):

@@ -196,8 +196,10 @@ def test_large_images_go_to_crops_when_the_preset_can():
     assert large_image_method(fast, 3000, 2000, "tiles") == "tiles"
     assert large_image_method(get_preset("inpaint", "fast"), 3000, 2000) == "crops"  # text starts from a fill
     hole = get_preset("hole", "fast")
-    assert large_image_method(hole, 3000, 2000) == "whole"  # no network fitted: the start is made whole
-    hole_fit = replace(hole, iterations=300)  # a hole fit asked for goes tile by tile
+    assert large_image_method(hole, 3000, 2000) == "whole"  # drawn at a fixed size: its cost does not grow
+    assert large_image_method(replace(hole, iterations=0), 3000, 2000) == "whole"  # the start alone
+    assert large_image_method(hole, 3000, 2000, "tiles") == "tiles"
+    hole_fit = replace(hole, draw_pixels=0)  # drawn at full size from noise: tile by tile
     assert large_image_method(hole_fit, 3000, 2000) == "tiles"
     with pytest.raises(DeepPriorError, match="cannot fit on crops"):
         large_image_method(hole_fit, 3000, 2000, "crops")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from deepprior.networks import NetConfig, build_network, count_parameters, padded_size
+from deepprior.networks import NetConfig, Upsampled, build_network, count_parameters, draw_size, padded_size
 
 
 def test_paper_network_has_the_published_size():
@@ -36,3 +36,17 @@ def test_padded_size_is_a_multiple_and_never_smaller():
         assert hp % 32 == 0 and wp % 32 == 0
         assert hp >= max(h, 64) and wp >= max(w, 64)
     assert padded_size(64, 128, 5) == (64, 128)
+
+
+def test_a_network_drawn_at_a_fixed_size_keeps_the_aspect_and_upsamples_to_the_image():
+    assert draw_size(256, 256, 5, 128 * 128) == (128, 128)
+    assert draw_size(100, 100, 5, 128 * 128) == padded_size(100, 100, 5)  # small enough already
+    assert draw_size(256, 256, 5, 0) == (256, 256)  # 0: no drawing at a smaller size
+    h, w = draw_size(3000, 4000, 5, 128 * 128)
+    assert (h, w) == (128, 160)  # about the pixels asked for (sides padded to 32), nearly the aspect
+    cfg = NetConfig(channels_down=(8, 8), channels_up=(8, 8), channels_skip=(2, 2))
+    inner = build_network(cfg, 4, 3)
+    net = Upsampled(inner, (96, 128))
+    out = net(torch.rand(1, 4, 24, 32))
+    assert out.shape == (1, 3, 96, 128) and out.min() >= 0 and out.max() <= 1
+    assert count_parameters(net) == count_parameters(inner)

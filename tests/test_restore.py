@@ -1,6 +1,7 @@
 """Every task end to end through the Python API, on tiny crops of a real photo."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -65,36 +66,50 @@ def test_inpaint_keeps_known_pixels_and_fills_the_rest(rgb32):
     assert not np.array_equal(raw.image.pixels[~fill], damaged[~fill])
 
 
-def test_hole_mode_starts_from_a_fill_and_the_paper_preset_from_the_meshgrid(rgb32):
+def test_hole_mode_draws_from_noise_and_the_paper_preset_from_the_meshgrid(rgb32):
     fill = np.zeros(rgb32.shape[:2], bool)
     fill[8:24, 8:24] = True
     r = restore(rgb32, tasks.Inpaint(mask=fill, mode="hole"), iterations=5)
-    assert r.params["fit"]["input"] == "estimate" and r.image.pixels.shape == rgb32.shape
-    assert r.report()["returned"]["result"] in ("fit", "start", "blend")
+    assert r.params["fit"]["input"] == "noise" and r.params["fit"]["draw_pixels"] > 0
+    assert r.image.pixels.shape == rgb32.shape and r.report()["returned"]["result"] == "blend"
     fit = restore(rgb32, tasks.Inpaint(mask=fill, mode="hole"), "paper", iterations=2).params["fit"]
     assert fit["input"] == "meshgrid" and fit["net"]["kind"] == "hourglass" and fit["net"]["upsample"] == "nearest"
 
 
-def test_the_fast_hole_preset_returns_its_start_without_a_fit_and_says_so(rgb32):
+def test_the_fast_hole_preset_returns_the_even_mean_of_its_fit_and_the_fills(rgb32):
+    from deepprior import estimates
+    from deepprior.degrade import hole_mask
+
+    fill = hole_mask((32, 32), seed=1)
+    damaged = np.where(fill[:, :, None], 0.0, rgb32).astype(np.float32)
+    start = estimates.mean_fill(damaged, fill, tasks.START_FILLS["hole"][0])
+    r = restore(damaged, tasks.Inpaint(mask=fill, mode="hole"), iterations=5, seed=3)
+    o = r.outcome
+    assert (o.iterations, o.returned, o.fit_weight, o.fixed_share) == (5, "blend", 0.5, True) and o.parameters > 0
+    np.testing.assert_array_equal(r.image.pixels[~fill], damaged[~fill])
+    fitted = 2 * r.image.pixels[fill] - start[fill]  # the fit's own values inside the hole
+    assert fitted.min() > -1e-5 and fitted.max() < 1 + 1e-5 and np.abs(fitted - start[fill]).mean() > 0.01
+    again = restore(damaged, tasks.Inpaint(mask=fill, mode="hole"), iterations=5, seed=3)
+    np.testing.assert_array_equal(again.image.pixels, r.image.pixels)  # reproducible by seed
+    assert r.report()["params"]["start"]["fills"] == list(tasks.START_FILLS["hole"][0])
+
+
+def test_a_hole_with_0_iterations_returns_the_fills_mean_and_says_so(rgb32):
     from deepprior import estimates
     from deepprior.degrade import hole_mask
 
     fill = hole_mask((32, 32), seed=1)
     damaged = np.where(fill[:, :, None], 0.0, rgb32).astype(np.float32)
     seen = []
-    r = restore(damaged, tasks.Inpaint(mask=fill, mode="hole"), callback=seen.append)
+    r = restore(damaged, tasks.Inpaint(mask=fill, mode="hole"), iterations=0, callback=seen.append)
     o = r.outcome
     assert (o.iterations, o.returned, o.fit_weight, o.parameters) == (0, "start", 0.0, 0)
     expected = estimates.mean_fill(damaged, fill, tasks.START_FILLS["hole"][0])
     np.testing.assert_allclose(r.image.pixels, expected, atol=1e-6)
-    np.testing.assert_array_equal(r.image.pixels[~fill], damaged[~fill])
-    assert "no network" in r.report()["returned"]["why"] and r.report()["tiling"]["method"] == "whole"
+    assert "0 iterations" in r.report()["returned"]["why"] and r.report()["tiling"]["method"] == "whole"
     assert seen and {p.stage for p in seen} == {"start"}  # the start's progress reaches the caller
-    # Asked for iterations, the network is fitted from that start.
-    fitted = restore(damaged, tasks.Inpaint(mask=fill, mode="hole"), iterations=5)
-    assert fitted.outcome.iterations == 5 and fitted.outcome.parameters > 0
     # Above the fit-whole size the start is still made whole, not tile by tile.
-    big = restore(damaged, tasks.Inpaint(mask=fill, mode="hole"), max_fit_pixels=256)
+    big = restore(damaged, tasks.Inpaint(mask=fill, mode="hole"), iterations=0, max_fit_pixels=256)
     assert big.report()["tiling"]["method"] == "whole"
     np.testing.assert_allclose(big.image.pixels, expected, atol=1e-6)
 
@@ -227,6 +242,8 @@ def test_bad_options_are_clear_errors(rgb32):
         restore(rgb32, tasks.Denoise(), preset="slow")
     with pytest.raises(DeepPriorError):
         restore(rgb32, tasks.Denoise(), stop="sometimes")
+    with pytest.raises(DeepPriorError, match="draw_pixels"):  # a refined estimate cannot be drawn coarsely
+        restore(rgb32, tasks.Denoise(), iterations=3, draw_pixels=256)
     with pytest.raises(DeepPriorError, match="no known pixel"):
         tasks.load_mask(np.ones((4, 4), bool), size=(4, 4))
     with pytest.raises(DeepPriorError, match="no pixel to fill"):
@@ -394,7 +411,7 @@ def test_a_hole_is_checked_on_a_copy_of_it_elsewhere_held_out_whole():
     assert not (probe & fill).any() and probe.sum() > 0.5 * fill.sum()
     problem = tasks.Inpaint(mask=fill, mode="hole").problem(Image(np.random.default_rng(0).random((128, 128, 3),
                                                                                                   np.float32)))
-    assert hold_out_pixels(problem, get_preset("hole", "fast"), seed=0)
+    assert hold_out_pixels(problem, replace(get_preset("hole", "fast"), select_start=True), seed=0)
     held = problem.held[0, 0].numpy() > 0
     assert not (held & ~probe).any() and held.sum() >= 0.98 * probe.sum()  # nearly all of the copy
 

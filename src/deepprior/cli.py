@@ -114,7 +114,7 @@ RayAddress = Annotated[Optional[str], typer.Option(
     "--ray-address", help="Join this Ray cluster ('auto': the one started here with ray start); default: start a local one.")]
 TileExecutor = Annotated[str, typer.Option(
     "--executor",
-    help="local, or ray: the tiles of a tiled restoration (--large tiles, or a hole fit of a large image) "
+    help="local, or ray: the tiles of a tiled restoration (--large tiles, or a preset that cannot fit on crops) "
          "are fitted as Ray tasks, with the same result as here for the same seed and --threads. A whole fit "
          "or a fit on crops runs here either way.")]
 
@@ -457,8 +457,8 @@ def inpaint(
     mask: MaskOpt,
     mask_known: MaskKnown = False,
     mode: Annotated[HoleMode, typer.Option("--mode", help="text (text, scribbles, watermarks) or hole (large holes: the fast "
-                                                          "preset returns a mean of six classical fills and fits no network "
-                                                          "unless --iters asks for one).")] = HoleMode.text,
+                                                          "preset returns the even mean of six classical fills and a network "
+                                                          "drawn at about 128x128; --iters 0 the fills' mean alone).")] = HoleMode.text,
 ):
     """Fill the masked pixels of an image."""
     make = _mask_task(mask, mask_known, c, lambda fill: Inpaint(mask=fill, mode=mode.value))

@@ -23,7 +23,7 @@ from torch import nn
 from .errors import DeepPriorError
 from .estimates import reporting
 from .metrics import psnr as _psnr
-from .networks import build_network, padded_size
+from .networks import Upsampled, build_network, draw_size, padded_size
 from .presets import FitConfig
 from .stopping import HeldOutLoss, WindowedVariance, holdout_mask
 from .tasks import Problem
@@ -471,8 +471,7 @@ def why_returned(o: FitOutcome) -> str:
     if o.start_asked:
         return "0 iterations were asked for"
     if o.fixed_share and o.iterations == 0:
-        return ("the preset fits no network here: fits from this start were not reliably better, "
-                "and no check without the ground truth told where one was")
+        return "no network was fitted (0 iterations)"
     if o.fixed_share:
         return f"the preset's fixed share of the fit for this start, {o.fit_weight:g}: nothing is held out to choose on"
     if o.region_shares is not None:
@@ -700,11 +699,9 @@ NO_START = "0 iterations return the classical start alone, and this preset has n
 def start_only(problem: Problem, cfg: FitConfig,
                callback: Callable[[Progress], bool | None] | None = None) -> FitOutcome:
     """The classical start itself, made from every pixel, with no network fitted: what 0
-    iterations return, by default for hole filling (where no fit from the start was reliably
-    better and no check without the truth told where one was; BENCHMARKS.md) and when asked for
-    (the start alone, in its own time)."""
+    iterations return (the start alone, in its own time)."""
     make = problem.full_estimate or problem.estimate
-    if cfg.input != "estimate" or make is None:
+    if not cfg.uses_start or make is None:
         raise DeepPriorError(NO_START)
     image, seconds = make_start(make, callback, "start", 0)
     return FitOutcome(output=np.clip(image, 0.0, 1.0).astype(np.float32), iterations=0, stopped_at=0,
@@ -740,11 +737,14 @@ def fit(
     held_out = hold_out_pixels(problem, cfg, seed)
     rule = stopping_rule(problem, cfg, seed, held_out)
     start_image, start_s = None, math.nan
-    if cfg.input == "estimate" and problem.estimate is not None:
+    if cfg.uses_start and problem.estimate is not None:
         start_image, start_s = make_start(problem.estimate, callback, "start", cfg.iterations)
-    z = make_input(cfg, problem, (hp, wp), gen, estimate=start_image).to(device)
+    z_size = draw_size(hp, wp, cfg.net.scales, cfg.draw_pixels)
+    z = make_input(cfg, problem, z_size, gen, estimate=start_image).to(device)
     net = build_network(cfg.net, z.shape[1], problem.channels)
     init_weights(net, gen)
+    if z_size != (hp, wp):
+        net = Upsampled(net, (hp, wp))
     net.to(device).train()
     problem.to(device)
     opt = build_optimizer(cfg, net, z)

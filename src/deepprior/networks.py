@@ -12,6 +12,7 @@ at, and the fitting code pads and crops around it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -162,6 +163,29 @@ def padded_size(height: int, width: int, scales: int) -> tuple[int, int]:
         return max(2 * f, -(-n // f) * f)
 
     return up(height), up(width)
+
+
+def draw_size(height: int, width: int, scales: int, pixels: int) -> tuple[int, int]:
+    """The input size of a network that draws a (``height``, ``width``) image at no more than
+    about ``pixels`` pixels (:class:`Upsampled`): the padded size itself where that is small enough."""
+    if pixels <= 0 or height * width <= pixels:
+        return padded_size(height, width, scales)
+    s = math.sqrt(height * width / pixels)
+    return padded_size(max(1, round(height / s)), max(1, round(width / s)), scales)
+
+
+class Upsampled(nn.Module):
+    """A generator whose output is upscaled bicubically to ``size`` (clipped to [0, 1]): it draws
+    the image coarsely, and the data term sees the image at its own size."""
+
+    def __init__(self, net: nn.Module, size: tuple[int, int]):
+        super().__init__()
+        self.net = net
+        self.size = tuple(size)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.interpolate(self.net(z), size=self.size, mode="bicubic", align_corners=False)
+        return x.clamp(0.0, 1.0)
 
 
 def count_parameters(net: nn.Module) -> int:

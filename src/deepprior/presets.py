@@ -48,10 +48,15 @@ class FitConfig:
     # must fall below the start's for select_start to prefer it: 0 takes the least error, however
     # slight its lead; more keeps the start unless the held-out pixels tell the others apart from it.
     choice_margin: float = 0.0
-    # The fit's share of what is returned when nothing chooses it (select_start off) and the fit
-    # started from an estimate: 1 returns the fit, 0.5 the even mean of the fit and its start;
+    # The fit's share of what is returned when nothing chooses it (select_start off), the rest
+    # being the task's classical estimate (the fit's start, or made to be blended in where the fit
+    # draws from noise): 1 returns the fit, 0.5 the even mean of the fit and the estimate;
     # None: the task's share for its start (tasks.Problem.fit_share).
     fit_share: float | None = 1.0
+    # > 0: the network draws the image at a size of at most this many pixels (its aspect kept) and
+    # its output is upscaled bicubically before the data term: a prior for content with no fine
+    # detail (a large hole), whose cost does not grow with the image. Needs a noise or meshgrid input.
+    draw_pixels: int = 0
     stop_window: int = 100
     stop_patience: int = 400
     stop_start: int = 0  # the rule's minima before this iteration are not taken (see stopping.py)
@@ -70,6 +75,12 @@ class FitConfig:
     sgld_noise: float = 2.0  # weight noise std = sgld_noise * lr
     burn_in: float = 0.5  # fraction of the iterations discarded before sampling
     sample_every: int = 10
+
+    @property
+    def uses_start(self) -> bool:
+        """Whether the task's classical estimate is made: the fit starts from it (``input``
+        "estimate"), or a fit from noise is blended with it at a fixed share (``fit_share`` < 1)."""
+        return self.input == "estimate" or (self.fit_share is not None and self.fit_share < 1)
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "net"}
@@ -219,13 +230,16 @@ PRESETS: dict[str, dict[str, FitConfig]] = {
             reg_noise_std=0.03,
             ema=0.0,
         ),
-        # The mean of six fills (tasks.START_FILLS), no network fitted (0 iterations): fits from
-        # it, chosen on a copy of the hole elsewhere held out whole, were taken where they lost
-        # up to 4 dB inside the hole and gained at most 0.1 where taken right; from the meshgrid a
-        # fit drew flat, wrong-coloured blobs (BENCHMARKS.md). With iterations asked for, the fit
-        # runs from that start and is checked on that copy (tasks.Inpaint.check_region);
-        # large images are then filled tile by tile (a crop inside a large hole holds no known pixel).
-        "fast": replace(_FAST_FILL, holdout=0.99, crop_iterations=0, iterations=0),
+        # The even mean of a fit from noise and the mean of six fills (tasks.START_FILLS). The
+        # network draws at about 128x128 (draw_pixels), so its cost stays near 40 s at any size:
+        # a large hole is mostly low frequencies, and there the network continues the structure
+        # around it where the fills smear it. Fits from the fills' mean, chosen on a copy of the
+        # hole elsewhere, lost up to 4 dB inside the hole; from the meshgrid the hourglass drew
+        # flat, wrong-coloured blobs (BENCHMARKS.md). With 0 iterations the fills' mean alone; a
+        # check asked for (select_start) holds out a copy of the hole elsewhere whole (holdout).
+        "fast": replace(_FAST_FILL, net=_FAST_SKIP, input="noise", input_depth=32, lr=0.01, iterations=1000,
+                        ema=0.99, stop="off", stop_rule="variance", select_start=False, holdout=0.99,
+                        crop_iterations=0, fit_share=0.5, draw_pixels=128 * 128),
     },
     "reconstruct": {
         # Restoration with 50 % of pixels dropped: lr 0.001, 11000 iterations.

@@ -143,8 +143,8 @@ class Result:
 def _start_choice(problem, cfg: FitConfig) -> dict | None:
     """The classical estimate the fit started from: its name (denoising), or which fills an
     inpainting took and how each candidate did on the probe pixels (tasks.FillStart); None when
-    the fit did not start from an estimate."""
-    if cfg.input != "estimate":
+    the fit neither started from an estimate nor was blended with one."""
+    if not cfg.uses_start:
         return None
     out = {"estimate": problem.estimate_name} if problem.estimate_name else {}
     start = problem.full_estimate or problem.estimate
@@ -213,8 +213,11 @@ def configure(task: Task, preset: str = "fast", **overrides) -> FitConfig:
             raise DeepPriorError(f"blend weights must be fit shares between 0 and 1, got {overrides['blend_weights']}")
         overrides["blend_weights"] = w
     cfg = replace(cfg, **overrides)
-    if cfg.iterations == 0 and cfg.input != "estimate":
+    if cfg.iterations == 0 and not cfg.uses_start:
         raise DeepPriorError(NO_START)
+    if cfg.draw_pixels < 0 or (cfg.draw_pixels and cfg.input not in ("noise", "meshgrid")):
+        raise DeepPriorError(f"draw_pixels must be 0, or positive with a noise or meshgrid input "
+                             f"(got {cfg.draw_pixels} with input {cfg.input!r})")
     return cfg
 
 
@@ -225,11 +228,15 @@ def large_image_method(cfg: FitConfig, result_pixels: int, max_fit_pixels: int |
 
     Up to ``max_fit_pixels`` (None: any size) the image is fitted whole. Above it ``large``
     decides; "auto" takes crops when the preset can (``crop_iterations`` > 0, not Bayesian),
-    else tiles. A preset of 0 iterations fits nothing: its start is made whole at any size.
+    else tiles. A preset of 0 iterations fits nothing: its start is made whole at any size; nor
+    does "auto" cut up a fit whose network draws at a fixed size (``draw_pixels``: a hole's fill,
+    which a tile inside the hole could not see around).
     """
     if large not in LARGE_METHODS:
         raise DeepPriorError(f"large-image method must be one of {', '.join(LARGE_METHODS)}, got {large!r}")
     if max_fit_pixels is None or result_pixels <= max_fit_pixels or cfg.iterations == 0:
+        return "whole"
+    if cfg.draw_pixels and large == "auto":
         return "whole"
     if large == "crops" and not cfg.crop_iterations:
         raise DeepPriorError("this preset cannot fit on crops (its input is not an estimate of the image); "
