@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from deepprior import DeepPriorError, Image, degrade, restore, tasks
-from deepprior.degrade import downscale, random_mask
+from deepprior.degrade import downscale, hole_mask, random_mask
 from deepprior import estimates
 from deepprior.estimates import biharmonic_fill, upscale
 from deepprior.fitting import make_input, returned_phrase
@@ -663,3 +663,12 @@ def test_a_shared_estimate_reports_within_its_span():
         estimates._done(1.0)
     assert seen == [0.5, 0.75, 1.0]
     estimates._done(0.5)  # nobody listening: nothing to do
+
+
+def test_the_range_of_the_fills_brackets_their_mean_and_keeps_the_known_pixels(rgb32):
+    fill = hole_mask(rgb32.shape[:2], 0)
+    mean, low, high = estimates.fills_mean_and_range(rgb32, fill, ("telea", "ns", "biharmonic"))
+    np.testing.assert_array_equal(mean, estimates.mean_fill(rgb32, fill, ("telea", "ns", "biharmonic")))
+    assert (low <= mean + 1e-7).all() and (mean <= high + 1e-7).all() and (high - low)[fill].max() > 0.01
+    for v in (mean, low, high):
+        np.testing.assert_array_equal(v[~fill], rgb32[~fill])

@@ -82,13 +82,18 @@ def test_the_fast_hole_preset_returns_the_even_mean_of_its_fit_and_the_fills(rgb
 
     fill = hole_mask((32, 32), seed=1)
     damaged = np.where(fill[:, :, None], 0.0, rgb32).astype(np.float32)
-    start = estimates.mean_fill(damaged, fill, tasks.START_FILLS["hole"][0])
+    start, low, high = estimates.fills_mean_and_range(damaged, fill, tasks.START_FILLS["hole"][0])
     r = restore(damaged, tasks.Inpaint(mask=fill, mode="hole"), iterations=5, seed=3)
     o = r.outcome
     assert (o.iterations, o.returned, o.fit_weight, o.fixed_share) == (5, "blend", 0.5, True) and o.parameters > 0
     np.testing.assert_array_equal(r.image.pixels[~fill], damaged[~fill])
     fitted = 2 * r.image.pixels[fill] - start[fill]  # the fit's own values inside the hole
-    assert fitted.min() > -1e-5 and fitted.max() < 1 + 1e-5 and np.abs(fitted - start[fill]).mean() > 0.01
+    # ... clipped into the range of the six fills, and not the start itself.
+    assert (fitted >= low[fill] - 1e-5).all() and (fitted <= high[fill] + 1e-5).all()
+    assert np.abs(fitted - start[fill]).mean() > 0.005
+    unbounded = restore(damaged, tasks.Inpaint(mask=fill, mode="hole"), iterations=5, seed=3, bound_fit=False)
+    free = 2 * unbounded.image.pixels[fill] - start[fill]
+    assert ((free < low[fill] - 1e-3) | (free > high[fill] + 1e-3)).any()  # the clip had work to do
     again = restore(damaged, tasks.Inpaint(mask=fill, mode="hole"), iterations=5, seed=3)
     np.testing.assert_array_equal(again.image.pixels, r.image.pixels)  # reproducible by seed
     assert r.report()["params"]["start"]["fills"] == list(tasks.START_FILLS["hole"][0])

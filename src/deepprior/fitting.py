@@ -821,6 +821,9 @@ def fit(
     elapsed = time.perf_counter() - start
     returned, weight, errors, leads, fixed = "fit", 1.0, None, None, False
     share = preset_share(cfg, problem)
+    if cfg.bound_fit and problem.bounds is not None and uncertainty is None:
+        low, high = (_as_tensor(b, device) for b in problem.bounds())
+        result = torch.minimum(torch.maximum(result, low), high)
     if cfg.select_start and held_out and start_image is not None and uncertainty is None:
         result, weight, errors, leads, returned = select_against_start(
             problem, result, _as_tensor(start_image, device), cfg.blend_weights, cfg.choice_margin,

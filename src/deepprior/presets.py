@@ -53,10 +53,15 @@ class FitConfig:
     # draws from noise): 1 returns the fit, 0.5 the even mean of the fit and the estimate;
     # None: the task's share for its start (tasks.Problem.fit_share).
     fit_share: float | None = 1.0
-    # > 0: the network draws the image at a size of at most this many pixels (its aspect kept) and
-    # its output is upscaled bicubically before the data term: a prior for content with no fine
-    # detail (a large hole), whose cost does not grow with the image. Needs a noise or meshgrid input.
+    # > 0: the network draws the image at about this many pixels (its aspect kept, sides padded
+    # to the network's multiple) and its output is upscaled bicubically before the data term: a
+    # prior for content with no fine detail (a large hole) whose network does not grow with the
+    # image. Needs a noise or meshgrid input.
     draw_pixels: int = 0
+    # Clip the fit, pixel by pixel, into the range of the task's classical estimates
+    # (tasks.Problem.bounds: for inpainting, the least and greatest of the fills there) before it
+    # is chosen or blended: it keeps the network's shapes but never a colour no fill proposes.
+    bound_fit: bool = False
     stop_window: int = 100
     stop_patience: int = 400
     stop_start: int = 0  # the rule's minima before this iteration are not taken (see stopping.py)
@@ -230,16 +235,18 @@ PRESETS: dict[str, dict[str, FitConfig]] = {
             reg_noise_std=0.03,
             ema=0.0,
         ),
-        # The even mean of a fit from noise and the mean of six fills (tasks.START_FILLS). The
-        # network draws at about 128x128 (draw_pixels), so its cost stays near 40 s at any size:
-        # a large hole is mostly low frequencies, and there the network continues the structure
-        # around it where the fills smear it. Fits from the fills' mean, chosen on a copy of the
-        # hole elsewhere, lost up to 4 dB inside the hole; from the meshgrid the hourglass drew
+        # The even mean of the mean of six fills (tasks.START_FILLS) and a fit from noise drawn at
+        # about 128x128 (draw_pixels: a large hole is mostly low frequencies, and the network's
+        # cost stays the same at any image size), clipped pixel by pixel into the six fills' range
+        # (bound_fit): the network continues the structure around the hole where the fills smear
+        # it, and the clip keeps it from the odd wrong-coloured blob (a cyan patch on Set5's baby,
+        # 8 dB under the fills' mean unclipped). Fits from the fills' mean, chosen on a copy of
+        # the hole elsewhere, lost up to 4 dB inside the hole; from the meshgrid the hourglass drew
         # flat, wrong-coloured blobs (BENCHMARKS.md). With 0 iterations the fills' mean alone; a
         # check asked for (select_start) holds out a copy of the hole elsewhere whole (holdout).
         "fast": replace(_FAST_FILL, net=_FAST_SKIP, input="noise", input_depth=32, lr=0.01, iterations=1000,
                         ema=0.99, stop="off", stop_rule="variance", select_start=False, holdout=0.99,
-                        crop_iterations=0, fit_share=0.5, draw_pixels=128 * 128),
+                        crop_iterations=0, fit_share=0.5, draw_pixels=128 * 128, bound_fit=True),
     },
     "reconstruct": {
         # Restoration with 50 % of pixels dropped: lr 0.001, 11000 iterations.

@@ -46,6 +46,9 @@ class Problem:
     # called, it returns that image (H, W, C) and its share of the result (None and 0: none).
     partner: Callable[[], tuple[np.ndarray | None, float]] | None = field(default=None, repr=False)
     partner_name: str | None = None  # what ``partner`` computes, for the report
+    # The per-pixel range (low, high), each (H, W, C), of the task's classical estimates, which a
+    # preset with FitConfig.bound_fit clips the fit to (inpainting: the range of the fills).
+    bounds: Callable[[], tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False)
     # The fit's shares a choice against the start weighs (fitting.choose_result); None: all five.
     blend_weights: tuple[float, ...] | None = None
     # The fit's share of the result a preset with FitConfig.fit_share None returns (None: the fit).
@@ -240,6 +243,7 @@ class FillStart:
         self.errors: dict = {}
         self._paired = PairedStart(self._make)
         self._partner: np.ndarray | None = None
+        self._range: tuple[np.ndarray, np.ndarray] | None = None
 
     def __call__(self, exclude: np.ndarray | None = None) -> np.ndarray:
         if exclude is not None and self.with_partner and self._partner is None:  # the fit's start
@@ -285,6 +289,13 @@ class FillStart:
             self._partner = self._make_partner()
         return self._partner, share
 
+    def fills_range(self) -> tuple[np.ndarray, np.ndarray]:
+        """The per-pixel least and greatest of the chosen fills made from every pixel
+        (:func:`estimates.fills_mean_and_range`), made now if the start has not made them."""
+        if self._range is None:
+            self._start()
+        return self._range
+
     def _make_partner(self) -> np.ndarray:
         return estimates.bm3d_fill(self.pixels, self.fill, luminance=True)
 
@@ -301,7 +312,9 @@ class FillStart:
         made = self._made_cost()
         fills_share = made / (made + self._refine_cost())
         with estimates.share(0.0, fills_share):
-            start = estimates.mean_fill(self.pixels, fill, self.chosen)
+            start, low, high = estimates.fills_mean_and_range(self.pixels, fill, self.chosen)
+        if exclude is None:
+            self._range = (low, high)
         if not self.refine:
             return start
         with estimates.share(fills_share, 1.0):
@@ -522,7 +535,7 @@ class Inpaint(Task):
         target = _tensor(image.pixels * known[:, :, None])
         start = FillStart(image.pixels, fill, self.start_fills, self.refine_start, self.partner_fill)
         return Problem(target, op, (image.height, image.width), image.channels, known=known, estimate=start,
-                       holdout_region=self.check_region(fill),
+                       holdout_region=self.check_region(fill), bounds=start.fills_range,
                        partner=start.partner if self.partner_fill else None, partner_name="BM3D fill")
 
     def check_region(self, fill: np.ndarray) -> np.ndarray:
