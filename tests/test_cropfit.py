@@ -343,3 +343,13 @@ def test_a_large_denoising_reports_its_shares_region_by_region(house):
     returned = r.report()["returned"]
     assert returned["region_size"] == 512 and np.array(returned["region_shares"]).shape == (1, 1)
     assert "region by region" in returned["why"]
+
+
+def test_the_work_of_a_drawn_fit_counts_the_drawn_pixels_and_a_share_of_the_result():
+    from deepprior.restoration import DRAWN_PIXEL_COST, planned_work
+
+    hole = get_preset("hole", "fast")
+    big = 12_000_000
+    assert planned_work(hole, big, "whole") == (hole.draw_pixels + DRAWN_PIXEL_COST * big) * hole.iterations
+    assert planned_work(hole, 10_000, "whole") == 10_000 * hole.iterations  # drawn at its own size
+    assert planned_work(replace(hole, draw_pixels=0), big, "whole") == big * hole.iterations
