@@ -672,3 +672,16 @@ def test_the_range_of_the_fills_brackets_their_mean_and_keeps_the_known_pixels(r
     assert (low <= mean + 1e-7).all() and (mean <= high + 1e-7).all() and (high - low)[fill].max() > 0.01
     for v in (mean, low, high):
         np.testing.assert_array_equal(v[~fill], rgb32[~fill])
+
+
+def test_only_a_hole_start_keeps_the_fills_range_and_a_text_start_makes_it_when_asked(rgb32):
+    fill = hole_mask(rgb32.shape[:2], 0)
+    methods = ("telea", "ns", "biharmonic")
+    _, low, high = estimates.fills_mean_and_range(rgb32, fill, methods)
+    for keep in (True, False):
+        start = tasks.FillStart(rgb32, fill, (methods,), keep_range=keep)
+        start()
+        assert (start._range is not None) == keep  # two full-size images held only where used
+        made_low, made_high = start.fills_range()
+        np.testing.assert_array_equal(made_low, low)
+        np.testing.assert_array_equal(made_high, high)

@@ -131,7 +131,7 @@ class FitOutcome:
     choice_margin: float = 0.0  # the lead a candidate needed over the start to be taken
     region_shares: list[list[float]] | None = None  # each region's fit share, when chosen region by region
     region_size: int = 0  # the side of those regions, output pixels
-    start_asked: bool = False  # 0 iterations were asked of a preset that fits a network (the start alone)
+    start_asked: bool = False  # 0 iterations were asked for: the start alone, no network fitted
     partner: str | None = None  # a second classical estimate blended in after the choice (Problem.partner)
     partner_share: float = 0.0  # its share of the returned image
 
@@ -470,8 +470,6 @@ def why_returned(o: FitOutcome) -> str:
     """Why the choice against the start returned what it did, in words for a report."""
     if o.start_asked:
         return "0 iterations were asked for"
-    if o.fixed_share and o.iterations == 0:
-        return "no network was fitted (0 iterations)"
     if o.fixed_share:
         return f"the preset's fixed share of the fit for this start, {o.fit_weight:g}: nothing is held out to choose on"
     if o.region_shares is not None:
@@ -706,7 +704,7 @@ def start_only(problem: Problem, cfg: FitConfig,
     image, seconds = make_start(make, callback, "start", 0)
     return FitOutcome(output=np.clip(image, 0.0, 1.0).astype(np.float32), iterations=0, stopped_at=0,
                       stop_reason="completed", elapsed_s=seconds, history=[], backtracks=0, stop_curve=[],
-                      parameters=0, returned="start", fit_weight=0.0, fixed_share=True)
+                      parameters=0, returned="start", fit_weight=0.0, fixed_share=True, start_asked=True)
 
 
 def fit(

@@ -353,8 +353,6 @@ def restore(
         outcome, tiling = _fit_tiles(image, task, cfg, tiles, scale, seed=seed, device=dev, callback=callback,
                                      callback_every=callback_every, reference=ref, executor=executor,
                                      ray_address=ray_address, threads=threads)
-    if cfg.iterations == 0 and get_preset(task.preset_key, preset).iterations > 0:
-        outcome = replace(outcome, start_asked=True)
     pixels = task.finish(image, outcome.output)
     restored = image.with_pixels(pixels)
     metrics = {}

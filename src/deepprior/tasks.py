@@ -233,16 +233,18 @@ class FillStart:
     refined by :func:`estimates.bm3d_refine`. Once the fills are chosen the start is a
     :class:`PairedStart`: called with ``exclude``, it makes the one from every pixel beside it.
     With ``partner``, the fit's start makes the BM3D fill of luminance beside the probe and them, for
-    :meth:`partner`."""
+    :meth:`partner`; with ``keep_range``, the start from every pixel keeps the fills' range for
+    :meth:`fills_range`."""
 
     def __init__(self, pixels: np.ndarray, fill: np.ndarray, candidates: tuple[tuple[str, ...], ...],
-                 refine: bool = False, partner: bool = False):
+                 refine: bool = False, partner: bool = False, keep_range: bool = False):
         self.pixels, self.fill, self.candidates, self.refine = pixels, fill, candidates, refine
         self.with_partner = partner
         self.chosen: tuple[str, ...] | None = None
         self.errors: dict = {}
         self._paired = PairedStart(self._make)
         self._partner: np.ndarray | None = None
+        self.keep_range = keep_range
         self._range: tuple[np.ndarray, np.ndarray] | None = None
 
     def __call__(self, exclude: np.ndarray | None = None) -> np.ndarray:
@@ -291,9 +293,13 @@ class FillStart:
 
     def fills_range(self) -> tuple[np.ndarray, np.ndarray]:
         """The per-pixel least and greatest of the chosen fills made from every pixel
-        (:func:`estimates.fills_mean_and_range`), made now if the start has not made them."""
+        (:func:`estimates.fills_mean_and_range`): kept by the start with ``keep_range``, else
+        made now."""
         if self._range is None:
-            self._start()
+            if self.chosen is None:
+                self._start()
+            if self._range is None:
+                self._range = estimates.fills_mean_and_range(self.pixels, self.fill, self.chosen)[1:]
         return self._range
 
     def _make_partner(self) -> np.ndarray:
@@ -313,7 +319,7 @@ class FillStart:
         fills_share = made / (made + self._refine_cost())
         with estimates.share(0.0, fills_share):
             start, low, high = estimates.fills_mean_and_range(self.pixels, fill, self.chosen)
-        if exclude is None:
+        if exclude is None and self.keep_range:  # two full-size images: kept only where they are used
             self._range = (low, high)
         if not self.refine:
             return start
@@ -533,7 +539,8 @@ class Inpaint(Task):
         known = (~fill).astype(np.float32)
         op = operators.Mask(known)
         target = _tensor(image.pixels * known[:, :, None])
-        start = FillStart(image.pixels, fill, self.start_fills, self.refine_start, self.partner_fill)
+        start = FillStart(image.pixels, fill, self.start_fills, self.refine_start, self.partner_fill,
+                          keep_range=self.mode == "hole")
         return Problem(target, op, (image.height, image.width), image.channels, known=known, estimate=start,
                        holdout_region=self.check_region(fill), bounds=start.fills_range,
                        partner=start.partner if self.partner_fill else None, partner_name="BM3D fill")
