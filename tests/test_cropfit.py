@@ -199,6 +199,11 @@ def test_large_images_go_to_crops_when_the_preset_can():
     assert large_image_method(hole, 3000, 2000) == "whole"  # drawn at a fixed size: its cost does not grow
     assert large_image_method(replace(hole, iterations=0), 3000, 2000) == "whole"  # the start alone
     assert large_image_method(hole, 3000, 2000, "tiles") == "tiles"
+    # Above its work size a hole is filled from a window around it, reduced to that size.
+    above = hole.work_pixels + 1
+    assert large_image_method(hole, above, None) == large_image_method(hole, above, 2000) == "window"
+    assert large_image_method(replace(hole, iterations=0), above, None) == "window"  # so is the start alone
+    assert large_image_method(hole, above, 2000, "tiles") == "tiles"  # a method asked for is kept
     hole_fit = replace(hole, draw_pixels=0)  # drawn at full size from noise: tile by tile
     assert large_image_method(hole_fit, 3000, 2000) == "tiles"
     with pytest.raises(DeepPriorError, match="cannot fit on crops"):
@@ -353,3 +358,4 @@ def test_the_work_of_a_drawn_fit_counts_the_drawn_pixels_and_a_share_of_the_resu
     assert planned_work(hole, big, "whole") == (hole.draw_pixels + DRAWN_PIXEL_COST * big) * hole.iterations
     assert planned_work(hole, 10_000, "whole") == 10_000 * hole.iterations  # drawn at its own size
     assert planned_work(replace(hole, draw_pixels=0), big, "whole") == big * hole.iterations
+    assert planned_work(hole, big, "window") == planned_work(hole, hole.work_pixels, "whole")  # at most the work size

@@ -99,6 +99,33 @@ def test_the_fast_hole_preset_returns_the_even_mean_of_its_fit_and_the_fills(rgb
     assert r.report()["params"]["start"]["fills"] == list(tasks.START_FILLS["hole"][0])
 
 
+def test_a_hole_is_filled_from_a_window_around_it_reduced_above_the_work_size(house):
+    image = np.ascontiguousarray(house[:64, :96])
+    fill = np.zeros((64, 96), bool)
+    fill[20:36, 50:74] = True
+    damaged = np.where(fill[:, :, None], 0.0, image).astype(np.float32)
+    task = tasks.Inpaint(mask=fill, mode="hole")
+    # Three times the hole's extent on each axis (or the work size's side), centred on it, within the image.
+    assert task.window(Image(damaged), 16 * 16) == (4, 24, 48, 72)
+    assert task.window(Image(damaged), 100 * 100) == (0, 0, 64, 96)
+    with pytest.raises(DeepPriorError, match="no pixel to fill"):
+        tasks.Inpaint(mask=np.zeros((64, 96), bool), mode="hole").window(Image(damaged), 256)
+
+    r = restore(damaged, task, iterations=5, seed=1, work_pixels=24 * 24, reference=image)
+    t = r.report()["tiling"]
+    assert t["method"] == "window" and t["window"] == [4, 24, 48, 72] and t["size"] == [20, 29]
+    assert r.image.pixels.shape == image.shape
+    np.testing.assert_array_equal(r.image.pixels[~fill], damaged[~fill])  # known pixels kept exactly
+    assert np.isfinite(r.image.pixels).all() and r.image.pixels[fill].mean() > 0.05
+    assert r.metrics["psnr"] == pytest.approx(psnr(r.image.pixels, image))  # scored at full size
+    again = restore(damaged, task, iterations=5, seed=1, work_pixels=24 * 24)
+    np.testing.assert_array_equal(again.image.pixels, r.image.pixels)  # reproducible by seed
+    # Up to the work size the image is filled whole, as before; a task that cannot be reduced says so.
+    assert restore(damaged, task, iterations=2).report()["tiling"]["method"] == "whole"
+    with pytest.raises(DeepPriorError, match="cannot be restored at a reduced size"):
+        restore(damaged, tasks.Denoise(), iterations=2, work_pixels=24 * 24)
+
+
 def test_a_hole_with_0_iterations_returns_the_fills_mean_and_says_so(rgb32):
     from deepprior import estimates
     from deepprior.degrade import hole_mask

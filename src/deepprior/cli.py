@@ -326,6 +326,11 @@ def _restore_and_write(task_factory, input_path: Path, c: Common, extra_inputs=(
     if t and t["method"] == "crops":
         fit_line = (f"fitted on {t['crops']} crops of {t['crop_size'][1]}x{t['crop_size'][0]} ({o.iterations} iterations, "
                     f"{how}), then run over the whole image, {o.elapsed_s:.1f} s")
+    elif t and t["method"] == "window":
+        top, left, wh, ww = t["window"]
+        at = "" if t["size"] == [wh, ww] else f" reduced to {t['size'][1]}x{t['size'][0]}"
+        fit_line = (f"restored {ww}x{wh} around the missing pixels{at}, {o.iterations} iterations, {how}, "
+                    f"{o.elapsed_s:.1f} s")
     elif t:
         fitted = f"{t['tiles_done']} of {t['tiles']} tiles of {t['tile_size'][1]}x{t['tile_size'][0]}"
         fit_line = f"{fitted}, {o.iterations} iterations in all, {how}, {o.elapsed_s:.1f} s"

@@ -183,6 +183,29 @@ def _fsr_in_strips(img: np.ndarray, fill: np.ndarray, strip: int = FSR_STRIP) ->
     return out
 
 
+def shrink(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``pixels`` (H, W, C) area-averaged to ``size`` (width, height), the channel axis kept."""
+    import cv2
+
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], pixels.shape[2])
+
+
+def shrink_mask(fill: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The missing pixels ``fill`` at ``size`` (width, height): a pixel is missing where any of the
+    pixels :func:`shrink` averages into it is, so that every known one is made of known pixels."""
+    import cv2
+
+    return cv2.resize(np.asarray(fill, dtype=np.float32), size, interpolation=cv2.INTER_AREA) > 0
+
+
+def enlarge(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``pixels`` (h, w[, C]) upscaled bicubically to ``height`` x ``width``, the channel axis kept."""
+    import cv2
+
+    channels = pixels.shape[2] if pixels.ndim == 3 else 1
+    return cv2.resize(pixels, (width, height), interpolation=cv2.INTER_CUBIC).reshape(height, width, channels)
+
+
 def fsr_half_fill(pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
     """FSR in its best mode on the image at half size (area-averaged; a half-size pixel is missing
     where any of its four is), upscaled bicubically into the missing pixels. A large hole is
@@ -199,9 +222,8 @@ def fsr_half_fill(pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
         return opencv_fill(pixels, fill, "fsr")
     size = (width // 2, height // 2)
     img = cv2.resize(Image(pixels).to_array(np.uint8), size, interpolation=cv2.INTER_AREA)
-    small_fill = cv2.resize(fill.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0
-    out = _xphoto_fsr(img, small_fill, best=True)
-    up = cv2.resize(out, (width, height), interpolation=cv2.INTER_CUBIC).reshape(pixels.shape)
+    out = _xphoto_fsr(img, shrink_mask(fill, size), best=True)
+    up = enlarge(out, height, width)
     return np.where(fill[:, :, None], up.astype(np.float32) / 255.0, pixels).astype(np.float32)
 
 

@@ -221,12 +221,21 @@ def configure(task: Task, preset: str = "fast", **overrides) -> FitConfig:
     return cfg
 
 
+def reduced_size(height: int, width: int, pixels: int) -> tuple[int, int]:
+    """(width, height) of an image of ``height`` x ``width`` reduced to about ``pixels``, its aspect kept."""
+    factor = math.sqrt(pixels / (height * width))
+    return max(1, round(width * factor)), max(1, round(height * factor))
+
+
 def large_image_method(cfg: FitConfig, result_pixels: int, max_fit_pixels: int | None, large: str = "auto") -> str:
     """How a result of ``result_pixels`` is restored: "whole" (one fit), "crops" (the network
     fitted on random crops, then run over the image in tiles: :mod:`deepprior.cropfit`) or
     "tiles" (every tile fitted on its own and blended: :mod:`deepprior.tiling`).
 
-    Up to ``max_fit_pixels`` (None: any size) the image is fitted whole. Above it ``large``
+    A preset with ``work_pixels`` restores a larger result under "auto" as "window": the part of
+    the image around what is restored (:meth:`~deepprior.tasks.Task.window`), reduced to about
+    that many pixels where larger (:meth:`~deepprior.tasks.Task.reduce`), the result upscaled.
+    Else up to ``max_fit_pixels`` (None: any size) the image is fitted whole. Above it ``large``
     decides; "auto" takes crops when the preset can (``crop_iterations`` > 0, not Bayesian),
     else tiles. A preset of 0 iterations fits nothing: its start is made whole at any size; nor
     does "auto" cut up a fit whose network draws at a fixed size (``draw_pixels``: a hole's fill,
@@ -234,6 +243,8 @@ def large_image_method(cfg: FitConfig, result_pixels: int, max_fit_pixels: int |
     """
     if large not in LARGE_METHODS:
         raise DeepPriorError(f"large-image method must be one of {', '.join(LARGE_METHODS)}, got {large!r}")
+    if cfg.work_pixels and result_pixels > cfg.work_pixels and large == "auto":
+        return "window"
     if max_fit_pixels is None or result_pixels <= max_fit_pixels or cfg.iterations == 0:
         return "whole"
     if cfg.draw_pixels and large == "auto":
@@ -260,6 +271,8 @@ def planned_work(cfg: FitConfig, result_pixels: int, method: str) -> float:
     for a whole or tiled fit; for a fit on crops, the crops' pixels times its steps, plus one
     pass over the result (about a third of a training step's cost per pixel); for a network
     drawing at ``draw_pixels``, those pixels and :data:`DRAWN_PIXEL_COST` of the result's."""
+    if method == "window":
+        result_pixels = min(result_pixels, cfg.work_pixels)
     if method == "crops":
         return float(cfg.crop_iterations * cfg.crop_batch * cfg.crop_size**2 + result_pixels / 3)
     if cfg.draw_pixels and result_pixels > cfg.draw_pixels:
@@ -320,21 +333,31 @@ def restore(
             raise DeepPriorError(f"threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
     dev = resolve_device(device)
+    scale = task.scale if isinstance(task, SuperResolution) else 1
+    method = large_image_method(cfg, image.height * image.width * scale * scale, max_fit_pixels, large)
+    full_image, full_task, window = image, task, None
+    if method == "window":
+        window = task.window(image, cfg.work_pixels)
+        task, image = _window_of(task, image, window, cfg.work_pixels)
     problem = task.problem(image)
     ref = None
     if reference is not None:
         ref = load_image(reference).pixels
         h, w = problem.out_size
+        full_ref = ref
+        if window and full_ref.shape[:2] == (full_image.height, full_image.width):
+            top, left, wh, ww = window
+            ref = estimates.shrink(np.ascontiguousarray(ref[top : top + wh, left : left + ww]), (w, h))
         if ref.shape[:2] != (h, w):
             raise DeepPriorError(
-                f"reference is {ref.shape[1]}x{ref.shape[0]} but the result will be {w}x{h}"
+                f"reference is {full_ref.shape[1]}x{full_ref.shape[0]} but the result will be "
+                f"{full_image.width * scale}x{full_image.height * scale}"
             )
         if ref.shape[2] != problem.channels:
             ref = ref.mean(axis=2, keepdims=True) if problem.channels == 1 else np.repeat(ref, 3, axis=2)
-    scale = task.scale if isinstance(task, SuperResolution) else 1
+            full_ref = full_ref.mean(axis=2, keepdims=True) if problem.channels == 1 else np.repeat(full_ref, 3, axis=2)
     if tile_overlap < 0:
         raise DeepPriorError(f"tile_overlap must be >= 0, got {tile_overlap}")
-    method = large_image_method(cfg, image.height * image.width * scale * scale, max_fit_pixels, large)
     if method == "crops" and overrides.get("iterations") is not None:
         cfg = replace(cfg, crop_iterations=cfg.iterations)  # asked-for steps are the crop fit's steps
     tiles = [None] if method != "tiles" else plan_tiles(
@@ -353,14 +376,21 @@ def restore(
         outcome, tiling = _fit_tiles(image, task, cfg, tiles, scale, seed=seed, device=dev, callback=callback,
                                      callback_every=callback_every, reference=ref, executor=executor,
                                      ray_address=ray_address, threads=threads)
+    if window:
+        top, left, wh, ww = window
+        tiling = {"method": "window", "tiles": 1, "window": [top, left, wh, ww], "size": [image.height, image.width]}
+        outcome = replace(outcome, output=_placed(outcome.output, full_image.pixels, window),
+                          uncertainty=None if outcome.uncertainty is None else
+                          _placed(outcome.uncertainty, np.zeros_like(full_image.pixels), window))
+        image, task, ref = full_image, full_task, full_ref if ref is not None else None
     pixels = task.finish(image, outcome.output)
     restored = image.with_pixels(pixels)
     metrics = {}
     if ref is not None:
-        scale = task.scale if isinstance(task, SuperResolution) else None
-        metrics = quality(restored.pixels, ref, sr_scale=scale)
+        sr_scale = task.scale if isinstance(task, SuperResolution) else None
+        metrics = quality(restored.pixels, ref, sr_scale=sr_scale)
     params = {"task": task.params(), "fit": cfg.to_dict()}
-    start = _start_choice(problem, cfg) if method in ("whole", "crops") else None
+    start = _start_choice(problem, cfg) if method in ("whole", "crops", "window") else None
     if start:
         params["start"] = start
     return Result(
@@ -375,6 +405,27 @@ def restore(
         metrics=metrics,
         tiling=tiling,
     )
+
+
+def _window_of(task: Task, image: Image, window: tuple[int, int, int, int], pixels: int) -> tuple[Task, Image]:
+    """``task`` and ``image`` cut to ``window``, reduced to about ``pixels`` where larger (unless
+    that would leave no known pixel)."""
+    top, left, height, width = window
+    task = task.crop(top, left, height, width)
+    image = Image(np.ascontiguousarray(image.pixels[top : top + height, left : left + width]),
+                  bit_depth=image.bit_depth, source=image.source)
+    if height * width <= pixels:
+        return task, image
+    small_task, small = task.reduce(image, reduced_size(height, width, pixels))
+    return (task, image) if np.asarray(small_task.mask).all() else (small_task, small)
+
+
+def _placed(output: np.ndarray, canvas: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
+    """``output``, restored over ``window``, upscaled to it where reduced and put into a copy of ``canvas``."""
+    top, left, height, width = window
+    placed = np.array(canvas, dtype=np.float32)
+    placed[top : top + height, left : left + width] = estimates.enlarge(output, height, width)
+    return placed
 
 
 def _fit_tile(pixels: np.ndarray, bit_depth: int, task: Task, cfg: FitConfig, *, seed: int, device, reference=None,

@@ -347,6 +347,16 @@ class Task:
         """The same task on a crop of the input (for tiling): per-pixel data is cropped with it."""
         return self
 
+    def window(self, image: Image, pixels: int) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of the part of ``image`` a preset that restores large images
+        at a reduced size (FitConfig.work_pixels, about ``pixels``) fits."""
+        raise DeepPriorError(f"{self.name} cannot be restored at a reduced size")
+
+    def reduce(self, image: Image, size: tuple[int, int]) -> tuple["Task", Image]:
+        """The same task on ``image`` reduced to ``size`` (width, height), and that image (see
+        :meth:`window`)."""
+        raise DeepPriorError(f"{self.name} cannot be restored at a reduced size")
+
 
 @dataclass(frozen=True)
 class Denoise(Task):
@@ -510,8 +520,8 @@ def near_mask(fill: np.ndarray, reach: int = HOLDOUT_REACH) -> np.ndarray:
 class Inpaint(Task):
     """Fill masked pixels. ``mask`` is True where pixels are missing.
 
-    ``mode="text"`` (text, scribbles, watermarks) uses a skip network; ``mode="hole"`` (large
-    holes) a meshgrid input and an hourglass without skips, nearest upsampling.
+    ``mode="text"`` (text, scribbles, watermarks) and ``mode="hole"`` (large holes) start from
+    different classical fills and have presets of their own (presets.PRESETS "inpaint" and "hole").
     ``keep_known`` puts the known pixels back into the result unchanged.
     """
 
@@ -583,6 +593,38 @@ class Inpaint(Task):
 
     def crop(self, top, left, height, width):
         return replace(self, mask=np.asarray(self.mask, dtype=bool)[top : top + height, left : left + width])
+
+    def window(self, image, pixels):
+        """Around the missing pixels: on each axis three times their extent, or the side of a
+        square of ``pixels`` if that is more, within the image. A small hole in a large photo is
+        filled at full resolution from its surroundings, a large one from the image reduced."""
+        fill = np.asarray(self.mask, dtype=bool)
+        rows, cols = np.flatnonzero(fill.any(axis=1)), np.flatnonzero(fill.any(axis=0))
+        if not rows.size:
+            raise DeepPriorError("mask marks no pixel to fill")
+        side = math.isqrt(pixels)
+
+        def span(first: int, last: int, length: int) -> tuple[int, int]:
+            extent = last - first + 1
+            size = min(length, max(3 * extent, side))
+            start = min(max(0, first + extent // 2 - size // 2), length - size)
+            return int(start), int(size)
+
+        top, height = span(rows[0], rows[-1], image.height)
+        left, width = span(cols[0], cols[-1], image.width)
+        return top, left, height, width
+
+    def reduce(self, image, size):
+        """Area-averaged: a reduced pixel is missing where any pixel averaged into it is
+        (:func:`estimates.shrink_mask`); the result, upscaled, is put into the missing pixels by
+        :meth:`finish` as any other."""
+        fill = np.asarray(self.mask, dtype=bool)
+        if fill.shape != (image.height, image.width):
+            raise DeepPriorError(
+                f"mask is {fill.shape[1]}x{fill.shape[0]} but the image is {image.width}x{image.height}"
+            )
+        small = Image(estimates.shrink(image.pixels, size), bit_depth=image.bit_depth, source=image.source)
+        return replace(self, mask=estimates.shrink_mask(fill, size)), small
 
     def params(self):
         fill = np.asarray(self.mask, dtype=bool)
