@@ -463,7 +463,8 @@ def inpaint(
     mask_known: MaskKnown = False,
     mode: Annotated[HoleMode, typer.Option("--mode", help="text (text, scribbles, watermarks) or hole (large holes: the fast "
                                                           "preset returns the even mean of six classical fills and a network "
-                                                          "drawn at about 128x128; --iters 0 the fills' mean alone).")] = HoleMode.text,
+                                                          "drawn at about 128x128, from a window around the hole reduced to 512x512 "
+                                                          "where larger; --iters 0 the fills' mean alone).")] = HoleMode.text,
 ):
     """Fill the masked pixels of an image."""
     make = _mask_task(mask, mask_known, c, lambda fill: Inpaint(mask=fill, mode=mode.value))
