@@ -88,6 +88,25 @@ def test_a_hole_filled_with_0_iterations_says_no_network_was_fitted(tmp_path, ph
     assert "5 iterations" in err and "blend" in err
 
 
+def test_a_hole_above_the_work_size_is_filled_from_a_reduced_window_and_says_so(tmp_path, photo, capsys, monkeypatch):
+    from dataclasses import replace
+
+    from deepprior import presets
+
+    monkeypatch.setitem(presets.PRESETS["hole"], "fast", replace(presets.PRESETS["hole"]["fast"], work_pixels=16 * 16))
+    mask = tmp_path / "hole.png"
+    code, _, err = run(capsys, "degrade", photo, "-o", tmp_path / "holed.png", "--hole", "--mask-out", mask)
+    assert code == 0, err
+    out = tmp_path / "filled.png"
+    code, _, err = run(capsys, "inpaint", tmp_path / "holed.png", "--mask", mask, "--mode", "hole", "-o", out,
+                       "--iters", 3, "-q")
+    assert code == 0, err
+    assert "around the missing pixels reduced to 16x16, 3 iterations" in err
+    filled, holed = (np.asarray(PILImage.open(p)) for p in (out, tmp_path / "holed.png"))
+    known = np.asarray(PILImage.open(mask)) == 0
+    assert filled.shape == holed.shape and np.array_equal(filled[known], holed[known])
+
+
 def test_degrade_options(tmp_path, photo, capsys):
     for opt in (["--noise", 25], ["--downscale", 4], ["--text", "hello"], ["--hole"], ["--jpeg", 10], ["--blur", "gaussian:2"]):
         out = tmp_path / f"d{opt[0]}.png"
