@@ -387,6 +387,17 @@ def test_the_photo_tables_hold_each_method_and_judge_the_targets():
     data["cases"]["denoise"]["rows"]["crops"]["seconds"] = 800.0
     _, targets, _, _ = photo.tables(data)
     assert targets.rows[0][2] == "NOT met"
+    # A hole is scored whole: no windows, and the default is a window around it, not crops.
+    hole = {"width": 4000, "height": 3000, "input": [4000, 3000], "minutes": 10, "missing_fraction": 0.12, "rows": {
+        "start": {"seconds": 40.0, "psnr": 18.0, "windows": []},
+        "crops": dict(crops, seconds=104.0, psnr=18.3, windows=[], iterations=1000,
+                      tiling={"method": "window", "window": [0, 0, 3000, 4000], "size": [443, 591]})}}
+    results, targets = photo.tables({**data, "cases": {"hole": hole}})
+    assert [r[0] for r in results.rows] == ["start: the classical estimate", "default: a window around the hole"]
+    assert results.rows[1][3:] == ["18.30"] and results.header[3] == "PSNR whole inside the hole (dB)"
+    assert "a window of 4000x3000 around the hole fitted at 591x443 (1000 iterations)" in results.notes[-1]
+    assert "12.0 % of it (seed 0)." in results.notes[0] and "Windows" not in results.notes[0]
+    assert [r[2] for r in targets.rows] == ["met", "met"]
 
 
 def test_the_photo_bench_refuses_unknown_cases_and_other_suites_refuse_a_device(tmp_path):
@@ -411,6 +422,7 @@ def test_the_photo_bench_keeps_the_rows_it_does_not_run_from_the_same_photo_only
     (tmp_path / photo.RESULTS).write_text(json.dumps({**data, "cases": {"denoise": {"rows": rows}}}))
     assert photo._kept_rows(tmp_path, data, ["denoise"], ["start", "tiles"]) == {"denoise": rows}
     assert photo._kept_rows(tmp_path, data, ["denoise"], []) == {}
+    assert photo._kept_rows(tmp_path / "none", data, ["hole"], ["tiles"]) == {}  # a hole has no tile row
     with pytest.raises(DeepPriorError, match="not a run of the same photo"):
         photo._kept_rows(tmp_path, {**data, "seed": 1}, ["denoise"], ["tiles"])
     with pytest.raises(DeepPriorError, match="lacks upscale tiles"):

@@ -608,7 +608,7 @@ def batch(
 
 @app.command()
 def bench(
-    suite: Annotated[str, typer.Argument(help="sr-x2, sr-x3, sr-x4, sr-x8, denoise-15, denoise-25, denoise-50, inpaint-50, inpaint-text or inpaint-hole; or speed (fast against paper preset: time, PSNR at equal time, memory), stopping (auto-stop against the true PSNR peak), app (the web app under load from many clients), photo (a 12-megapixel photo denoised, a 1-megapixel one upscaled x4 or a 12-megapixel one's text filled, on crops beside tile by tile: time, memory, PSNR), or report (markdown tables of finished suite runs).", show_default=False)],
+    suite: Annotated[str, typer.Argument(help="sr-x2, sr-x3, sr-x4, sr-x8, denoise-15, denoise-25, denoise-50, inpaint-50, inpaint-text or inpaint-hole; or speed (fast against paper preset: time, PSNR at equal time, memory), stopping (auto-stop against the true PSNR peak), app (the web app under load from many clients), photo (a 12-megapixel photo denoised, a 1-megapixel one upscaled x4, a 12-megapixel one's text or hole filled, on crops beside tile by tile: time, memory, PSNR), or report (markdown tables of finished suite runs).", show_default=False)],
     folders: Annotated[Optional[list[Path]], typer.Argument(help="report: the --out folders of suite runs.", show_default=False)] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Benchmark data folder (default: ../shared/data, else $DEEPPRIOR_DATA).")] = None,
     set_name: Annotated[Optional[str], typer.Option("--set", help="Image set: Set5 (default), Set14 or Kodak+Heide11 (256x256 centre crops) for super-resolution; CBM3D_color9 (default), Set5 or Set14 for denoising; Heide11_gray (default) or Set5 (in luminance) for inpaint-50; Set14+Heide11 (default), Set5+Kodak, Heide11+paper or dip_paper (the paper's own examples, whole, with their masks) for inpaint-text and inpaint-hole.")] = None,
@@ -624,7 +624,7 @@ def bench(
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Real-ESRGAN weights: an RRDBNet .pth (basicsr key names) or an ncnn .param.")] = None,
     threads: Threads = None,
     quiet: Quiet = False,
-    cases: Annotated[Optional[str], typer.Option("--cases", help="speed/stopping/photo: comma-separated cases (speed: house, cbm3d, set5, heide11, memory; stopping: cbm3d, set5, heide11; default: all; photo: denoise, upscale, inpaint; default: denoise).")] = None,
+    cases: Annotated[Optional[str], typer.Option("--cases", help="speed/stopping/photo: comma-separated cases (speed: house, cbm3d, set5, heide11, memory; stopping: cbm3d, set5, heide11; default: all; photo: denoise, upscale, inpaint, hole; default: denoise).")] = None,
     paper_iters: Annotated[Optional[int], typer.Option("--paper-iters", help="speed: iterations that time the paper preset's seconds per iteration (default 30).")] = None,
     paper_equal_time: Annotated[Optional[bool], typer.Option("--paper-equal-time/--no-paper-equal-time", help="speed: also run the paper preset for as long as the fast run took, for its PSNR at equal time (default: on).", show_default=False)] = None,
     bayes: Annotated[Optional[bool], typer.Option("--bayes/--no-bayes", help="stopping: also run the Bayesian (SGLD) mode, for its PSNR and time (default: off).", show_default=False)] = None,

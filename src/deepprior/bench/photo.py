@@ -10,11 +10,16 @@ say), quantised to 8 bits. Each case degrades it as a user's file would hold it:
 * ``upscale``: x4 super-resolution of the 4608x3456 photo (16 MP) from its 1152x864 Lanczos
   downscale (1 MP);
 * ``inpaint``: 4000x3000 with lines of text written over it (``degrade.text_mask``, letters
-  :data:`TEXT_SIZE` pixels high), filled with ``--mode text``.
+  :data:`TEXT_SIZE` pixels high), filled with ``--mode text``;
+* ``hole``: 4000x3000 with one elliptical hole over 12 % of it (``degrade.hole_mask``), filled
+  with ``--mode hole``: from a window around the hole reduced to the preset's work size, so the
+  default command is neither a fit on crops nor tiled, and the hole is scored whole (no windows,
+  no tile row).
 
 Measured, each once per case:
 
-* ``start``: the classical estimate the fit starts from, at the photo's size, in this process;
+* ``start``: the classical estimate the fit starts from, at the photo's size, in this process (for a
+  hole, as the default command makes it: ``iterations=0``);
 * ``crops``: the ``deepprior`` command with the default preset, as a user runs it, in a child
   process (its wall time and peak resident memory); the result is above the fit-whole size, so
   it is fitted on crops and applied in one tiled pass;
@@ -84,7 +89,10 @@ CASES = {
     "denoise": Case("denoise", f"denoised, sigma {SIGMA}", SIZE, ("denoise", "--sigma", str(SIGMA)), 10),
     "upscale": Case("upscale", f"upscaled x{SCALE}", (4608, 3456), ("upscale", "--scale", str(SCALE)), 15),
     "inpaint": Case("inpaint", "text filled", SIZE, ("inpaint", "--mode", "text"), 10),
+    "hole": Case("hole", "with a hole filled", SIZE, ("inpaint", "--mode", "hole"), 10),
 }
+#: The cases scored over their whole mask alone: a hole lies in few of the windows.
+WHOLE_ONLY = ("hole",)
 
 
 def source_paths(names) -> tuple[str, ...]:
@@ -137,6 +145,9 @@ def _degraded(case: Case, clean: np.ndarray, seed: int):
         return degrade.add_noise(Image(clean), SIGMA, seed).to_array(), None, Denoise(sigma=SIGMA)
     if case.name == "upscale":
         return degrade.downscale(Image(clean), SCALE).to_array(), None, SuperResolution(scale=SCALE)
+    if case.name == "hole":
+        fill = degrade.hole_mask(clean.shape[:2], seed)
+        return degrade.apply_mask(Image(clean), fill, value=0.0).to_array(), fill, Inpaint(mask=fill, mode="hole")
     fill = degrade.text_mask(clean.shape[:2], TEXT_WORDS, seed, size=TEXT_SIZE)
     return degrade.apply_mask(Image(clean), fill).to_array(), fill, Inpaint(mask=fill, mode="text")
 
@@ -171,7 +182,9 @@ def run_photo(data_dir, out_dir: Path, *, cases=("denoise",), names=None, window
     data = {"sources": list(sources), "seed": seed, "windows": [list(w) for w in chosen], "window": WINDOW,
             "machine": resumable.machine(device), "started": resumable.now_iso(), "cases": {}}
     kept = _kept_rows(out_dir, data, cases, [r for r in ROWS if r not in rows])
-    steps, step = len(cases) * (("start" in rows) + ("crops" in rows) + windows * ("tiles" in rows)), 0
+    steps = sum(("start" in rows) + ("crops" in rows) + windows * ("tiles" in rows and c not in WHOLE_ONLY)
+                for c in dict.fromkeys(cases))
+    step = 0
 
     def save():
         atomic_write_bytes(out_dir / RESULTS, json.dumps(data, indent=1).encode())
@@ -201,12 +214,16 @@ def run_photo(data_dir, out_dir: Path, *, cases=("denoise",), names=None, window
             extra = ["--mask", str(mask_path)]
         given_f = given.astype(np.float32) / 255.0
         score = lambda r: _score(r, clean, fill)  # noqa: E731
-        windows_of = lambda r: _windows_psnr(r, clean, fill)[:windows]  # noqa: E731
+        whole_only = name in WHOLE_ONLY
+        windows_of = lambda r: [] if whole_only else _windows_psnr(r, clean, fill)[:windows]  # noqa: E731
 
         if "start" in rows:
             tell(f"{name}: the start")
             t = time.perf_counter()
-            start = task.problem(Image(given_f)).estimate()
+            if whole_only:
+                start = restore(Image(given_f), task, seed=seed, iterations=0).image.pixels
+            else:
+                start = task.problem(Image(given_f)).estimate()
             seconds = time.perf_counter() - t
             start = Image(start).to_array() / 255.0  # scored on 8 bits, as every method
             record["rows"]["start"] = {"seconds": seconds, "psnr": score(start), "windows": windows_of(start)}
@@ -234,7 +251,7 @@ def run_photo(data_dir, out_dir: Path, *, cases=("denoise",), names=None, window
             del result
             save()
 
-        if "tiles" in rows:
+        if "tiles" in rows and not whole_only:
             per_window, scores = [], []
             s = SCALE if name == "upscale" else 1
             for i, (top, left) in enumerate(chosen):
@@ -257,8 +274,10 @@ def run_photo(data_dir, out_dir: Path, *, cases=("denoise",), names=None, window
 
 def _kept_rows(out_dir: Path, data: dict, cases, rows) -> dict:
     """The ``rows`` of each of ``cases`` from ``out_dir``'s earlier results, which must be of the
-    same photo (sources, seed, windows): {case: {row: result}}. Empty when no row is kept."""
-    if not rows:
+    same photo (sources, seed, windows): {case: {row: result}}. Empty when no row is kept; a case
+    scored whole (:data:`WHOLE_ONLY`) has no tile row to keep."""
+    needs = {c: [r for r in rows if not (r == "tiles" and c in WHOLE_ONLY)] for c in cases}
+    if not any(needs.values()):
         return {}
     path = out_dir / RESULTS
     try:
@@ -267,11 +286,11 @@ def _kept_rows(out_dir: Path, data: dict, cases, rows) -> dict:
         raise DeepPriorError(f"no earlier photo results in {out_dir} to keep the {', '.join(rows)} rows from; "
                              "run every method first") from None
     same = all(earlier.get(k) == data[k] for k in ("sources", "seed", "windows"))
-    missing = [f"{c} {r}" for c in cases for r in rows if r not in earlier.get("cases", {}).get(c, {}).get("rows", {})]
+    missing = [f"{c} {r}" for c in cases for r in needs[c] if r not in earlier.get("cases", {}).get(c, {}).get("rows", {})]
     if not same or missing:
         raise DeepPriorError(f"{path} is not a run of the same photo, cases and windows"
                              + (f" (it lacks {', '.join(missing)})" if same else "") + "; run every method first")
-    return {c: {r: earlier["cases"][c]["rows"][r] for r in rows} for c in cases}
+    return {c: {r: earlier["cases"][c]["rows"][r] for r in needs[c]} for c in cases}
 
 
 def tables(data: dict) -> list[Table]:
@@ -280,28 +299,35 @@ def tables(data: dict) -> list[Table]:
     stems = [Path(r).stem for r in data.get("sources", SOURCES)]
     for name, record in data["cases"].items():
         case, rows = CASES[name], record["rows"]
-        inside = " inside the text" if name == "inpaint" else ""
+        inside = {"inpaint": " inside the text", "hole": " inside the hole"}.get(name, "")
+        whole_only = name in WHOLE_ONLY
         t = Table(f"A {record['width']}x{record['height']} photo {case.title}, default preset",
-                  ["method", "time (s)", "peak memory (GB)", f"PSNR whole{inside} (dB)", f"PSNR on {n} windows (dB)",
-                   "per window (dB)"])
-        names = {"start": "start: the classical estimate", "crops": "fit on crops, one tiled pass (default)",
+                  ["method", "time (s)", "peak memory (GB)", f"PSNR whole{inside} (dB)"]
+                  + ([] if whole_only else [f"PSNR on {n} windows (dB)", "per window (dB)"]))
+        names = {"start": "start: the classical estimate",
+                 "crops": ("default: a window around the hole" if whole_only
+                           else "fit on crops, one tiled pass (default)"),
                  "tiles": "fit tile by tile (every tile fitted whole)"}
         for key in ("start", "crops", "tiles"):
             r = rows.get(key)
             if r is None:
                 continue
             seconds = fmt(r.get("seconds"), 0) if "seconds" in r else f"~{r['seconds_estimated']:.0f} (estimated)"
-            t.rows.append([names[key], seconds, fmt(r.get("peak_gb"), 2) if "peak_gb" in r else "-",
-                           fmt(r.get("psnr")) if "psnr" in r else "-", fmt(float(np.mean(r["windows"]))),
-                           " / ".join(f"{v:.2f}" for v in r["windows"])])
+            row = [names[key], seconds, fmt(r.get("peak_gb"), 2) if "peak_gb" in r else "-",
+                   fmt(r.get("psnr")) if "psnr" in r else "-"]
+            if not whole_only:
+                row += [fmt(float(np.mean(r["windows"]))), " / ".join(f"{v:.2f}" for v in r["windows"])]
+            t.rows.append(row)
         what = {"denoise": f"Gaussian noise of sigma {SIGMA} (seed {data['seed']})",
                 "upscale": f"downscaled x{SCALE} with Lanczos to {record['input'][0]}x{record['input'][1]}",
                 "inpaint": (f"'{TEXT_WORDS}' written over it in lines of {TEXT_SIZE}-pixel letters "
-                            f"({100 * record.get('missing_fraction', 0):.1f} % of the pixels)")}[name]
+                            f"({100 * record.get('missing_fraction', 0):.1f} % of the pixels)"),
+                "hole": (f"one elliptical hole over {100 * record.get('missing_fraction', 0):.1f} % of it "
+                         f"(seed {data['seed']})")}[name]
         t.notes.append(f"The photo: {', '.join(stems)} as a 2x2 mosaic, resized with Lanczos to "
-                       f"{record['width']}x{record['height']} (enlarged: smoother than a phone photo), 8-bit, {what}. "
-                       f"Windows: {data['window']}x{data['window']} at "
-                       + ", ".join(f"({a}, {b})" for a, b in data["windows"]) + " (top, left).")
+                       f"{record['width']}x{record['height']} (enlarged: smoother than a phone photo), 8-bit, {what}."
+                       + ("" if whole_only else f" Windows: {data['window']}x{data['window']} at "
+                          + ", ".join(f"({a}, {b})" for a, b in data["windows"]) + " (top, left)."))
         if "tiles" in rows:
             w = rows["tiles"]["window_seconds"]
             t.notes.append(f"Tile by tile: each window fitted whole as a tile of its own ({np.mean(w):.0f} s each); "
@@ -309,10 +335,13 @@ def tables(data: dict) -> list[Table]:
         if "crops" in rows:
             c = rows["crops"]
             size = c["tiling"].get("crop_size", [0, 0])
+            window = c["tiling"].get("window")
             how = (f"{c['iterations']} steps of {c['tiling'].get('crops', 0) // max(c['iterations'], 1)} crops of "
                    f"{size[1]}x{size[0]}, then one tiled pass" if c["tiling"].get("method") == "crops"
-                   else f"fitted {c['tiling'].get('method')} ({c['iterations']} iterations)")
-            t.notes.append(f"Fit on crops: `deepprior {case.command[0]}` in a child process; {how}"
+                   else f"a window of {window[3]}x{window[2]} around the hole fitted at "
+                        f"{c['tiling']['size'][1]}x{c['tiling']['size'][0]} ({c['iterations']} iterations)"
+                   if window else f"fitted {c['tiling'].get('method')} ({c['iterations']} iterations)")
+            t.notes.append(f"Default: `deepprior {' '.join(case.command)}` in a child process; {how}"
                            + (f", returned the {c['returned']}" if c.get("returned") else "")
                            + (f" (the fit's share {c['fit_weight']:.2f} on the mean, chosen region by region)"
                               if c.get("regions") and c.get("returned") == "blend" else "")
