@@ -110,8 +110,14 @@ def test_a_hole_is_filled_from_a_window_around_it_reduced_above_the_work_size(ho
     assert task.window(Image(damaged), 100 * 100) == (0, 0, 64, 96)
     with pytest.raises(DeepPriorError, match="no pixel to fill"):
         tasks.Inpaint(mask=np.zeros((64, 96), bool), mode="hole").window(Image(damaged), 256)
+    with pytest.raises(DeepPriorError, match="mask is 96x64 but the image is 48x32"):
+        task.window(Image(np.ascontiguousarray(damaged[:32, :48])), 256)
 
-    r = restore(damaged, task, iterations=5, seed=1, work_pixels=24 * 24, reference=image)
+    previews = []
+    r = restore(damaged, task, iterations=5, seed=1, work_pixels=24 * 24, reference=image, callback_every=5,
+                callback=lambda p: previews.append(p.preview()) if p.stage == "fit" else None)
+    assert previews[-1].shape == image.shape  # the window's result shown in place in the whole image
+    np.testing.assert_array_equal(previews[-1][:4], damaged[:4])  # outside the window: the input
     t = r.report()["tiling"]
     assert t["method"] == "window" and t["window"] == [4, 24, 48, 72] and t["size"] == [20, 29]
     assert r.image.pixels.shape == image.shape

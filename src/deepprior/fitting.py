@@ -55,14 +55,20 @@ class Progress:
     # (NaN) and no preview, and an ETA only for "restart" (the first start's time; else NaN): they
     # are reported so that a display is not silent through them.
     stage: str = "fit"
+    # Where the fit covers part of the image at another size (a hole's window), what puts its
+    # result in place: applied when a preview is asked for, not at every report.
+    place: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)
 
     def preview(self) -> np.ndarray | None:
         """The current result (H, W, C) in [0, 1]: what would be returned if the fit ended now
-        (for a fit on crops, the start with the latest crops' results pasted in); None while the
-        start is being made.
+        (for a fit on crops, the start with the latest crops' results pasted in; for a fit on a
+        window, the input with the window's result put in place); None while the start is being made.
 
         A copy: the fit goes on updating its own buffer (the running average) in place."""
-        return None if self._candidate is None else to_numpy(self._candidate).copy()
+        if self._candidate is None:
+            return None
+        current = to_numpy(self._candidate).copy()
+        return current if self.place is None else self.place(current)
 
 
 #: The stages of a restoration that run no iterations of the fit (Progress.stage), in words for a display.

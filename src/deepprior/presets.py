@@ -62,9 +62,10 @@ class FitConfig:
     # (tasks.Problem.bounds: for inpainting, the least and greatest of the fills there) before it
     # is chosen or blended: it keeps the network's shapes but never a colour no fill proposes.
     bound_fit: bool = False
-    # > 0: an image of more pixels is restored at about this many (its aspect kept) and the result
-    # upscaled bicubically into the missing pixels (tasks.Task.reduce): for a fill that is mostly
-    # low frequencies (a large hole), whose classical fills cost minutes per megapixel. 0: full size.
+    # > 0: an image of more pixels is restored from a window around what is missing
+    # (tasks.Task.window), reduced to about this many pixels where larger (its aspect kept), and the
+    # result upscaled bicubically into the missing pixels (tasks.Task.reduce): for a fill that is
+    # mostly low frequencies (a large hole), whose classical fills cost minutes per megapixel. 0: whole.
     work_pixels: int = 0
     stop_window: int = 100
     stop_patience: int = 400

@@ -13,6 +13,7 @@ import math
 import platform
 import time
 from dataclasses import dataclass, field, fields, replace
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -339,6 +340,8 @@ def restore(
     if method == "window":
         window = task.window(image, cfg.work_pixels)
         task, image = _window_of(task, image, window, cfg.work_pixels)
+        if callback is not None:
+            callback = _placing(callback, full_image.pixels, window)
     problem = task.problem(image)
     ref = None
     if reference is not None:
@@ -426,6 +429,13 @@ def _placed(output: np.ndarray, canvas: np.ndarray, window: tuple[int, int, int,
     placed = np.array(canvas, dtype=np.float32)
     placed[top : top + height, left : left + width] = estimates.enlarge(output, height, width)
     return placed
+
+
+def _placing(callback: Callable[[Progress], bool | None], canvas: np.ndarray, window: tuple[int, int, int, int]
+             ) -> Callable[[Progress], bool | None]:
+    """``callback``, shown previews of the whole image: the window's result put into ``canvas``."""
+    place = partial(_placed, canvas=canvas, window=window)
+    return lambda p: callback(replace(p, place=place))
 
 
 def _fit_tile(pixels: np.ndarray, bit_depth: int, task: Task, cfg: FitConfig, *, seed: int, device, reference=None,

@@ -540,12 +540,17 @@ class Inpaint(Task):
     def preset_key(self):
         return "hole" if self.mode == "hole" else "inpaint"
 
-    def problem(self, image: Image) -> Problem:
+    def _fill(self, image: Image) -> np.ndarray:
+        """The mask as booleans, checked against ``image``'s size."""
         fill = np.asarray(self.mask, dtype=bool)
         if fill.shape != (image.height, image.width):
             raise DeepPriorError(
                 f"mask is {fill.shape[1]}x{fill.shape[0]} but the image is {image.width}x{image.height}"
             )
+        return fill
+
+    def problem(self, image: Image) -> Problem:
+        fill = self._fill(image)
         known = (~fill).astype(np.float32)
         op = operators.Mask(known)
         target = _tensor(image.pixels * known[:, :, None])
@@ -598,7 +603,7 @@ class Inpaint(Task):
         """Around the missing pixels: on each axis three times their extent, or the side of a
         square of ``pixels`` if that is more, within the image. A small hole in a large photo is
         filled at full resolution from its surroundings, a large one from the image reduced."""
-        fill = np.asarray(self.mask, dtype=bool)
+        fill = self._fill(image)
         rows, cols = np.flatnonzero(fill.any(axis=1)), np.flatnonzero(fill.any(axis=0))
         if not rows.size:
             raise DeepPriorError("mask marks no pixel to fill")
@@ -618,11 +623,7 @@ class Inpaint(Task):
         """Area-averaged: a reduced pixel is missing where any pixel averaged into it is
         (:func:`estimates.shrink_mask`); the result, upscaled, is put into the missing pixels by
         :meth:`finish` as any other."""
-        fill = np.asarray(self.mask, dtype=bool)
-        if fill.shape != (image.height, image.width):
-            raise DeepPriorError(
-                f"mask is {fill.shape[1]}x{fill.shape[0]} but the image is {image.width}x{image.height}"
-            )
+        fill = self._fill(image)
         small = Image(estimates.shrink(image.pixels, size), bit_depth=image.bit_depth, source=image.source)
         return replace(self, mask=estimates.shrink_mask(fill, size)), small
 
