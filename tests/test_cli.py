@@ -105,6 +105,12 @@ def test_a_hole_above_the_work_size_is_filled_from_a_reduced_window_and_says_so(
     filled, holed = (np.asarray(PILImage.open(p)) for p in (out, tmp_path / "holed.png"))
     known = np.asarray(PILImage.open(mask)) == 0
     assert filled.shape == holed.shape and np.array_equal(filled[known], holed[known])
+    two = np.zeros((32, 32), np.uint8)
+    two[1:3, 1:3] = two[28:30, 28:30] = 255  # far apart: a window each
+    PILImage.fromarray(two).save(mask)
+    code, _, err = run(capsys, "inpaint", photo, "--mask", mask, "--mode", "hole", "-o", out, "--iters", 3, "-q")
+    assert code == 0, err
+    assert "restored 2 windows around the missing pixels, 6 iterations in all" in err
 
 
 def test_degrade_options(tmp_path, photo, capsys):

@@ -132,6 +132,34 @@ def test_a_hole_is_filled_from_a_window_around_it_reduced_above_the_work_size(ho
         restore(damaged, tasks.Denoise(), iterations=2, work_pixels=24 * 24)
 
 
+def test_holes_far_apart_are_filled_each_from_its_own_window(house):
+    image = np.ascontiguousarray(house[:64, :96])
+    fill = np.zeros((64, 96), bool)
+    fill[2:6, 2:6] = fill[56:60, 88:92] = True
+    damaged = np.where(fill[:, :, None], 0.0, image).astype(np.float32)
+    task = tasks.Inpaint(mask=fill, mode="hole")
+    assert task.windows(Image(damaged), 16 * 16) == [(0, 0, 16, 16), (48, 80, 16, 16)]
+    near = np.zeros((64, 96), bool)
+    near[2:6, 2:6] = near[2:6, 12:16] = True  # their windows overlap: one window around both
+    assert tasks.Inpaint(mask=near, mode="hole").windows(Image(damaged), 16 * 16) == [(0, 0, 16, 42)]
+
+    seen = set()
+    r = restore(damaged, task, iterations=4, seed=2, work_pixels=16 * 16, reference=image,
+                callback=lambda p: seen.add((p.tile, p.tiles)), callback_every=2)
+    t = r.report()["tiling"]
+    assert t["method"] == "windows" and t["tiles"] == 2 and t["windows"] == [[0, 0, 16, 16], [48, 80, 16, 16]]
+    assert seen == {(1, 2), (2, 2)} and r.outcome.iterations == 8
+    np.testing.assert_array_equal(r.image.pixels[~fill], damaged[~fill])
+    assert (r.image.pixels[fill] > 0.05).all()  # both holes filled
+    assert r.metrics["psnr"] == pytest.approx(psnr(r.image.pixels, image))
+    again = restore(damaged, task, iterations=4, seed=2, work_pixels=16 * 16)
+    np.testing.assert_array_equal(again.image.pixels, r.image.pixels)
+    # A stop asked during the first window leaves the second to its classical start.
+    stopped = restore(damaged, task, iterations=4, seed=2, work_pixels=16 * 16, callback_every=1,
+                      callback=lambda p: p.stage == "fit")
+    assert stopped.outcome.stop_reason == "callback" and (stopped.image.pixels[fill] > 0.05).all()
+
+
 def test_a_hole_with_0_iterations_returns_the_fills_mean_and_says_so(rgb32):
     from deepprior import estimates
     from deepprior.degrade import hole_mask

@@ -331,6 +331,9 @@ def _restore_and_write(task_factory, input_path: Path, c: Common, extra_inputs=(
         at = "" if t["size"] == [wh, ww] else f" reduced to {t['size'][1]}x{t['size'][0]}"
         fit_line = (f"restored {ww}x{wh} around the missing pixels{at}, {o.iterations} iterations, {how}, "
                     f"{o.elapsed_s:.1f} s")
+    elif t and t["method"] == "windows":
+        fit_line = (f"restored {t['tiles']} windows around the missing pixels, {o.iterations} iterations in all, "
+                    f"{how}, {o.elapsed_s:.1f} s")
     elif t:
         fitted = f"{t['tiles_done']} of {t['tiles']} tiles of {t['tile_size'][1]}x{t['tile_size'][0]}"
         fit_line = f"{fitted}, {o.iterations} iterations in all, {how}, {o.elapsed_s:.1f} s"

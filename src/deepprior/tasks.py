@@ -352,6 +352,10 @@ class Task:
         at a reduced size (FitConfig.work_pixels, about ``pixels``) fits."""
         raise DeepPriorError(f"{self.name} cannot be restored at a reduced size")
 
+    def windows(self, image: Image, pixels: int) -> list[tuple[int, int, int, int]]:
+        """The windows (see :meth:`window`) fitted one after the other, none overlapping another."""
+        return [self.window(image, pixels)]
+
     def reduce(self, image: Image, size: tuple[int, int]) -> tuple["Task", Image]:
         """The same task on ``image`` reduced to ``size`` (width, height), and that image (see
         :meth:`window`)."""
@@ -516,6 +520,31 @@ def near_mask(fill: np.ndarray, reach: int = HOLDOUT_REACH) -> np.ndarray:
     return binary_dilation(fill, structure=square) & ~fill
 
 
+#: More separate holes than this are filled from one window around them all (Inpaint.windows).
+MAX_WINDOWED_HOLES = 64
+
+
+def _window_around(box: tuple[int, int, int, int], height: int, width: int, pixels: int) -> tuple[int, int, int, int]:
+    """(top, left, height, width) around ``box`` (top, left, bottom, right, exclusive): on each axis
+    three times its extent or the side of a square of ``pixels``, whichever is more, within the image."""
+    side = math.isqrt(pixels)
+
+    def span(first: int, stop: int, length: int) -> tuple[int, int]:
+        extent = stop - first
+        size = min(length, max(3 * extent, side))
+        start = min(max(0, first + extent // 2 - size // 2), length - size)
+        return int(start), int(size)
+
+    top, h = span(box[0], box[2], height)
+    left, w = span(box[1], box[3], width)
+    return top, left, h, w
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    """Whether two windows (top, left, height, width) share a pixel."""
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
 @dataclass(frozen=True)
 class Inpaint(Task):
     """Fill masked pixels. ``mask`` is True where pixels are missing.
@@ -607,17 +636,34 @@ class Inpaint(Task):
         rows, cols = np.flatnonzero(fill.any(axis=1)), np.flatnonzero(fill.any(axis=0))
         if not rows.size:
             raise DeepPriorError("mask marks no pixel to fill")
-        side = math.isqrt(pixels)
+        return _window_around((rows[0], cols[0], rows[-1] + 1, cols[-1] + 1), image.height, image.width, pixels)
 
-        def span(first: int, last: int, length: int) -> tuple[int, int]:
-            extent = last - first + 1
-            size = min(length, max(3 * extent, side))
-            start = min(max(0, first + extent // 2 - size // 2), length - size)
-            return int(start), int(size)
+    def windows(self, image, pixels):
+        """One :meth:`window` per group of holes: each hole's own, merged where they overlap, so
+        that holes far apart are each filled from their own surroundings and none lies in
+        another's window."""
+        from scipy import ndimage
 
-        top, height = span(rows[0], rows[-1], image.height)
-        left, width = span(cols[0], cols[-1], image.width)
-        return top, left, height, width
+        fill = self._fill(image)
+        boxes = [(s[0].start, s[1].start, s[0].stop, s[1].stop) for s in ndimage.find_objects(ndimage.label(fill)[0])]
+        if not boxes:
+            raise DeepPriorError("mask marks no pixel to fill")
+        if len(boxes) > MAX_WINDOWED_HOLES:  # scattered specks: one window around them all
+            return [self.window(image, pixels)]
+        around = lambda box: _window_around(box, image.height, image.width, pixels)  # noqa: E731
+        merged = True
+        while merged and len(boxes) > 1:
+            merged = False
+            for i in range(len(boxes)):
+                for j in range(i + 1, len(boxes)):
+                    if _overlap(around(boxes[i]), around(boxes[j])):
+                        a, b = boxes[i], boxes.pop(j)
+                        boxes[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                        merged = True
+                        break
+                if merged:
+                    break
+        return sorted(around(b) for b in boxes)
 
     def reduce(self, image, size):
         """Area-averaged: a reduced pixel is missing where any pixel averaged into it is
