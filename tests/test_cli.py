@@ -111,6 +111,9 @@ def test_a_hole_above_the_work_size_is_filled_from_a_reduced_window_and_says_so(
     code, _, err = run(capsys, "inpaint", photo, "--mask", mask, "--mode", "hole", "-o", out, "--iters", 3, "-q")
     assert code == 0, err
     assert "restored 2 windows around the missing pixels, 6 iterations in all" in err
+    code, _, err = run(capsys, "inpaint", photo, "--mask", mask, "--mode", "hole", "-o", out, "--iters", 0, "-q")
+    assert code == 0, err
+    assert "restored 2 windows around the missing pixels, no network fitted" in err
 
 
 def test_degrade_options(tmp_path, photo, capsys):

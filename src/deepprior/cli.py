@@ -323,17 +323,18 @@ def _restore_and_write(task_factory, input_path: Path, c: Common, extra_inputs=(
     o = result.outcome
     how = {"auto": "stopped automatically", "interrupted": "interrupted", "callback": "stopped"}.get(o.stop_reason, "ran all iterations")
     t = result.tiling
+    ran = "no network fitted" if o.iterations == 0 else None
     if t and t["method"] == "crops":
         fit_line = (f"fitted on {t['crops']} crops of {t['crop_size'][1]}x{t['crop_size'][0]} ({o.iterations} iterations, "
                     f"{how}), then run over the whole image, {o.elapsed_s:.1f} s")
     elif t and t["method"] == "window":
         top, left, wh, ww = t["window"]
         at = "" if t["size"] == [wh, ww] else f" reduced to {t['size'][1]}x{t['size'][0]}"
-        fit_line = (f"restored {ww}x{wh} around the missing pixels{at}, {o.iterations} iterations, {how}, "
+        fit_line = (f"restored {ww}x{wh} around the missing pixels{at}, {ran or f'{o.iterations} iterations, {how}'}, "
                     f"{o.elapsed_s:.1f} s")
     elif t and t["method"] == "windows":
-        fit_line = (f"restored {t['tiles']} windows around the missing pixels, {o.iterations} iterations in all, "
-                    f"{how}, {o.elapsed_s:.1f} s")
+        fit_line = (f"restored {t['tiles']} windows around the missing pixels, "
+                    f"{ran or f'{o.iterations} iterations in all, {how}'}, {o.elapsed_s:.1f} s")
     elif t:
         fitted = f"{t['tiles_done']} of {t['tiles']} tiles of {t['tile_size'][1]}x{t['tile_size'][0]}"
         fit_line = f"{fitted}, {o.iterations} iterations in all, {how}, {o.elapsed_s:.1f} s"
