@@ -154,6 +154,8 @@ def test_holes_far_apart_are_filled_each_from_its_own_window(house):
     assert r.metrics["psnr"] == pytest.approx(psnr(r.image.pixels, image))
     again = restore(damaged, task, iterations=4, seed=2, work_pixels=16 * 16)
     np.testing.assert_array_equal(again.image.pixels, r.image.pixels)
+    with pytest.raises(DeepPriorError, match="reference is 48x32 but the result will be 96x64"):  # before any fit
+        restore(damaged, task, iterations=4, work_pixels=16 * 16, reference=image[:32, :48])
     # A stop asked during the first window leaves the second to its classical start.
     stopped = restore(damaged, task, iterations=4, seed=2, work_pixels=16 * 16, callback_every=1,
                       callback=lambda p: p.stage == "fit")

@@ -349,20 +349,11 @@ def restore(
     problem = task.problem(image)
     ref = None
     if reference is not None:
-        ref = load_image(reference).pixels
-        h, w = problem.out_size
-        full_ref = ref
-        if window and full_ref.shape[:2] == (full_image.height, full_image.width):
+        ref = full_ref = _reference(reference, problem.channels, full_image.height * scale, full_image.width * scale)
+        if window:  # measured against during the fit at the window's size
             top, left, wh, ww = window
-            ref = estimates.shrink(np.ascontiguousarray(ref[top : top + wh, left : left + ww]), (w, h))
-        if ref.shape[:2] != (h, w):
-            raise DeepPriorError(
-                f"reference is {full_ref.shape[1]}x{full_ref.shape[0]} but the result will be "
-                f"{full_image.width * scale}x{full_image.height * scale}"
-            )
-        if ref.shape[2] != problem.channels:
-            ref = ref.mean(axis=2, keepdims=True) if problem.channels == 1 else np.repeat(ref, 3, axis=2)
-            full_ref = full_ref.mean(axis=2, keepdims=True) if problem.channels == 1 else np.repeat(full_ref, 3, axis=2)
+            h, w = problem.out_size
+            ref = estimates.shrink(np.ascontiguousarray(full_ref[top : top + wh, left : left + ww]), (w, h))
     if tile_overlap < 0:
         raise DeepPriorError(f"tile_overlap must be >= 0, got {tile_overlap}")
     if method == "crops" and overrides.get("iterations") is not None:
@@ -414,10 +405,22 @@ def restore(
     )
 
 
+def _reference(reference, channels: int, height: int, width: int) -> np.ndarray:
+    """The ground truth's pixels, checked against the result's size and given its ``channels``
+    (the mean of three for grey, grey repeated for colour)."""
+    ref = load_image(reference).pixels
+    if ref.shape[:2] != (height, width):
+        raise DeepPriorError(f"reference is {ref.shape[1]}x{ref.shape[0]} but the result will be {width}x{height}")
+    if ref.shape[2] != channels:
+        ref = ref.mean(axis=2, keepdims=True) if channels == 1 else np.repeat(ref, 3, axis=2)
+    return ref
+
+
 def _restore_windows(image: Image, task: Task, windows: list, preset: str, *, reference, callback, **kw) -> Result:
     """Restore each of ``windows`` (none overlapping another) in turn, each one's missing pixels
     alone, into the same image; a stop asked during one leaves the rest to their classical start."""
     fill = np.asarray(task.mask, dtype=bool)
+    ref = None if reference is None else _reference(reference, image.channels, image.height, image.width)
     done, elapsed, iterations, stopped = [], 0.0, 0, None
     for i, (top, left, height, width) in enumerate(windows):
         part = np.zeros_like(fill)
@@ -434,12 +437,7 @@ def _restore_windows(image: Image, task: Task, windows: list, preset: str, *, re
     first = done[0]
     outcome = replace(first.outcome, output=image.pixels, iterations=iterations, elapsed_s=elapsed,
                       stop_reason=stopped or first.outcome.stop_reason, uncertainty=None)
-    metrics = {}
-    if reference is not None:
-        ref = load_image(reference).pixels
-        if ref.shape[2] != image.channels:
-            ref = ref.mean(axis=2, keepdims=True) if image.channels == 1 else np.repeat(ref, 3, axis=2)
-        metrics = quality(image.pixels, ref)
+    metrics = {} if ref is None else quality(image.pixels, ref)
     tiling = {"method": "windows", "tiles": len(windows), "windows": [list(w) for w in windows],
               "sizes": [r.tiling["size"] if r.tiling else [w[2], w[3]] for r, w in zip(done, windows)]}
     params = dict(first.params, task=task.params())
