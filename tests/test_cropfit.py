@@ -359,3 +359,4 @@ def test_the_work_of_a_drawn_fit_counts_the_drawn_pixels_and_a_share_of_the_resu
     assert planned_work(hole, 10_000, "whole") == 10_000 * hole.iterations  # drawn at its own size
     assert planned_work(replace(hole, draw_pixels=0), big, "whole") == big * hole.iterations
     assert planned_work(hole, big, "window") == planned_work(hole, hole.work_pixels, "whole")  # at most the work size
+    assert planned_work(hole, big, "window", windows=3) == 3 * planned_work(hole, big, "window")  # one fit a window

@@ -159,6 +159,35 @@ def test_the_work_of_a_request_counts_the_presets_iterations_cut_only_by_a_short
     assert webapp.request_work(photo, "denoise", 4, "text", "fast", 40, roomy) == pixels * 40
 
 
+def test_the_work_of_a_hole_fill_in_a_large_photo_counts_a_fit_for_each_window(tmp_path, settings):
+    path = tmp_path / "wide.png"
+    PILImage.fromarray(np.zeros((600, 1500, 3), np.uint8)).save(path)
+    roomy = webapp.Settings(threads=1, workdir=settings.workdir)
+    one = np.zeros((600, 1500), bool)
+    one[10:30, 10:30] = True
+    two = one.copy()
+    two[560:590, 1460:1490] = True  # far from the first: a window of its own
+
+    def work(fill):
+        return webapp.request_work(str(path), "inpaint", 4, "hole", "fast", None, roomy, mask=lambda size: fill)
+
+    assert work(one) > 0 and work(two) == 2 * work(one)
+    assert webapp.request_work(str(path), "inpaint", 4, "hole", "fast", None, roomy) == work(one)  # no mask: one
+    # The Restore button's admission reads the uploaded mask: a server whose limit lies between
+    # one window's work and two windows' refuses the second mask and takes the first.
+    from deepprior.webqueue import ServerQueue
+
+    handlers = webapp.Handlers(roomy, ServerQueue(1, 1, max_work=1.5 * work(one), max_queued_per_client=5))
+    answers = []
+    for fill in (one, two):
+        mask_path = tmp_path / f"mask{len(answers)}.png"
+        PILImage.fromarray(fill.astype(np.uint8) * 255).save(mask_path)
+        answers.append(handlers.admit_run(str(path), "inpaint", 4, None, str(mask_path), False, "hole", *[None] * 6,
+                                          "fast", None, 0, "preset", False, request=None)[0])
+    assert answers[0]["is_valid"] and not answers[1]["is_valid"]
+    assert "million pixel-iterations" in answers[1]["message"]
+
+
 def test_bayesian_result_has_a_colour_map_of_its_size_and_says_what_it_averaged(photo):
     from deepprior.restoration import restore
     from deepprior.tasks import Denoise

@@ -267,13 +267,14 @@ def large_image_method(cfg: FitConfig, result_pixels: int, max_fit_pixels: int |
 DRAWN_PIXEL_COST = 0.06
 
 
-def planned_work(cfg: FitConfig, result_pixels: int, method: str) -> float:
+def planned_work(cfg: FitConfig, result_pixels: int, method: str, windows: int = 1) -> float:
     """Pixel-iterations a restoration will compute: the result's pixels times the iterations
     for a whole or tiled fit; for a fit on crops, the crops' pixels times its steps, plus one
     pass over the result (about a third of a training step's cost per pixel); for a network
-    drawing at ``draw_pixels``, those pixels and :data:`DRAWN_PIXEL_COST` of the result's."""
+    drawing at ``draw_pixels``, those pixels and :data:`DRAWN_PIXEL_COST` of the result's; for
+    a fill from ``windows`` windows (:meth:`Task.windows`), each at most ``work_pixels``."""
     if method == "window":
-        result_pixels = min(result_pixels, cfg.work_pixels)
+        return windows * planned_work(cfg, min(result_pixels, cfg.work_pixels), "whole")
     if method == "crops":
         return float(cfg.crop_iterations * cfg.crop_batch * cfg.crop_size**2 + result_pixels / 3)
     if cfg.draw_pixels and result_pixels > cfg.draw_pixels:

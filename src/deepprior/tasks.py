@@ -545,6 +545,41 @@ def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool
     return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
 
+def hole_window(fill: np.ndarray, pixels: int) -> tuple[int, int, int, int]:
+    """(top, left, height, width) around the True pixels of ``fill`` (see :func:`_window_around`)."""
+    rows, cols = np.flatnonzero(fill.any(axis=1)), np.flatnonzero(fill.any(axis=0))
+    if not rows.size:
+        raise DeepPriorError("mask marks no pixel to fill")
+    return _window_around((rows[0], cols[0], rows[-1] + 1, cols[-1] + 1), *fill.shape, pixels)
+
+
+def hole_windows(fill: np.ndarray, pixels: int) -> list[tuple[int, int, int, int]]:
+    """One :func:`hole_window` per group of holes in ``fill``: each hole's own, merged where they
+    overlap, so that holes far apart are each filled from their own surroundings and none lies in
+    another's window; more than :data:`MAX_WINDOWED_HOLES` holes get one window around them all."""
+    from scipy import ndimage
+
+    boxes = [(s[0].start, s[1].start, s[0].stop, s[1].stop) for s in ndimage.find_objects(ndimage.label(fill)[0])]
+    if not boxes:
+        raise DeepPriorError("mask marks no pixel to fill")
+    if len(boxes) > MAX_WINDOWED_HOLES:  # scattered specks: one window around them all
+        return [hole_window(fill, pixels)]
+    around = lambda box: _window_around(box, *fill.shape, pixels)  # noqa: E731
+    merged = True
+    while merged and len(boxes) > 1:
+        merged = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                if _overlap(around(boxes[i]), around(boxes[j])):
+                    a, b = boxes[i], boxes.pop(j)
+                    boxes[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                    merged = True
+                    break
+            if merged:
+                break
+    return sorted(around(b) for b in boxes)
+
+
 @dataclass(frozen=True)
 class Inpaint(Task):
     """Fill masked pixels. ``mask`` is True where pixels are missing.
@@ -632,38 +667,11 @@ class Inpaint(Task):
         """Around the missing pixels: on each axis three times their extent, or the side of a
         square of ``pixels`` if that is more, within the image. A small hole in a large photo is
         filled at full resolution from its surroundings, a large one from the image reduced."""
-        fill = self._fill(image)
-        rows, cols = np.flatnonzero(fill.any(axis=1)), np.flatnonzero(fill.any(axis=0))
-        if not rows.size:
-            raise DeepPriorError("mask marks no pixel to fill")
-        return _window_around((rows[0], cols[0], rows[-1] + 1, cols[-1] + 1), image.height, image.width, pixels)
+        return hole_window(self._fill(image), pixels)
 
     def windows(self, image, pixels):
-        """One :meth:`window` per group of holes: each hole's own, merged where they overlap, so
-        that holes far apart are each filled from their own surroundings and none lies in
-        another's window."""
-        from scipy import ndimage
-
-        fill = self._fill(image)
-        boxes = [(s[0].start, s[1].start, s[0].stop, s[1].stop) for s in ndimage.find_objects(ndimage.label(fill)[0])]
-        if not boxes:
-            raise DeepPriorError("mask marks no pixel to fill")
-        if len(boxes) > MAX_WINDOWED_HOLES:  # scattered specks: one window around them all
-            return [self.window(image, pixels)]
-        around = lambda box: _window_around(box, image.height, image.width, pixels)  # noqa: E731
-        merged = True
-        while merged and len(boxes) > 1:
-            merged = False
-            for i in range(len(boxes)):
-                for j in range(i + 1, len(boxes)):
-                    if _overlap(around(boxes[i]), around(boxes[j])):
-                        a, b = boxes[i], boxes.pop(j)
-                        boxes[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
-                        merged = True
-                        break
-                if merged:
-                    break
-        return sorted(around(b) for b in boxes)
+        """One :meth:`window` per group of holes (:func:`hole_windows`)."""
+        return hole_windows(self._fill(image), pixels)
 
     def reduce(self, image, size):
         """Area-averaged: a reduced pixel is missing where any pixel averaged into it is

@@ -56,7 +56,7 @@ from .images import Image, colormap, encode_image, load_image  # noqa: E402
 from .presets import PRESET_NAMES, get_preset  # noqa: E402
 from .restoration import configure, large_image_method, planned_work, restore  # noqa: E402
 from .tiling import DEFAULT_MAX_FIT_PIXELS  # noqa: E402
-from .tasks import SCALES, TASK_NAMES, from_name, load_mask  # noqa: E402
+from .tasks import SCALES, TASK_NAMES, from_name, hole_windows, load_mask  # noqa: E402
 from .webqueue import FIT_QUEUE, ServerQueue  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -296,12 +296,13 @@ def preset_cap(preset_iterations: int, settings: Settings) -> int | None:
     return cap if cap is not None and preset_iterations > cap else None
 
 
-def request_work(image_path, task_name, scale, mode, preset, iterations, settings: Settings) -> float:
+def request_work(image_path, task_name, scale, mode, preset, iterations, settings: Settings, mask=None) -> float:
     """The work a request asks for, result pixels x iterations (the preset's count unless a
     cap is given; for a fit on crops, :func:`~deepprior.restoration.planned_work`), read from
     the upload's header alone; 0 when that cannot be told yet or the
     image is over the pixel limit (a bad upload is then refused with its own message when the
-    request runs)."""
+    request runs). ``mask(size)``, the mask of a hole fill for an image of ``size`` (height,
+    width), counts the windows a large photo's holes are filled from."""
     try:
         with PILImage.open(image_path) as im:
             w, h = im.size
@@ -318,7 +319,16 @@ def request_work(image_path, task_name, scale, mode, preset, iterations, setting
     method = large_image_method(cfg, pixels, settings.max_fit_pixels)
     if its:
         cfg = replace(cfg, crop_iterations=its) if method == "crops" else replace(cfg, iterations=its)
-    return planned_work(cfg, pixels, method)
+    return planned_work(cfg, pixels, method, _window_count(mask, (h, w), cfg) if method == "window" else 1)
+
+
+def _window_count(mask, size: tuple[int, int], cfg) -> int:
+    """How many windows the holes of ``mask(size)`` are filled from; 1 where that cannot be told."""
+    try:
+        fill = mask(size) if mask is not None else None
+        return len(hole_windows(fill, cfg.work_pixels)) if fill is not None else 1
+    except Exception:
+        return 1
 
 
 def for_display(pixels: np.ndarray) -> np.ndarray:
@@ -573,7 +583,13 @@ class Handlers:
     def admit_run(self, image_path, task_name, scale, editor, mask_file, mask_known, mode, kernel_kind, sigma, length,
                   angle, kernel_file, flash_file, preset, iterations, seed, stop_mode, bayes, request: gr.Request):
         """Validator of the Restore button, run as the request joins the queue (see webqueue)."""
-        work = request_work(image_path, task_name, scale, mode, preset, iterations, self.settings)
+        def mask(size):
+            painted = painted_mask(editor, size)
+            task = build_task("inpaint", Image(np.broadcast_to(np.float32(0), (*size, 1))), self.settings,
+                              mask_file=mask_file, mask_known=mask_known, painted=painted, mode="hole")
+            return np.asarray(task.mask, dtype=bool)
+
+        work = request_work(image_path, task_name, scale, mode, preset, iterations, self.settings, mask=mask)
         why = self.queue.admit(getattr(request, "session_hash", None), work)
         return [gr.validate(why is None, why or "")] + [gr.validate(True, "")] * 17
 
