@@ -228,6 +228,22 @@ def test_fill_sets_check_set_is_disjoint_and_paper_examples_use_their_own_masks(
     assert np.all(case.degraded.pixels[case.mask] == 0)
 
 
+def test_the_corner_set_crops_each_image_at_its_corner_in_luminance_where_asked():
+    corners = suites.get_suite("inpaint-hole", "corners")
+    assert len(corners.files) >= 10 and {Path(f).stem for f in corners.files} == set(suites.FILL_CORNERS)
+    with pytest.raises(DeepPriorError, match="unknown set 'corners' for inpaint-text"):
+        suites.get_suite("inpaint-text", "corners")
+    pixels = np.random.default_rng(0).random((300, 400, 3)).astype(np.float32)
+    photo = Image(pixels)
+    grey = corners.degrade(photo, "kodim01", 0)  # top left, in luminance
+    assert grey.clean.pixels.shape == (256, 256, 1)
+    luma = pixels[:256, :256] @ np.array([0.299, 0.587, 0.114], np.float32)
+    assert np.allclose(grey.clean.pixels[:, :, 0], np.round(luma * 255) / 255, atol=1e-6)
+    colour = corners.degrade(photo, "kodim02", 0)  # bottom right, in colour
+    assert np.array_equal(colour.clean.pixels, pixels[-256:, -256:])
+    assert colour.mask.shape == (256, 256) and 0.05 < colour.mask.mean() < 0.2 and colour.task.mode == "hole"
+
+
 def test_report_grid_and_colour_sentence(tmp_path):
     data = make_data(tmp_path / "data", "Set14", ["a", "b"], size=(40, 44))
     suite = replace(suites.get_suite("inpaint-hole"), files=("Set14/a.png", "Set14/b.png"))

@@ -124,6 +124,11 @@ class Suite:
             return (f"Inpainting the Deep Image Prior paper's own {'text' if self.kind == 'text' else 'hole'} "
                     f"example{'s' if len(self.files) > 1 else ''} ({', '.join(image_name(f) for f in self.files)}), "
                     f"whole, with the paper's masks. " + scoring)
+        if self.set_name == "corners":
+            return (f"Inpainting {what}, on {FILL_CROP}x{FILL_CROP} corner crops (at least three quarters of each "
+                    f"outside the other sets' centre crops) of Heide11's grey Lena512, barbara, man, hill and couple, of CBM3D_color9's kodim01 "
+                    f"and kodim12 in luminance and of its colour kodim02, kodim03, Lena, Baboon, Peppers and F16; "
+                    f"each image's mask from its own seed. " + scoring)
         where = {"Set14+Heide11": "Set14 and of Heide11's grey house, peppers256 and Cameraman256",
                  "Set5+Kodak": "Set5 and of CBM3D_color9's kodim01, kodim02, kodim03, kodim12 and F16",
                  "Heide11+paper": ("Heide11's grey boat, couple, fingerprint, hill and montage and of the paper's "
@@ -151,12 +156,14 @@ class Suite:
         if self.kind == "denoise":
             return Case(name, clean, degrade.add_noise(clean, self.value, s), self.task(), sigma=float(self.value), seed=s)
         if self.kind == "inpaint":
-            if clean.channels == 3:
-                luma = np.round(clean.pixels @ np.array([0.299, 0.587, 0.114], np.float32) * 255) / 255
-                clean = Image(np.ascontiguousarray(luma[:, :, None], dtype=np.float32), None, 8)  # an 8-bit grey photo
+            clean = luminance_of(clean)
             mask = degrade.random_mask(shape, self.value / 100.0, s)
             return Case(name, clean, degrade.apply_mask(clean, mask), self.task(mask), mask=mask, seed=s)
-        clean = centre_crop(clean, FILL_CROP)
+        if self.set_name == "corners":
+            corner, luminance = FILL_CORNERS[name]
+            clean = corner_crop(luminance_of(clean) if luminance else clean, FILL_CROP, corner)
+        else:
+            clean = centre_crop(clean, FILL_CROP)
         shape = (clean.height, clean.width)
         if self.kind == "text":
             mask = degrade.text_mask(shape, TEXT_MASK_WORDS, s)
@@ -171,6 +178,20 @@ class Suite:
             raise DeepPriorError(f"result is {estimate.shape} but the ground truth is {clean.shape}")
         return quality(estimate, clean, sr_scale=self.value if self.kind == "sr" else None,
                        mask=mask if self.kind in FILL_KINDS else None)
+
+
+def luminance_of(image: Image) -> Image:
+    """A colour photo as an 8-bit grey one (ITU-R BT.601 luminance); a grey one as it is."""
+    if image.channels == 1:
+        return image
+    luma = np.round(image.pixels @ np.array([0.299, 0.587, 0.114], np.float32) * 255) / 255
+    return Image(np.ascontiguousarray(luma[:, :, None], dtype=np.float32), None, 8)
+
+
+def corner_crop(image: Image, size: int, corner: str) -> Image:
+    """The ``size`` x ``size`` pixels at the top left ("tl") or bottom right ("br") corner."""
+    top, left = (0, 0) if corner == "tl" else (max(0, image.height - size), max(0, image.width - size))
+    return Image(np.ascontiguousarray(image.pixels[top : top + size, left : left + size]), None, image.bit_depth)
 
 
 def centre_crop(image: Image, size: int) -> Image:
@@ -209,12 +230,27 @@ _FILL_CHECK_FILES = tuple(f"Set5/{n}.png" for n in ("baby", "bird", "butterfly",
 _FILL_CHECK2_FILES = tuple(f"Heide11_gray/{n}.png" for n in ("boat", "couple", "fingerprint", "hill", "montage")) + (
     "dip_paper/flash_no_flash/cave01_01_noflash.jpg", "dip_paper/denoising/snail.jpg", "dip_paper/inpainting/library.png",
     "dip_paper/inpainting/vase.png", "dip_paper/restoration/kate.png")
+#: A third check of the hole preset: corner crops (at least three quarters of each outside the centre
+#: crops of the sets above, which hold some of the same photos) of the
+#: Heide11 images and of the colour photos of CBM3D_color9, two Kodak photos in luminance, so that
+#: grey and colour are both well represented. name -> (corner: "tl" top left or "br" bottom right,
+#: whether taken in luminance).
+FILL_CORNERS = {
+    "Lena512": ("tl", False), "barbara": ("br", False), "man": ("tl", False), "hill": ("tl", False),
+    "couple": ("br", False), "kodim01": ("tl", True), "kodim12": ("br", True), "kodim02": ("br", False),
+    "kodim03": ("tl", False), "image_Lena512rgb": ("br", False), "image_Baboon512rgb": ("tl", False),
+    "image_Peppers512rgb": ("br", False), "image_F16_512rgb": ("tl", False),
+}
+_FILL_CORNER_FILES = tuple(f"Heide11_gray/{n}.png" for n in ("Lena512", "barbara", "man", "hill", "couple")) + tuple(
+    f"CBM3D_color9/{n}.png" for n in ("kodim01", "kodim12", "kodim02", "kodim03", "image_Lena512rgb",
+                                      "image_Baboon512rgb", "image_Peppers512rgb", "image_F16_512rgb"))
 #: The image sets of the fill suites: name -> {suite kind: files}. "dip_paper" holds the paper's own
 #: examples, whole, with the paper's masks (white = known pixel).
 FILL_SETS = {
     "Set14+Heide11": {"text": _FILL_FILES, "hole": _FILL_FILES},
     "Set5+Kodak": {"text": _FILL_CHECK_FILES, "hole": _FILL_CHECK_FILES},
     "Heide11+paper": {"text": _FILL_CHECK2_FILES, "hole": _FILL_CHECK2_FILES},
+    "corners": {"hole": _FILL_CORNER_FILES},
     "dip_paper": {"text": ("dip_paper/inpainting/kate.png",),
                   "hole": ("dip_paper/inpainting/library.png", "dip_paper/inpainting/vase.png")},
 }
@@ -248,8 +284,9 @@ def get_suite(name: str, set_name: str | None = None) -> Suite:
             raise DeepPriorError(f"unknown set {set_name!r} for {name}; choose {', '.join(RECONSTRUCT_SETS)}")
         return Suite(name, "inpaint", 50, set_name)
     set_name = set_name or "Set14+Heide11"
-    if set_name not in FILL_SETS:
-        raise DeepPriorError(f"unknown set {set_name!r} for {name}; choose {', '.join(FILL_SETS)}")
+    sets = [n for n, kinds in FILL_SETS.items() if value in kinds]
+    if set_name not in sets:
+        raise DeepPriorError(f"unknown set {set_name!r} for {name}; choose {', '.join(sets)}")
     return Suite(name, value, 0, set_name, files=FILL_SETS[set_name][value])
 
 
