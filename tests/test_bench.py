@@ -259,6 +259,12 @@ def test_report_grid_and_colour_sentence(tmp_path):
                                 colour_error_mask=r["colour_error_mask"] + (10 if r["image"] == "a" else -0.5)))
     sentence = report.colour_against_best(res["rows"])
     assert "DIP's is no larger on 1 of 2 images" in sentence
+    best = max(("telea", "ns"), key=lambda m: sum(r["psnr_mask"] for r in res["rows"] if r["method"] == m))
+    label = {"telea": "Telea", "ns": "Navier-Stokes"}[best]
+    dip = {r["image"]: r["colour_error_mask"] for r in res["rows"] if r["method"] == "dip"}
+    top = {r["image"]: r["colour_error_mask"] for r in res["rows"] if r["method"] == best}
+    assert f"Against the best other method on the mean ({label}, " in sentence
+    assert f"no larger on {sum(dip[i] <= top[i] for i in dip)} of 2 images." in sentence
     # DIP's own start is not a rival: a start column equal to DIP leaves the count as it was.
     res["rows"] += [dict(r, method="start") for r in res["rows"] if r["method"] == "dip"]
     assert report.colour_against_best(res["rows"]) == sentence
