@@ -125,6 +125,20 @@ def test_each_inpainting_starts_from_its_chosen_fills_and_keeps_the_choice(rgb32
 
 
 @pytest.mark.parametrize("channels", [1, 3])
+def test_the_shift_map_fill_copies_a_stripe_pattern_into_the_hole_where_a_smooth_fill_blurs_it(channels):
+    x = np.mgrid[0:64, 0:66][1]
+    stripes = np.repeat(np.where((x // 4) % 2 == 0, 0.8, 0.2).astype(np.float32)[:, :, None], channels, axis=2)
+    fill = np.zeros((64, 66), bool)
+    fill[22:40, 25:45] = True
+    damaged = stripes * ~fill[:, :, None]
+    out = estimates.opencv_fill(damaged, fill, "shiftmap")
+    assert out.shape == stripes.shape and out.dtype == np.float32
+    np.testing.assert_array_equal(out[~fill], stripes[~fill])
+    assert np.abs(out[fill] - stripes[fill]).mean() < 0.01  # exemplars: the stripes themselves
+    assert np.abs(estimates.biharmonic_fill(damaged, fill)[fill] - stripes[fill]).mean() > 0.2
+
+
+@pytest.mark.parametrize("channels", [1, 3])
 def test_the_half_size_fsr_fill_keeps_known_pixels_and_continues_a_ramp(channels):
     y, x = np.mgrid[0:64, 0:66].astype(np.float32)
     ramp = np.repeat((0.2 + 0.5 * (x + y) / 130)[:, :, None], channels, axis=2)

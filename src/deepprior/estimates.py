@@ -117,8 +117,10 @@ def opencv_fill(pixels: np.ndarray, fill: np.ndarray, method: str = "telea", rad
     "ns" (Navier-Stokes, Bertalmio et al. 2001), "fsr" (xphoto's frequency-selective
     reconstruction, Genser et al. 2018, fast mode: each block of the image modelled by a few
     Fourier functions fitted to its known pixels) or "fsrbest" (the same in its best mode: more
-    functions and iterations, 10-40 s for a 12 % hole in a 256x256 colour image). OpenCV works on
-    8 bits, so the filled pixels are quantised; the known pixels are put back unquantised."""
+    functions and iterations, 10-40 s for a 12 % hole in a 256x256 colour image) or "shiftmap"
+    (xphoto's exemplar-based fill, He and Sun 2012: each missing pixel copied from the known
+    image at one of its dominant patch offsets). OpenCV works on 8 bits, so the filled pixels
+    are quantised; the known pixels are put back unquantised."""
     import cv2
 
     from .images import Image
@@ -129,6 +131,9 @@ def opencv_fill(pixels: np.ndarray, fill: np.ndarray, method: str = "telea", rad
         out = _fsr_in_strips(img, fill)
     elif method == "fsrbest":
         out = _xphoto_fsr(img, fill, best=True)
+    elif method == "shiftmap":
+        out = np.zeros_like(img)
+        cv2.xphoto.inpaint(np.ascontiguousarray(img), (~fill).astype(np.uint8), out, cv2.xphoto.INPAINT_SHIFTMAP)
     else:
         flag = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}[method]
         out = cv2.inpaint(img, fill.astype(np.uint8) * 255, radius, flag)

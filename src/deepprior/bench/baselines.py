@@ -16,7 +16,8 @@ known degradation (the noise sigma, the mask), never tuned on a benchmark image'
 * inpainting: OpenCV's Telea and Navier-Stokes (radius 3), scikit-image's biharmonic, the
   biharmonic fill refined in the 8x8 DCT (``sparse``) and in 16x16 windows (``sparse16``), OpenCV
   xphoto's frequency-selective reconstruction (``fsr``; ``fsrbest`` in its slower best mode,
-  ``fsrhalf`` that on the image at half size) and, for scattered missing pixels, the sparse-DCT fill refined by
+  ``fsrhalf`` that on the image at half size) and its exemplar-based shift-map fill
+  (``shiftmap``), and, for scattered missing pixels, the sparse-DCT fill refined by
   plug-and-play BM3D (``bm3d-fill``, the ``bm3d`` extra), the fast reconstruction preset's start.
 """
 
@@ -256,6 +257,14 @@ def fsr_half(case: Case, **_) -> np.ndarray:
     return fsr_half_fill(case.degraded.pixels, case.mask)
 
 
+def shiftmap(case: Case, **_) -> np.ndarray:
+    """OpenCV xphoto's shift-map fill (He and Sun 2012): exemplar-based, each missing pixel copied
+    from the known image at one of its dominant patch offsets."""
+    from ..estimates import opencv_fill
+
+    return opencv_fill(case.degraded.pixels, case.mask, "shiftmap")
+
+
 def start_fill(case: Case, **_) -> np.ndarray:
     """The classical start of the ``fast`` preset, as the task makes it (``tasks.FillStart``): the
     mean of fills chosen for the image, for text refined by BM3D where the ``bm3d`` extra is
@@ -305,6 +314,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("fsr", "FSR (OpenCV xphoto)", ("inpaint", "text", "hole"), fsr),
     Method("fsrbest", "FSR best mode", ("text", "hole"), fsr_best),
     Method("fsrhalf", "FSR best, half size", ("text", "hole"), fsr_half),
+    Method("shiftmap", "Shift-map (exemplar)", ("text", "hole"), shiftmap),
     Method("bm3d-fill", "BM3D fill (plug-and-play)", ("inpaint", "text"), bm3d_fill, _bm3d_missing),
     Method("start", "DIP's start", ("text", "hole"), start_fill),
 )}
