@@ -114,14 +114,17 @@ def test_each_inpainting_starts_from_its_chosen_fills_and_keeps_the_choice(rgb32
         start = problem.estimate
         out = start()
         assert start.chosen in tasks.START_FILLS[mode]
-        np.testing.assert_allclose(out, estimates.mean_fill(damaged, fill, start.chosen), atol=1e-6)
+        lead = tasks.START_LEAD.get(mode)
+        expected = estimates.fills_mean_and_range(damaged, fill, start.chosen, lead)[0]
+        np.testing.assert_allclose(out, expected, atol=1e-6)
         # Made again with more pixels hidden (held out), the start keeps the fills it chose.
         held = np.zeros_like(fill)
         held[::5, ::5] = True
         held &= ~fill
         chosen = start.chosen
-        np.testing.assert_allclose(start(exclude=held), estimates.mean_fill(damaged, fill | held, chosen), atol=1e-6)
-    assert tasks.START_FILLS["hole"] == ((*estimates.FILLS, "fsrhalf"),)
+        np.testing.assert_allclose(start(exclude=held), estimates.fills_mean_and_range(damaged, fill | held, chosen, lead)[0],
+                                   atol=1e-6)
+    assert tasks.START_FILLS["hole"] == ((*estimates.FILLS, "fsrhalf"),) and tasks.START_LEAD == {"hole": "fsrhalf"}
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -686,6 +689,21 @@ def test_the_range_of_the_fills_brackets_their_mean_and_keeps_the_known_pixels(r
     assert (low <= mean + 1e-7).all() and (mean <= high + 1e-7).all() and (high - low)[fill].max() > 0.01
     for v in (mean, low, high):
         np.testing.assert_array_equal(v[~fill], rgb32[~fill])
+
+
+def test_a_mean_that_leans_on_one_fill_is_the_even_mean_of_the_fills_mean_and_that_fill(rgb32):
+    fill = hole_mask(rgb32.shape[:2], 0)
+    methods = ("telea", "ns", "biharmonic")
+    mean, low, high = estimates.fills_mean_and_range(rgb32, fill, methods)
+    leaning, low2, high2 = estimates.fills_mean_and_range(rgb32, fill, methods, lead="biharmonic")
+    biharmonic = estimates.biharmonic_fill(rgb32, fill)
+    np.testing.assert_allclose(leaning[fill], ((mean + biharmonic) / 2)[fill], atol=1e-6)
+    assert np.abs(leaning - mean)[fill].max() > 0.01  # it moved towards the lead
+    np.testing.assert_array_equal(leaning[~fill], rgb32[~fill])
+    np.testing.assert_array_equal(low2, low)  # the range is still all the fills'
+    np.testing.assert_array_equal(high2, high)
+    # A lead that is not among the fills (a large image's start leaves the slow ones out) is ignored.
+    np.testing.assert_array_equal(estimates.fills_mean_and_range(rgb32, fill, methods, lead="fsrhalf")[0], mean)
 
 
 def test_only_a_hole_start_keeps_the_fills_range_and_a_text_start_makes_it_when_asked(rgb32):

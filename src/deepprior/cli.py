@@ -466,9 +466,10 @@ def inpaint(
     mask: MaskOpt,
     mask_known: MaskKnown = False,
     mode: Annotated[HoleMode, typer.Option("--mode", help="text (text, scribbles, watermarks) or hole (large holes: the fast "
-                                                          "preset returns the even mean of six classical fills and a network "
-                                                          "drawn at about 128x128, from a window around the hole reduced to 512x512 "
-                                                          "where larger; --iters 0 the fills' mean alone).")] = HoleMode.text,
+                                                          "preset returns the even mean of a classical start (six fills' mean, "
+                                                          "leaning on FSR at half size) and a network drawn at about 128x128, "
+                                                          "from a window around the hole reduced to 512x512 where larger; "
+                                                          "--iters 0 the classical start alone).")] = HoleMode.text,
 ):
     """Fill the masked pixels of an image."""
     make = _mask_task(mask, mask_known, c, lambda fill: Inpaint(mask=fill, mode=mode.value))

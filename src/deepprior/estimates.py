@@ -249,15 +249,19 @@ def mean_fill(pixels: np.ndarray, fill: np.ndarray, methods: tuple[str, ...] = F
     return fills_mean_and_range(pixels, fill, methods)[0]
 
 
-def fills_mean_and_range(pixels: np.ndarray, fill: np.ndarray, methods: tuple[str, ...] = FILLS
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fills_mean_and_range(pixels: np.ndarray, fill: np.ndarray, methods: tuple[str, ...] = FILLS,
+                         lead: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`mean_fill`, and the per-pixel least and greatest value of the fills: the range the
-    classical fills agree a missing pixel lies in (the known pixels' own value outside the mask)."""
+    classical fills agree a missing pixel lies in (the known pixels' own value outside the mask).
+    With ``lead``, one of ``methods``, the mean is the even mean of the fills' mean and that fill."""
     fill = np.asarray(fill, dtype=bool)
     parts = _fills(pixels, fill, methods)
+    mean = sum(parts) / len(parts)
+    if lead in methods:
+        mean = (mean + parts[methods.index(lead)]) / 2
     keep = fill[:, :, None]
     return tuple(np.where(keep, v, pixels).astype(np.float32)
-                 for v in (sum(parts) / len(parts), np.minimum.reduce(parts), np.maximum.reduce(parts)))
+                 for v in (mean, np.minimum.reduce(parts), np.maximum.reduce(parts)))
 
 
 #: Rough relative times of the fills (the fill suites' seconds per 256x256 image, 2 cores), to share

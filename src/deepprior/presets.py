@@ -240,14 +240,15 @@ PRESETS: dict[str, dict[str, FitConfig]] = {
             reg_noise_std=0.03,
             ema=0.0,
         ),
-        # The even mean of the mean of six fills (tasks.START_FILLS) and a fit from noise drawn at
+        # The even mean of a classical start (tasks.START_FILLS: the mean of six fills, leaning on
+        # FSR's best mode at half size, tasks.START_LEAD) and a fit from noise drawn at
         # about 128x128 (draw_pixels: a large hole is mostly low frequencies, and the network's
         # cost stays the same at any image size), clipped pixel by pixel into the six fills' range
         # (bound_fit): the network continues the structure around the hole where the fills smear
         # it, and the clip keeps it from the odd wrong-coloured blob (a cyan patch on Set5's baby,
         # 8 dB under the fills' mean unclipped). Fits from the fills' mean, chosen on a copy of
         # the hole elsewhere, lost up to 4 dB inside the hole; from the meshgrid the hourglass drew
-        # flat, wrong-coloured blobs (BENCHMARKS.md). With 0 iterations the fills' mean alone; a
+        # flat, wrong-coloured blobs (BENCHMARKS.md). With 0 iterations the classical start alone; a
         # check asked for (select_start) holds out a copy of the hole elsewhere whole (holdout).
         # Above 512x512 the hole is filled from a window around it (work_pixels: three times its
         # extent, reduced to 512x512 where larger), so a large photo takes the time of a small one.
