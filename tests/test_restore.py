@@ -82,7 +82,8 @@ def test_the_fast_hole_preset_returns_the_even_mean_of_its_fit_and_the_fills(rgb
 
     fill = hole_mask((32, 32), seed=1)
     damaged = np.where(fill[:, :, None], 0.0, rgb32).astype(np.float32)
-    start, low, high = estimates.fills_mean_and_range(damaged, fill, tasks.START_FILLS["hole"][0])
+    start, low, high = estimates.fills_mean_and_range(damaged, fill, tasks.START_FILLS["hole"][0],
+                                                      tasks.START_LEAD["hole"])
     r = restore(damaged, tasks.Inpaint(mask=fill, mode="hole"), iterations=5, seed=3)
     o = r.outcome
     assert (o.iterations, o.returned, o.fit_weight, o.fixed_share) == (5, "blend", 0.5, True) and o.parameters > 0
@@ -97,6 +98,7 @@ def test_the_fast_hole_preset_returns_the_even_mean_of_its_fit_and_the_fills(rgb
     again = restore(damaged, tasks.Inpaint(mask=fill, mode="hole"), iterations=5, seed=3)
     np.testing.assert_array_equal(again.image.pixels, r.image.pixels)  # reproducible by seed
     assert r.report()["params"]["start"]["fills"] == list(tasks.START_FILLS["hole"][0])
+    assert r.report()["params"]["start"]["lead"] == "fsrhalf"
 
 
 def test_a_hole_is_filled_from_a_window_around_it_reduced_above_the_work_size(house):
@@ -162,7 +164,7 @@ def test_holes_far_apart_are_filled_each_from_its_own_window(house):
     assert stopped.outcome.stop_reason == "callback" and (stopped.image.pixels[fill] > 0.05).all()
 
 
-def test_a_hole_with_0_iterations_returns_the_fills_mean_and_says_so(rgb32):
+def test_a_hole_with_0_iterations_returns_its_classical_start_and_says_so(rgb32):
     from deepprior import estimates
     from deepprior.degrade import hole_mask
 
@@ -172,7 +174,7 @@ def test_a_hole_with_0_iterations_returns_the_fills_mean_and_says_so(rgb32):
     r = restore(damaged, tasks.Inpaint(mask=fill, mode="hole"), iterations=0, callback=seen.append)
     o = r.outcome
     assert (o.iterations, o.returned, o.fit_weight, o.parameters) == (0, "start", 0.0, 0)
-    expected = estimates.mean_fill(damaged, fill, tasks.START_FILLS["hole"][0])
+    expected = estimates.fills_mean_and_range(damaged, fill, tasks.START_FILLS["hole"][0], tasks.START_LEAD["hole"])[0]
     np.testing.assert_allclose(r.image.pixels, expected, atol=1e-6)
     assert "0 iterations" in r.report()["returned"]["why"] and r.report()["tiling"]["method"] == "whole"
     assert seen and {p.stage for p in seen} == {"start"}  # the start's progress reaches the caller

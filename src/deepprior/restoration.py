@@ -155,6 +155,8 @@ def _start_choice(problem, cfg: FitConfig) -> dict | None:
                     "probe_errors": {"+".join(c): round(e, 8) for c, e in start.errors.items()}})
         if start.refine:
             out["refined"] = "bm3d"
+        if getattr(start, "lead", None) in chosen:
+            out["lead"] = start.lead  # the mean is the even mean of the fills' mean and this fill
     return out or None
 
 
