@@ -126,9 +126,9 @@ class Suite:
                     f"whole, with the paper's masks. " + scoring)
         if self.set_name == "corners":
             return (f"Inpainting {what}, on {FILL_CROP}x{FILL_CROP} corner crops (at least three quarters of each "
-                    f"outside the other sets' centre crops) of Heide11's grey Lena512, barbara, man, hill and couple, of CBM3D_color9's kodim01 "
-                    f"and kodim12 in luminance and of its colour kodim02, kodim03, Lena, Baboon, Peppers and F16; "
-                    f"each image's mask from its own seed. " + scoring)
+                    f"outside the other sets' centre crops) of Heide11's grey Lena512, barbara, man, hill and "
+                    f"couple, of CBM3D_color9's kodim01 and kodim12 in luminance and of its colour kodim02, "
+                    f"kodim03, Lena, Baboon, Peppers and F16; each image's mask from its own seed. " + scoring)
         where = {"Set14+Heide11": "Set14 and of Heide11's grey house, peppers256 and Cameraman256",
                  "Set5+Kodak": "Set5 and of CBM3D_color9's kodim01, kodim02, kodim03, kodim12 and F16",
                  "Heide11+paper": ("Heide11's grey boat, couple, fingerprint, hill and montage and of the paper's "
